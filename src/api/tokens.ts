@@ -1,0 +1,15 @@
+/** The API's token table, from the configured token files. */
+import type { VwsConfig } from '../config/schema';
+import { ensureToken, tokenDigest } from '../config/secrets';
+import type { TokenEntry } from './auth';
+
+/** Token entries for the configured clients and for the nodes (token files are created if missing). */
+export function loadTokens(config: VwsConfig): { clients: TokenEntry[]; nodes: TokenEntry[] } {
+  return {
+    clients: config.clients.map((c) => ({
+      digest: tokenDigest(ensureToken(c.tokenFile)),
+      principal: { name: c.name, identity: c.identity, admin: c.admin },
+    })),
+    nodes: [{ digest: tokenDigest(ensureToken(config.repository.nodeTokenFile)), principal: { name: 'node', identity: 'node', admin: false } }],
+  };
+}

@@ -1,0 +1,132 @@
+#!/usr/bin/env node
+/**
+ * The `vws` CLI: the reference client, over the HTTP API only. This is the thin first cut (deploy,
+ * show, destroy); issue 8 grows it to every operation.
+ */
+import { readFileSync } from 'node:fs';
+import { Command, Option } from 'commander';
+
+interface Globals {
+  api: string;
+  tokenFile: string;
+  json?: boolean;
+}
+
+class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
+    super(message);
+  }
+}
+
+async function call(g: Globals, method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
+  let token: string;
+  try {
+    token = readFileSync(g.tokenFile, 'utf8').trim();
+  } catch (e) {
+    throw new CliError(`cannot read the token file ${g.tokenFile} (${(e as NodeJS.ErrnoException).code}); set --token-file or VWS_TOKEN_FILE`, 2);
+  }
+  let res: globalThis.Response;
+  try {
+    res = await fetch(`${g.api}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+  } catch (e) {
+    throw new CliError(`cannot reach the vws API at ${g.api}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`, 3);
+  }
+  const data = (await res.json().catch(() => ({}))) as Record<string, unknown>;
+  if (!res.ok) {
+    const errors = (data.errors as Array<{ field: string; message: string }> | undefined) ?? [];
+    const detail = errors.length ? errors.map((e) => `  ${e.field}: ${e.message}`).join('\n') : `  ${String(data.detail ?? res.statusText)}`;
+    throw new CliError(`${res.status} ${String(data.title ?? '')}\n${detail}`, res.status === 404 ? 4 : res.status === 409 ? 5 : 1);
+  }
+  return data;
+}
+
+function print(g: Globals, d: Record<string, unknown>): void {
+  if (g.json) {
+    console.log(JSON.stringify(d, null, 2));
+    return;
+  }
+  const net = d.network as { ip?: string; hostname?: string } | undefined;
+  const lines = [
+    `workspace  ${String(d.id)}`,
+    `state      ${String(d.state)}${d.task ? ` (${String(d.task)})` : ''}`,
+    d.node ? `node       ${String(d.node)}` : '',
+    net?.ip ? `address    ${net.ip} (${net.hostname ?? ''})` : '',
+    d.obtainedIp ? `DHCP lease ${String(d.obtainedIp)}` : '',
+    d.reason ? `reason     ${String(d.reason)}` : '',
+    (d.links as { temporalUi?: string } | undefined)?.temporalUi ? `Temporal   ${(d.links as { temporalUi: string }).temporalUi}` : '',
+  ];
+  console.log(lines.filter(Boolean).join('\n'));
+}
+
+/** Polls until `done(d)` or the timeout; prints each state change unless --json. */
+async function waitFor(g: Globals, id: string, done: (d: Record<string, unknown>) => boolean, timeoutSeconds: number) {
+  const deadline = Date.now() + timeoutSeconds * 1000;
+  let last = '';
+  for (;;) {
+    const d = await call(g, 'GET', `/workspaces/${id}`);
+    const now = `${String(d.state)}${d.task ? ` (${String(d.task)})` : ''}`;
+    if (now !== last && !g.json) console.error(`  ${new Date().toISOString()}  ${now}`);
+    last = now;
+    if (done(d)) return d;
+    if (d.state === 'Corrupted') throw new CliError(`workspace ${id} is Corrupted: ${String(d.reason)}`, 6);
+    if (Date.now() > deadline) throw new CliError(`gave up waiting after ${timeoutSeconds} s; state ${now}`, 7);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+const program = new Command('vws')
+  .description('Client for the vws Virtual Workspace Service')
+  .addOption(new Option('--api <url>', 'vws API base URL').env('VWS_API').default('http://127.0.0.1:8080'))
+  .addOption(new Option('--token-file <file>', 'file holding your bearer token').env('VWS_TOKEN_FILE').default('/var/lib/vws/secrets/demo.token'))
+  .option('--json', 'print JSON for scripts');
+
+program
+  .command('deploy')
+  .description('deploy one workspace from an image in the site repository')
+  .requiredOption('--image <name>', 'image name in the site repository')
+  .option('--memory <MiB>', 'memory in MiB', (v) => Number(v), 128)
+  .option('--vcpus <n>', 'virtual CPUs', (v) => Number(v), 1)
+  .option('--duration <seconds>', 'DeploymentTime in seconds', (v) => Number(v), 3600)
+  .option('--wait', 'wait until Running with an address')
+  .option('--timeout <seconds>', 'how long --wait waits', (v) => Number(v), 300)
+  .addHelpText('after', '\nExample:\n  vws deploy --image sample --memory 128 --wait')
+  .action(async (o: { image: string; memory: number; vcpus: number; duration: number; wait?: boolean; timeout: number }) => {
+    const g = program.opts<Globals>();
+    const created = await call(g, 'POST', '/workspaces', { image: o.image, memoryMiB: o.memory, vcpus: o.vcpus, durationSeconds: o.duration });
+    const id = String(created.id);
+    if (!g.json) console.error(`created ${id}`);
+    const d = o.wait ? await waitFor(g, id, (x) => x.state === 'Running' && !!x.obtainedIp, o.timeout) : created;
+    print(g, d);
+  });
+
+program
+  .command('show <id>')
+  .description('show a workspace: state, node, address, the IP it obtained')
+  .action(async (id: string) => {
+    const g = program.opts<Globals>();
+    print(g, await call(g, 'GET', `/workspaces/${id}`));
+  });
+
+program
+  .command('destroy <id>')
+  .description('destroy a workspace and release everything it held')
+  .option('--wait', 'wait until Cancelled')
+  .option('--timeout <seconds>', 'how long --wait waits', (v) => Number(v), 120)
+  .action(async (id: string, o: { wait?: boolean; timeout: number }) => {
+    const g = program.opts<Globals>();
+    let d = await call(g, 'DELETE', `/workspaces/${id}`);
+    if (o.wait) d = await waitFor(g, id, (x) => x.state === 'Cancelled', o.timeout);
+    print(g, d);
+  });
+
+program.parseAsync().catch((e: Error) => {
+  console.error(`vws: ${e.message}`);
+  process.exit(e instanceof CliError ? e.exitCode : 1);
+});

@@ -1,0 +1,32 @@
+/**
+ * Failure types carried by `ApplicationFailure.type` across activities, workflows and the API. One list,
+ * so retry policies (`nonRetryableErrorTypes`) and the API's HTTP mapping read the same names.
+ */
+export const FailureType = {
+  /** The request or a stored value failed validation; retrying cannot help. */
+  InvalidSpec: 'InvalidSpec',
+  /** The allocator has no node or address that fits the request. */
+  NoCapacity: 'NoCapacity',
+  /** The named image is not in the site repository. */
+  ImageNotFound: 'ImageNotFound',
+  /** A downloaded image does not match its sha256 digest. */
+  DigestMismatch: 'DigestMismatch',
+  /** The operation is not allowed in the workspace's current state. */
+  OperationNotAllowed: 'OperationNotAllowed',
+  /** A command on a node exited non-zero. Retryable: the node may recover. */
+  CommandFailed: 'CommandFailed',
+  /** The VM did not obtain its address from DHCP in time. */
+  AddressTimeout: 'AddressTimeout',
+} as const;
+
+/** One of {@link FailureType}'s values. */
+export type FailureTypeName = (typeof FailureType)[keyof typeof FailureType];
+
+/** Failure types that no retry can fix. */
+export const NON_RETRYABLE_FAILURES: FailureTypeName[] = [
+  FailureType.InvalidSpec,
+  FailureType.NoCapacity,
+  FailureType.ImageNotFound,
+  FailureType.DigestMismatch,
+  FailureType.OperationNotAllowed,
+];

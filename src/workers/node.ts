@@ -1,0 +1,47 @@
+/**
+ * The node worker: runs on a VMM node and serves that node's task queue with local commands. Run as
+ * `VWS_NODE=vmm1 node dist/workers/node.js` on the node (in the testbed: inside the host's namespaces).
+ */
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { createNodeActivities } from '../activities/node';
+import { nodeTaskQueue } from '../config/names';
+import { loadConfig } from '../config/load';
+import type { VwsConfig } from '../config/schema';
+import { readToken } from '../config/secrets';
+import { LocalExecutor } from '../exec/local';
+import { log } from '../log';
+
+/** Creates (does not run) the worker of node `node`. */
+export function createNodeWorker(o: { config: VwsConfig; node: string; connection: NativeConnection }): Promise<Worker> {
+  return Worker.create({
+    connection: o.connection,
+    namespace: o.config.temporal.namespace,
+    taskQueue: nodeTaskQueue(o.config, o.node),
+    activities: createNodeActivities({
+      config: o.config,
+      node: o.node,
+      exec: new LocalExecutor(),
+      repositoryToken: () => readToken(o.config.repository.nodeTokenFile),
+    }),
+    // A node boots a handful of VMs at once; more would only queue inside QEMU start-up.
+    maxConcurrentActivityTaskExecutions: 8,
+  });
+}
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const node = process.env.VWS_NODE;
+  if (!node) throw new Error('set VWS_NODE to this node\'s name (one of: ' + config.nodes.map((n) => n.name).join(', ') + ')');
+  const connection = await NativeConnection.connect({ address: config.temporal.address });
+  const worker = await createNodeWorker({ config, node, connection });
+  log.info({ node, taskQueue: nodeTaskQueue(config, node), temporal: config.temporal.address }, 'node worker running');
+  // Shut down cleanly on SIGTERM/SIGINT (the SDK's default signals), finishing running activities.
+  await worker.run();
+}
+
+if (require.main === module) {
+  main().catch((e) => {
+    log.fatal({ err: e }, 'node worker failed');
+    process.exit(1);
+  });
+}

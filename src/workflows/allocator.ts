@@ -1,0 +1,42 @@
+/**
+ * The allocator: one long-lived workflow per pool, the only writer of slots and addresses. Every grant
+ * is decided inside one synchronous Update handler, so a request is granted whole or refused and never
+ * partly held; the ledger is plain data so it survives continue-as-new.
+ */
+import { allHandlersFinished, ApplicationFailure, condition, continueAsNew, setHandler, workflowInfo } from '@temporalio/workflow';
+import { fitRequest, type Ledger, type SlotRequest } from '../domain/allocation';
+import { FailureType } from '../domain/errors';
+import { grantsQuery, releaseUpdate, reserveUpdate } from '../domain/messages';
+
+function validateRequest(req: SlotRequest): void {
+  const bad = (field: string, why: string) =>
+    ApplicationFailure.create({ type: FailureType.InvalidSpec, message: `${field}: ${why}`, nonRetryable: true });
+  if (typeof req?.holder !== 'string' || !req.holder) throw bad('holder', 'must be a workflow id');
+  if (!Number.isInteger(req.memoryMiB) || req.memoryMiB <= 0) throw bad('memoryMiB', 'must be a positive integer');
+  if (!Number.isInteger(req.vcpus) || req.vcpus <= 0) throw bad('vcpus', 'must be a positive integer');
+}
+
+/** Runs the allocator for one pool, starting from `ledger`. */
+export async function allocatorWorkflow(ledger: Ledger): Promise<void> {
+  setHandler(
+    reserveUpdate,
+    (req) => {
+      const existing = ledger.grants[req.holder];
+      if (existing) return existing; // a retried reserve gets the same grant
+      const fit = fitRequest(ledger, req, new Date().toISOString());
+      if (!fit.ok) throw ApplicationFailure.create({ type: FailureType.NoCapacity, message: fit.reason, nonRetryable: true });
+      ledger.grants[req.holder] = fit.grant;
+      return fit.grant;
+    },
+    { validator: validateRequest },
+  );
+  setHandler(releaseUpdate, (holder) => {
+    const had = holder in ledger.grants;
+    delete ledger.grants[holder];
+    return had;
+  });
+  setHandler(grantsQuery, () => Object.values(ledger.grants));
+
+  await condition(() => workflowInfo().continueAsNewSuggested && allHandlersFinished());
+  await continueAsNew<typeof allocatorWorkflow>(ledger);
+}
