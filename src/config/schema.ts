@@ -76,6 +76,17 @@ export const nodeSideSchema = z
   })
   .strict();
 
+/** Refuses two entries with the same `name` in a list, naming the second. */
+function uniqueNames(what: string) {
+  return (items: Array<{ name: string }>, ctx: z.RefinementCtx) => {
+    const seen = new Set<string>();
+    items.forEach((item, i) => {
+      if (seen.has(item.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate ${what} name ${item.name}` });
+      seen.add(item.name);
+    });
+  };
+}
+
 /** The whole configuration. */
 export const configSchema = z
   .object({
@@ -111,6 +122,7 @@ export const configSchema = z
     clients: z
       .array(clientSchema)
       .min(1)
+      .superRefine(uniqueNames('client'))
       .default([{ name: 'demo', identity: '/O=Grid/OU=vws/CN=demo', tokenFile: '/var/lib/vws/secrets/demo.token', admin: false }]),
     network: networkSchema.default({
       name: 'public',
@@ -120,7 +132,7 @@ export const configSchema = z
       last: '10.213.0.199',
       hostnamePrefix: 'ws-',
     }),
-    nodes: z.array(nodeSchema).min(1).default([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridge: 'br0' }]),
+    nodes: z.array(nodeSchema).min(1).superRefine(uniqueNames('node')).default([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridge: 'br0' }]),
     node: nodeSideSchema.prefault({}),
     timeouts: z
       .object({
@@ -130,19 +142,7 @@ export const configSchema = z
       .strict()
       .prefault({}),
   })
-  .strict()
-  .superRefine((c, ctx) => {
-    const seen = new Set<string>();
-    c.nodes.forEach((n, i) => {
-      if (seen.has(n.name)) ctx.addIssue({ code: 'custom', path: ['nodes', i, 'name'], message: `duplicate node name ${n.name}` });
-      seen.add(n.name);
-    });
-    const clientNames = new Set<string>();
-    c.clients.forEach((cl, i) => {
-      if (clientNames.has(cl.name)) ctx.addIssue({ code: 'custom', path: ['clients', i, 'name'], message: `duplicate client name ${cl.name}` });
-      clientNames.add(cl.name);
-    });
-  });
+  .strict();
 
 /** A validated configuration with every default filled in. */
 export type VwsConfig = z.infer<typeof configSchema>;

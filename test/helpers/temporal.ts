@@ -1,0 +1,61 @@
+/**
+ * Integration helpers: one shared dev server (address from TEMPORAL_ADDRESS, started by
+ * `./run.sh test`), and per-test isolation by a unique prefix for every task queue and workflow id.
+ */
+import { randomBytes } from 'node:crypto';
+import { Client, Connection } from '@temporalio/client';
+import { bundleWorkflowCode, NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { parseConfig } from '../../src/config/load';
+import type { VwsConfig } from '../../src/config/schema';
+
+/** Address of the shared dev server. */
+export function temporalAddress(): string {
+  const a = process.env.TEMPORAL_ADDRESS;
+  if (!a) throw new Error('TEMPORAL_ADDRESS is not set: run the tests with ./run.sh test (it starts the dev server)');
+  return a;
+}
+
+/** A prefix no other test uses: `t` + 10 hex digits. */
+export function uniquePrefix(): string {
+  return `t${randomBytes(5).toString('hex')}`;
+}
+
+/** A configuration for one test: defaults, the shared server, a unique prefix, plus overrides. */
+export function testConfig(overrides: Record<string, unknown> = {}): VwsConfig {
+  const base = parseConfig({});
+  return parseConfig({
+    ...overrides,
+    temporal: { ...base.temporal, address: temporalAddress(), prefix: uniquePrefix(), ...(overrides.temporal as object) },
+  });
+}
+
+/** Connections to the shared server for a test file; close them in afterAll. */
+export interface TestConnections {
+  client: Client;
+  native: NativeConnection;
+  close(): Promise<void>;
+}
+
+/** Opens a client and a worker connection. */
+export async function connect(): Promise<TestConnections> {
+  const connection = await Connection.connect({ address: temporalAddress() });
+  const native = await NativeConnection.connect({ address: temporalAddress() });
+  return {
+    client: new Client({ connection }),
+    native,
+    async close() {
+      await connection.close();
+      await native.close();
+    },
+  };
+}
+
+let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
+/** The workflow bundle, built once per test file (webpack takes 1–3 s). */
+export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
+  bundle ??= bundleWorkflowCode({ workflowsPath: require.resolve('../../src/workflows'), logger: quietLogger });
+  return bundle;
+}
+
+const noop = () => undefined;
+const quietLogger = { trace: noop, debug: noop, info: noop, warn: noop, error: console.error, log: noop };
