@@ -1,0 +1,813 @@
+#!/usr/bin/env bash
+# vws testbed: N fake "VMM hosts" on this machine, each a network + UTS + mount
+# namespace with its own sshd, slurmd and dnsmasq, plus munged and slurmctld on
+# the head (root namespace). See testbed/README.md.
+#
+#   testbed.sh up [--hosts N]        start (idempotent; starts what is missing)
+#   testbed.sh status                one line per component; exit 0 if all up
+#   testbed.sh down                  stop everything, verify nothing is left
+#   testbed.sh exec HOST -- CMD...   run CMD inside HOST's namespaces
+#   testbed.sh env                   print export lines for eval
+set -euo pipefail
+export LC_ALL=C
+umask 022
+
+SCRIPT_DIR="$(cd "$(dirname "$0")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+TB="${VWS_TESTBED_DIR:-/var/lib/vws/testbed}"
+GUEST_DIR="${VWS_CACHE_DIR:-$REPO_ROOT/.cache}/guest"
+NODE_MNT=/var/lib/vws/node          # each host sees its own node dir here
+HEAD_BR=vwsbr0
+NET_PREFIX=10.213.0
+HEAD_IP="$NET_PREFIX.1"
+SLURM_CONF_FILE="$TB/slurm/slurm.conf"
+MUNGE_SOCKET="$TB/munge/run/munge.socket.2"
+IDLE_TIMEOUT=30                     # seconds for all slurmd to register idle
+DEFAULT_HOSTS=3
+export SLURM_CONF="$SLURM_CONF_FILE"
+
+T0="${EPOCHREALTIME/./}"
+KILLED_PIDS=()   # every PID we signalled, to wait for its reaping at the end
+
+# ---------------------------------------------------------------- helpers
+
+die() { printf 'testbed: error: %s\n' "$*" >&2; exit 1; }
+
+elapsed() {
+  local us=$(( ${EPOCHREALTIME/./} - T0 ))
+  printf '%d.%02d' $((us / 1000000)) $((us % 1000000 / 10000))
+}
+
+# One line per step, prefixed with the time since the command started.
+step() { printf '[%6ss] %s\n' "$(elapsed)" "$*" 2>/dev/null || true; }
+
+host_ip() { printf '%s.%d' "$NET_PREFIX" $((10 + ${1#vmm})); }
+host_dir() { printf '%s/hosts/%s' "$TB" "$1"; }
+
+# poll SECONDS CMD...: run CMD every 0.1 s until it succeeds; false on timeout.
+poll() {
+  local tries=$(( $1 * 10 )); shift
+  while (( tries-- > 0 )); do
+    "$@" && return 0
+    sleep 0.1
+  done
+  "$@"
+}
+
+read_pid() { # read_pid FILE: prints the PID in FILE, or nothing
+  local p=""
+  [[ -r "$1" ]] && read -r p < "$1" 2>/dev/null || true
+  [[ "$p" =~ ^[0-9]+$ ]] && printf '%s' "$p"
+  return 0
+}
+
+# A PID counts as running if it exists, is not a zombie, and (if given) its
+# command name matches: a stale PID file must not make us signal a stranger.
+pid_alive() { # pid_alive PID [COMM]
+  local pid="$1" comm="${2:-}" stat state
+  [[ -n "$pid" && -r "/proc/$pid/stat" ]] || return 1
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+  state="${stat##*) }"; state="${state%% *}"
+  [[ "$state" != Z && "$state" != X ]] || return 1
+  [[ -z "$comm" || "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]]
+}
+
+pidfile_alive() { # pidfile_alive FILE COMM: prints the PID if it runs
+  local pid
+  pid="$(read_pid "$1")"
+  pid_alive "$pid" "$2" && printf '%s' "$pid"
+}
+
+# kill_wait PID...: TERM, wait up to 5 s for all to exit, then KILL and wait.
+kill_wait() {
+  local pids=() p
+  for p in "$@"; do pid_alive "$p" && pids+=("$p"); done
+  (( ${#pids[@]} )) || return 0
+  KILLED_PIDS+=("${pids[@]}")
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  any_alive() { local q; for q in "${pids[@]}"; do pid_alive "$q" && return 0; done; return 1; }
+  none_alive() { ! any_alive; }
+  poll 5 none_alive && return 0
+  for p in "${pids[@]}"; do pid_alive "$p" && kill -KILL "$p" 2>/dev/null || true; done
+  poll 5 none_alive || { printf 'testbed: warning: PIDs still alive after KILL: %s\n' "${pids[*]}" >&2; return 1; }
+}
+
+# stop_pidfiles "FILE|COMM|NAME"...: stop those daemons together (TERM all,
+# then wait; faster than one by one), print one line each, drop the PID files.
+stop_pidfiles() {
+  local spec file comm name pid pids=() names=()
+  for spec in "$@"; do
+    IFS='|' read -r file comm name <<<"$spec"
+    if pid="$(pidfile_alive "$file" "$comm")"; then
+      pids+=("$pid"); names+=("$name (pid $pid)")
+    fi
+  done
+  if (( ${#pids[@]} )); then
+    kill_wait "${pids[@]}" || true
+    for name in "${names[@]}"; do step "stopped $name"; done
+  fi
+  for spec in "$@"; do IFS='|' read -r file _ <<<"$spec"; rm -f "$file"; done
+}
+
+netns_inode() { stat -L -c %i "/run/netns/$1" 2>/dev/null; }
+
+# The anchor is the process that holds a host's UTS + mount namespaces. It is
+# only valid if it is still in the host's current network namespace.
+anchor_pid() { # prints the anchor PID of HOST if valid
+  local h="$1" pid ino
+  pid="$(pidfile_alive "$(host_dir "$h")/anchor.pid" sleep)" || return 1
+  ino="$(netns_inode "$h")" || return 1
+  [[ "$(readlink "/proc/$pid/ns/net" 2>/dev/null)" == "net:[$ino]" ]] || return 1
+  printf '%s' "$pid"
+}
+
+in_host() { # in_host HOST CMD...: run CMD in the host's namespaces
+  local pid
+  pid="$(anchor_pid "$1")" || die "host $1 is not up (no anchor process)"
+  shift
+  nsenter -t "$pid" --net --uts --mount -- "$@"
+}
+
+# Hosts known to this state dir or present as namespaces (for down/status).
+known_hosts_list() {
+  local names=() d n
+  for d in "$TB"/hosts/vmm[1-9]; do [[ -d "$d" ]] && names+=("${d##*/}"); done
+  for n in /run/netns/vmm[1-9]; do [[ -e "$n" ]] && names+=("${n##*/}"); done
+  (( ${#names[@]} )) && printf '%s\n' "${names[@]}" | sort -u
+  return 0
+}
+
+configured_hosts() { # the hosts of the current (or last) up
+  local n
+  n="$(cat "$TB/nhosts" 2>/dev/null || true)"
+  [[ "$n" =~ ^[1-9]$ ]] || return 0
+  seq -f 'vmm%g' 1 "$n"
+}
+
+slurm_idle_count() {
+  timeout 5 sinfo -h -N -t idle -o '%N' 2>/dev/null | sort -u | grep -c . || true
+}
+
+slurm_up_count() { # nodes that are responding (idle, mixed, allocated, completing)
+  timeout 5 sinfo -h -N -t idle,mix,alloc,comp -o '%N' 2>/dev/null | sort -u | grep -c . || true
+}
+
+# True if any process, namespace or link of the testbed exists (for HOSTS).
+anything_up() {
+  local h hd l
+  pidfile_alive "$TB/slurm/slurmctld.pid" slurmctld >/dev/null && return 0
+  pidfile_alive "$TB/munge/munged.pid" munged >/dev/null && return 0
+  ip link show dev "$HEAD_BR" >/dev/null 2>&1 && return 0
+  for h in "$@"; do
+    hd="$(host_dir "$h")"
+    [[ -e "/run/netns/$h" ]] && return 0
+    ip link show dev "$h-h" >/dev/null 2>&1 && return 0
+    for l in "anchor.pid sleep" "sshd.pid sshd" "slurmd.pid slurmd" "node/dhcp/dnsmasq.pid dnsmasq"; do
+      pidfile_alive "$hd/${l% *}" "${l#* }" >/dev/null && return 0
+    done
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- checks
+
+# Prints "NAME STATE DETAIL" lines; returns 0 only if every component is up.
+check_all() {
+  local ok=0 hosts h hd ip pid n idle upn
+  mapfile -t hosts < <(configured_hosts)
+  if (( ${#hosts[@]} == 0 )); then
+    echo "testbed      down  (never brought up in $TB)"
+    return 1
+  fi
+  if ip -br addr show dev "$HEAD_BR" 2>/dev/null | grep -q "$HEAD_IP/24"; then
+    echo "bridge       up    $HEAD_BR $HEAD_IP/24"
+  else
+    echo "bridge       DOWN  $HEAD_BR"; ok=1
+  fi
+  pid="$(pidfile_alive "$TB/munge/munged.pid" munged)" \
+    && echo "munged       up    pid $pid" || { echo "munged       DOWN"; ok=1; }
+  pid="$(pidfile_alive "$TB/slurm/slurmctld.pid" slurmctld)" \
+    && echo "slurmctld    up    pid $pid" || { echo "slurmctld    DOWN"; ok=1; }
+  for h in "${hosts[@]}"; do
+    hd="$(host_dir "$h")"; ip="$(host_ip "$h")"
+    if pid="$(anchor_pid "$h")" \
+        && ip -n "$h" -br addr show dev br0 2>/dev/null | grep -q "$ip/24" \
+        && ip -br link show dev "$h-h" 2>/dev/null | grep -q UP; then
+      echo "$h/anchor  up    pid $pid netns $h br0 $ip"
+    else
+      echo "$h/anchor  DOWN  (namespace, veth or anchor missing)"; ok=1
+    fi
+    pid="$(pidfile_alive "$hd/sshd.pid" sshd)" \
+      && echo "$h/sshd    up    pid $pid $ip:22" || { echo "$h/sshd    DOWN"; ok=1; }
+    pid="$(pidfile_alive "$hd/slurmd.pid" slurmd)" \
+      && echo "$h/slurmd  up    pid $pid" || { echo "$h/slurmd  DOWN"; ok=1; }
+    pid="$(pidfile_alive "$hd/node/dhcp/dnsmasq.pid" dnsmasq)" \
+      && echo "$h/dnsmasq up    pid $pid" || { echo "$h/dnsmasq DOWN"; ok=1; }
+    if [[ -s "$hd/node/kernels/default/vmlinuz" && -s "$hd/node/kernels/default/initrd.gz" ]]; then
+      echo "$h/kernel  ok    $NODE_MNT/kernels/default"
+    else
+      echo "$h/kernel  DOWN  $NODE_MNT/kernels/default missing"; ok=1
+    fi
+  done
+  n=${#hosts[@]}
+  if [[ -n "$(pidfile_alive "$TB/slurm/slurmctld.pid" slurmctld)" ]]; then
+    idle="$(slurm_idle_count)"; upn="$(slurm_up_count)"
+  else
+    idle=0; upn=0
+  fi
+  if (( upn == n )); then
+    echo "nodes        up    $idle/$n idle, $((upn - idle)) busy"
+  else
+    echo "nodes        DOWN  $upn/$n responding ($idle idle)"; ok=1
+  fi
+  return "$ok"
+}
+
+# ---------------------------------------------------------------- setup pieces
+
+preflight() {
+  [[ "$(id -u)" == 0 ]] || die "must run as root"
+  local c missing=()
+  for c in ip nsenter unshare munged slurmctld slurmd sinfo squeue scancel \
+           dnsmasq ssh ssh-keygen ssh-keyscan /usr/sbin/sshd flock; do
+    command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+  done
+  (( ${#missing[@]} == 0 )) || die "missing commands: ${missing[*]} (install testbed/debian-packages.txt)"
+}
+
+ensure_guest() {
+  "$SCRIPT_DIR/guest/build.sh"
+  [[ -s "$GUEST_DIR/vmlinuz" && -s "$GUEST_DIR/initrd.gz" ]] || die "guest build produced no kernel"
+}
+
+ensure_dirs() {
+  local h hd
+  mkdir -p "$TB"/{slurm/state,munge/run,ssh} "$NODE_MNT"
+  chmod 755 "$TB" "$TB/munge" "$TB/munge/run"   # munged: socket dir must be 0755
+  chmod 700 "$TB/ssh"
+  for h in "$@"; do
+    hd="$(host_dir "$h")"
+    mkdir -p "$hd"/{log,home,slurmd-spool} "$hd/node/dhcp/hosts.d" "$hd/node/kernels/default"
+  done
+  # sshd's privilege-separation dir, normally made by its service unit.
+  mkdir -p -m 0755 /run/sshd
+}
+
+ensure_keys() {
+  local h hd
+  if [[ ! -s "$TB/munge/munge.key" ]]; then
+    head -c 1024 /dev/urandom > "$TB/munge/munge.key.tmp"
+    chmod 400 "$TB/munge/munge.key.tmp"
+    mv "$TB/munge/munge.key.tmp" "$TB/munge/munge.key"
+  fi
+  if [[ ! -s "$TB/ssh/id_ed25519" ]]; then
+    rm -f "$TB/ssh/id_ed25519" "$TB/ssh/id_ed25519.pub"
+    ssh-keygen -q -t ed25519 -N '' -C vws-testbed -f "$TB/ssh/id_ed25519"
+  fi
+  cp "$TB/ssh/id_ed25519.pub" "$TB/ssh/authorized_keys"
+  # Host keys are kept across down/up, so clients can pin them.
+  for h in "$@"; do
+    hd="$(host_dir "$h")"
+    if [[ ! -s "$hd/ssh_host_ed25519_key" ]]; then
+      rm -f "$hd/ssh_host_ed25519_key" "$hd/ssh_host_ed25519_key.pub"
+      ssh-keygen -q -t ed25519 -N '' -C "$h" -f "$hd/ssh_host_ed25519_key"
+    fi
+  done
+  write_known_hosts "$@"
+}
+
+write_known_hosts() {
+  local h key tmp="$TB/ssh/known_hosts.tmp"
+  : > "$tmp"
+  for h in "$@"; do
+    read -r key < <(cut -d' ' -f1,2 "$(host_dir "$h")/ssh_host_ed25519_key.pub")
+    printf '%s,%s %s\n' "$h" "$(host_ip "$h")" "$key" >> "$tmp"
+  done
+  mv "$tmp" "$TB/ssh/known_hosts"
+  # Host names are not in /etc/hosts; this lets `ssh -F $TB/ssh/config vmm2` work.
+  for h in "$@"; do
+    printf 'Host %s %s\n  HostName %s\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n  UserKnownHostsFile %s\n  HostKeyAlias %s\n  StrictHostKeyChecking yes\n  BatchMode yes\n\n' \
+      "$h" "$(host_ip "$h")" "$(host_ip "$h")" "$TB/ssh/id_ed25519" "$TB/ssh/known_hosts" "$h"
+  done > "$TB/ssh/config.tmp"
+  mv "$TB/ssh/config.tmp" "$TB/ssh/config"
+}
+
+write_if_changed() { # write_if_changed FILE (content on stdin)
+  local tmp="$1.tmp"
+  cat > "$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
+
+write_slurm_conf() {
+  local n="$1" names addrs first_job=1
+  if (( n == 1 )); then names=vmm1; addrs="$NET_PREFIX.11"
+  else names="vmm[1-$n]"; addrs="$NET_PREFIX.[11-1$n]"; fi
+  # Job IDs continue across down/up (state is wiped at down), so a test never
+  # sees an old job ID come back.
+  [[ -s "$TB/slurm/next-job-id" ]] && first_job="$(cat "$TB/slurm/next-job-id")"
+  write_if_changed "$SLURM_CONF_FILE" <<EOF
+# Generated by testbed/testbed.sh. Settings from shared/research/testbed-slurm-ssh.md.
+ClusterName=vws
+SlurmctldHost=$(hostname -s)($HEAD_IP)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$MUNGE_SOCKET
+SlurmctldPort=16817
+SlurmdPort=16818
+StateSaveLocation=$TB/slurm/state
+SlurmctldPidFile=$TB/slurm/slurmctld.pid
+SlurmctldLogFile=$TB/slurm/slurmctld.log
+# %n = node name; the spool dir must exist before slurmd starts
+SlurmdSpoolDir=$TB/hosts/%n/slurmd-spool
+SlurmdPidFile=$TB/hosts/%n/slurmd.pid
+SlurmdLogFile=$TB/hosts/%n/log/slurmd.log
+# container-safe: no cgroup tracking, no accounting
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+MailProg=/bin/true
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU_Memory
+# without it a job without --mem takes the whole node's memory
+DefMemPerCPU=100
+SchedulerType=sched/backfill
+# start jobs within ~1 s instead of ~3 s
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+# let a 2-core machine advertise CPUs=4 without being drained
+SlurmdParameters=config_overrides
+ReturnToService=2
+SlurmdTimeout=30
+KillWait=5
+# no accounting: keep finished jobs visible to squeue/scontrol for an hour
+MinJobAge=3600
+FirstJobId=$first_job
+NodeName=$names NodeHostname=$names NodeAddr=$addrs CPUs=4 RealMemory=4096 State=UNKNOWN
+PartitionName=vws Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+write_sshd_config() {
+  local h="$1" hd
+  hd="$(host_dir "$h")"
+  write_if_changed "$hd/sshd_config" <<EOF
+# Generated by testbed/testbed.sh for $h
+Port 22
+ListenAddress $(host_ip "$h")
+HostKey $hd/ssh_host_ed25519_key
+PidFile $hd/sshd.pid
+AuthorizedKeysFile $TB/ssh/authorized_keys
+# the key file is not in ~root/.ssh, so skip sshd's ownership checks
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+UseDNS no
+PrintMotd no
+MaxStartups 100:30:200
+MaxSessions 100
+# per-host HOME: root's ~/.bashrc (pyenv) costs ~110 ms per ssh command
+SetEnv HOME=$hd/home VWS_TESTBED_HOST=$h
+Subsystem sftp internal-sftp
+EOF
+}
+
+write_dnsmasq_conf() {
+  local h="$1"
+  # Paths are as seen inside the host (its node dir is mounted at $NODE_MNT).
+  # No dhcp-authoritative: every host's dnsmasq shares one L2 segment and must
+  # stay silent for MACs it has no dhcp-host entry for.
+  write_if_changed "$(host_dir "$h")/dnsmasq.conf" <<EOF
+# Generated by testbed/testbed.sh for $h
+port=0
+interface=br0
+bind-interfaces
+dhcp-range=$NET_PREFIX.0,static,255.255.255.0,12h
+dhcp-option=option:router,$HEAD_IP
+dhcp-hostsdir=$NODE_MNT/dhcp/hosts.d
+dhcp-leasefile=$NODE_MNT/dhcp/leases
+pid-file=$NODE_MNT/dhcp/dnsmasq.pid
+log-dhcp
+log-facility=$NODE_MNT/dhcp/dnsmasq.log
+user=root
+EOF
+}
+
+ensure_munged() {
+  if pidfile_alive "$TB/munge/munged.pid" munged >/dev/null; then return 0; fi
+  rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
+  munged --socket="$MUNGE_SOCKET" --key-file="$TB/munge/munge.key" \
+    --log-file="$TB/munge/munged.log" --pid-file="$TB/munge/munged.pid" \
+    --seed-file="$TB/munge/munged.seed" </dev/null >/dev/null 2>&1 \
+    || die "munged failed to start; see $TB/munge/munged.log"
+  poll 5 test -S "$MUNGE_SOCKET" || die "munged socket did not appear"
+  step "munged started (pid $(read_pid "$TB/munge/munged.pid"))"
+}
+
+ensure_head_bridge() {
+  if ! ip link show dev "$HEAD_BR" >/dev/null 2>&1; then
+    # No STP: ports forward at once instead of after the forward delay.
+    ip link add "$HEAD_BR" type bridge stp_state 0 forward_delay 0
+    step "bridge $HEAD_BR created"
+  fi
+  ip addr replace "$HEAD_IP/24" dev "$HEAD_BR"
+  ip link set "$HEAD_BR" up
+}
+
+# Remember whether /run/netns was a mount point before our first `ip netns add`
+# (ip makes it one), so down can remove that mount too and leave nothing.
+note_run_netns() {
+  [[ -e "$TB/run-netns-was-mounted" || -e "$TB/run-netns-ours" ]] && return 0
+  if mountpoint -q /run/netns 2>/dev/null; then
+    touch "$TB/run-netns-was-mounted"
+  else
+    touch "$TB/run-netns-ours"
+  fi
+}
+
+ensure_host_net() {
+  local h="$1" ip
+  ip="$(host_ip "$h")"
+  if [[ ! -e "/run/netns/$h" ]]; then
+    note_run_netns
+    ip netns add "$h"
+  fi
+  ip -n "$h" link set lo up
+  if ! ip -n "$h" link show dev br0 >/dev/null 2>&1; then
+    ip -n "$h" link add br0 type bridge stp_state 0 forward_delay 0
+  fi
+  if ! ip link show dev "$h-h" >/dev/null 2>&1; then
+    ip -n "$h" link del eth0 2>/dev/null || true
+    ip link add "$h-h" type veth peer name eth0 netns "$h"
+  fi
+  ip -n "$h" link set eth0 master br0 up
+  ip -n "$h" addr replace "$ip/24" dev br0
+  ip -n "$h" link set br0 up
+  ip -n "$h" route replace default via "$HEAD_IP" dev br0
+  ip link set "$h-h" master "$HEAD_BR" up
+}
+
+# Stop the per-host daemons by PID file (used by down, and by up when a
+# host's anchor is gone and its daemons must move to a fresh one).
+host_daemon_specs() { # "FILE|COMM|NAME" of each per-host daemon, for HOSTS
+  local h hd
+  for h in "$@"; do
+    hd="$(host_dir "$h")"
+    printf '%s\n' "$hd/sshd.pid|sshd|$h sshd" "$hd/slurmd.pid|slurmd|$h slurmd" \
+      "$hd/node/dhcp/dnsmasq.pid|dnsmasq|$h dnsmasq"
+  done
+}
+
+stop_host_daemons() { # stop_host_daemons HOST...
+  local specs
+  mapfile -t specs < <(host_daemon_specs "$@")
+  stop_pidfiles "${specs[@]}"
+}
+
+ensure_anchor() {
+  local h="$1" hd pid
+  hd="$(host_dir "$h")"
+  anchor_pid "$h" >/dev/null && return 0
+  # A dead or stale anchor: daemons left in its old namespaces must go too.
+  pid="$(pidfile_alive "$hd/anchor.pid" sleep)" && { kill_wait "$pid" || true; }
+  stop_host_daemons "$h"
+  rm -f "$hd/anchor.pid"
+  # The anchor writes its own PID (it is the process inside the namespaces:
+  # nsenter, unshare and sh all exec) and then sleeps forever. Its stdio goes
+  # to a log so it never holds the caller's pipes open.
+  setsid -f nsenter --net="/run/netns/$h" \
+    unshare --uts --mount --propagation private \
+    sh -ec 'hostname "$1"; mount --bind "$2" "$3"; echo $$ > "$4.tmp"; mv "$4.tmp" "$4"; exec sleep infinity' \
+    anchor "$h" "$hd/node" "$NODE_MNT" "$hd/anchor.pid" \
+    </dev/null >>"$hd/log/anchor.log" 2>&1
+  poll 5 anchor_pid "$h" >/dev/null || die "$h: anchor did not start; see $hd/log/anchor.log"
+  step "$h anchor started (pid $(anchor_pid "$h"), hostname $h, $NODE_MNT bound)"
+}
+
+ensure_sshd() {
+  local h="$1" hd
+  hd="$(host_dir "$h")"
+  pidfile_alive "$hd/sshd.pid" sshd >/dev/null && return 0
+  write_sshd_config "$h"
+  rm -f "$hd/sshd.pid"
+  # sshd re-executes itself: it needs its absolute path.
+  in_host "$h" /usr/sbin/sshd -f "$hd/sshd_config" -E "$hd/log/sshd.log" \
+    </dev/null >/dev/null 2>&1 || die "$h: sshd failed; see $hd/log/sshd.log"
+  poll 5 pidfile_alive "$hd/sshd.pid" sshd >/dev/null || die "$h: sshd did not start"
+  step "$h sshd started (pid $(read_pid "$hd/sshd.pid"), $(host_ip "$h"):22)"
+}
+
+ensure_dnsmasq() {
+  local h="$1" hd
+  hd="$(host_dir "$h")"
+  pidfile_alive "$hd/node/dhcp/dnsmasq.pid" dnsmasq >/dev/null && return 0
+  write_dnsmasq_conf "$h"
+  rm -f "$hd/node/dhcp/dnsmasq.pid"
+  in_host "$h" dnsmasq --conf-file="$hd/dnsmasq.conf" </dev/null >/dev/null 2>>"$hd/log/dnsmasq.err" \
+    || die "$h: dnsmasq failed; see $hd/log/dnsmasq.err"
+  poll 5 pidfile_alive "$hd/node/dhcp/dnsmasq.pid" dnsmasq >/dev/null || die "$h: dnsmasq did not start"
+  step "$h dnsmasq started (pid $(read_pid "$hd/node/dhcp/dnsmasq.pid"), DHCP on br0)"
+}
+
+ensure_slurmd() {
+  local h="$1" hd
+  hd="$(host_dir "$h")"
+  pidfile_alive "$hd/slurmd.pid" slurmd >/dev/null && return 0
+  rm -f "$hd/slurmd.pid"
+  # Entered with nsenter, not `ip netns exec`: the latter remounts /sys, which
+  # hides /sys/fs/cgroup, and slurmd dies without it.
+  in_host "$h" slurmd -f "$SLURM_CONF_FILE" -N "$h" </dev/null >/dev/null 2>>"$hd/log/slurmd.err" \
+    || die "$h: slurmd failed; see $hd/log/slurmd.log"
+  poll 5 pidfile_alive "$hd/slurmd.pid" slurmd >/dev/null || die "$h: slurmd did not start"
+  step "$h slurmd started (pid $(read_pid "$hd/slurmd.pid"))"
+}
+
+ensure_slurmctld() {
+  pidfile_alive "$TB/slurm/slurmctld.pid" slurmctld >/dev/null && return 0
+  rm -f "$TB/slurm/slurmctld.pid"
+  slurmctld -f "$SLURM_CONF_FILE" </dev/null >/dev/null 2>>"$TB/slurm/slurmctld.err" \
+    || die "slurmctld failed; see $TB/slurm/slurmctld.log"
+  poll 5 pidfile_alive "$TB/slurm/slurmctld.pid" slurmctld >/dev/null || die "slurmctld did not start"
+  step "slurmctld started (pid $(read_pid "$TB/slurm/slurmctld.pid"))"
+}
+
+# Site-provided guest kernel: vws boots VMs with $NODE_MNT/kernels/default/*.
+ensure_kernels() {
+  local h="$1" f dst
+  dst="$(host_dir "$h")/node/kernels/default"
+  for f in vmlinuz initrd.gz; do
+    if ! cmp -s "$GUEST_DIR/$f" "$dst/$f"; then
+      ln -f "$GUEST_DIR/$f" "$dst/$f.tmp" 2>/dev/null || cp -f "$GUEST_DIR/$f" "$dst/$f.tmp"
+      mv -f "$dst/$f.tmp" "$dst/$f"
+    fi
+  done
+}
+
+# On a cold start this means "N nodes idle". Busy nodes also count, so that
+# restarting one dead daemon while jobs run elsewhere does not time out.
+wait_nodes_ready() {
+  local n="$1" c
+  all_ready() { [[ "$(slurm_up_count)" == "$n" ]]; }
+  if ! poll "$IDLE_TIMEOUT" all_ready; then
+    c="$(slurm_up_count)"
+    sinfo -N -l >&2 || true
+    die "slurm: only $c of $n nodes idle (or busy) after ${IDLE_TIMEOUT}s; see $TB/slurm/slurmctld.log and $TB/hosts/*/log/slurmd.log"
+  fi
+  step "slurm: $n nodes up ($(slurm_idle_count) idle)"
+}
+
+wait_sshd_port() {
+  local h="$1" ip
+  ip="$(host_ip "$h")"
+  port_open() { timeout 1 bash -c 'exec 3<>"/dev/tcp/$1/22"' _ "$ip" 2>/dev/null; }
+  poll 5 port_open || die "$h: nothing listens on $ip:22"
+}
+
+# ---------------------------------------------------------------- commands
+
+cmd_up() {
+  local n="$DEFAULT_HOSTS" prev h hosts
+  while (( $# )); do
+    case "$1" in
+      --hosts) [[ $# -ge 2 ]] || die "--hosts needs a number"; n="$2"; shift 2 ;;
+      --hosts=*) n="${1#*=}"; shift ;;
+      *) die "up: unknown argument: $1" ;;
+    esac
+  done
+  [[ "$n" =~ ^[1-9]$ ]] || die "--hosts must be 1..9 (got '$n')"
+  preflight
+  prev="$(cat "$TB/nhosts" 2>/dev/null || true)"
+  if [[ -n "$prev" && "$prev" != "$n" ]]; then
+    mapfile -t hosts < <(known_hosts_list)
+    if anything_up "${hosts[@]}"; then
+      die "testbed is (partly) up with $prev hosts; run 'testbed.sh down' first to change to $n"
+    fi
+  fi
+  if [[ "$prev" == "$n" ]] && check_all >/dev/null 2>&1; then
+    step "testbed already up ($n hosts); nothing to do"
+    return 0
+  fi
+  mkdir -p "$TB"
+  printf '%s\n' "$n" > "$TB/nhosts"
+  mapfile -t hosts < <(configured_hosts)
+
+  ensure_guest
+  step "guest kernel ready ($GUEST_DIR)"
+  ensure_dirs "${hosts[@]}"
+  ensure_keys "${hosts[@]}"
+  write_slurm_conf "$n"
+  step "config and keys ready ($TB)"
+  ensure_munged
+  ensure_head_bridge
+  for h in "${hosts[@]}"; do
+    ensure_host_net "$h"
+  done
+  step "network ready: $HEAD_BR $HEAD_IP/24, hosts ${hosts[*]} on br0 .11-.$((10 + n))"
+  ensure_slurmctld
+  for h in "${hosts[@]}"; do
+    ensure_anchor "$h"
+    ensure_kernels "$h"
+    ensure_sshd "$h"
+    ensure_dnsmasq "$h"
+    ensure_slurmd "$h"
+  done
+  for h in "${hosts[@]}"; do wait_sshd_port "$h"; done
+  step "sshd listening on all hosts"
+  wait_nodes_ready "$n"
+  check_all >/dev/null || { check_all >&2 || true; die "testbed is not fully up"; }
+  step "testbed up: $n hosts (total $(elapsed) s)"
+}
+
+cmd_status() {
+  check_all
+}
+
+# Job IDs go on across down/up: remember the next one before wiping state.
+save_next_job_id() {
+  local last
+  last="$(timeout 5 squeue -h -t all -o '%i' 2>/dev/null | sed 's/_.*//' | sort -n | tail -n1 || true)"
+  if [[ "$last" =~ ^[0-9]+$ ]]; then
+    printf '%s\n' $((last + 1)) > "$TB/slurm/next-job-id"
+  fi
+}
+
+cancel_all_jobs() {
+  local jobs
+  pidfile_alive "$TB/slurm/slurmctld.pid" slurmctld >/dev/null || return 0
+  mapfile -t jobs < <(timeout 5 squeue -h -o '%A' 2>/dev/null || true)
+  (( ${#jobs[@]} )) || return 0
+  timeout 10 scancel "${jobs[@]}" 2>/dev/null || true
+  # slurmstepd outlives slurmd: wait for the jobs to be gone before stopping it.
+  no_jobs() { [[ -z "$(timeout 5 squeue -h -o '%A' 2>/dev/null)" ]]; }
+  if poll 20 no_jobs; then
+    step "cancelled ${#jobs[@]} job(s)"
+  else
+    printf 'testbed: warning: jobs still in squeue after 20 s; killing their processes\n' >&2
+  fi
+}
+
+# Everything in a host's network namespace that is not one of its daemons:
+# VMs, node workers, ssh sessions, job steps that vws or tests started there.
+kill_host_strays() { # kill_host_strays HOST...
+  local h hd keep=() pids=() p k skip what
+  for h in "$@"; do
+    hd="$(host_dir "$h")"
+    keep+=("$(read_pid "$hd/anchor.pid")" "$(read_pid "$hd/sshd.pid")" \
+           "$(read_pid "$hd/slurmd.pid")" "$(read_pid "$hd/node/dhcp/dnsmasq.pid")")
+  done
+  for h in "$@"; do
+    [[ -e "/run/netns/$h" ]] || continue
+    for p in $(ip netns pids "$h" 2>/dev/null); do
+      skip=0
+      for k in "${keep[@]}"; do [[ "$p" == "$k" ]] && skip=1; done
+      (( skip )) || { pid_alive "$p" && pids+=("$p"); }
+    done
+  done
+  (( ${#pids[@]} )) || return 0
+  what="$(ps -o comm= -p "$(IFS=,; echo "${pids[*]}")" 2>/dev/null | sort | uniq -c \
+          | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')"
+  kill_wait "${pids[@]}" || true
+  step "stopped ${#pids[@]} other process(es) in the hosts' namespaces: $what"
+}
+
+# Last resort for anything in the namespace that had no PID file.
+kill_netns_rest() {
+  local h="$1" pids=()
+  [[ -e "/run/netns/$h" ]] || return 0
+  mapfile -t pids < <(ip netns pids "$h" 2>/dev/null || true)
+  (( ${#pids[@]} )) || return 0
+  kill_wait "${pids[@]}" || true
+  step "$h: stopped ${#pids[@]} leftover process(es)"
+}
+
+# Processes inside namespace inodes we are about to delete (for verification).
+procs_in_ns() { # procs_in_ns TYPE INODE...
+  local type="$1" p link ino; shift
+  (( $# )) || return 0
+  for p in /proc/[0-9]*; do
+    link="$(readlink "$p/ns/$type" 2>/dev/null)" || continue
+    for ino in "$@"; do
+      [[ "$link" == "$type:[$ino]" ]] && pid_alive "${p#/proc/}" && printf '%s ' "${p#/proc/}"
+    done
+  done
+  return 0
+}
+
+cmd_down() {
+  local hosts h net_inos=() mnt_inos=() left=() pid l specs
+  # A reader that goes away (e.g. `down | head`) must not abort the teardown
+  # half-way. (Only here: up would pass the ignored SIGPIPE on to daemons.)
+  trap '' PIPE
+  preflight
+  mapfile -t hosts < <(known_hosts_list)
+
+  if ! anything_up "${hosts[@]}"; then
+    step "testbed is not up; nothing to stop"
+    return 0
+  fi
+
+  # Remember the namespaces so we can prove afterwards no process kept them.
+  for h in "${hosts[@]}"; do
+    l="$(netns_inode "$h")" && net_inos+=("$l")
+    pid="$(pidfile_alive "$(host_dir "$h")/anchor.pid" sleep)" \
+      && l="$(stat -L -c %i "/proc/$pid/ns/mnt" 2>/dev/null)" && mnt_inos+=("$l")
+  done
+
+  save_next_job_id
+  cancel_all_jobs
+  kill_host_strays "${hosts[@]}"
+  (( ${#hosts[@]} == 0 )) || stop_host_daemons "${hosts[@]}"
+  specs=()
+  for h in "${hosts[@]}"; do specs+=("$(host_dir "$h")/anchor.pid|sleep|$h anchor"); done
+  (( ${#specs[@]} == 0 )) || stop_pidfiles "${specs[@]}"
+  for h in "${hosts[@]}"; do kill_netns_rest "$h"; done
+  stop_pidfiles "$TB/slurm/slurmctld.pid|slurmctld|slurmctld"
+  stop_pidfiles "$TB/munge/munged.pid|munged|munged"
+  # A fresh cluster on the next up (no drained nodes or old jobs); job IDs
+  # continue through next-job-id.
+  rm -rf "$TB/slurm/state"
+
+  for h in "${hosts[@]}"; do
+    if [[ -e "/run/netns/$h" ]]; then ip netns del "$h"; fi
+    ip link del "$h-h" 2>/dev/null || true
+  done
+  ip link del "$HEAD_BR" 2>/dev/null || true
+  if [[ -e "$TB/run-netns-ours" ]] && mountpoint -q /run/netns \
+      && [[ -z "$(ls -A /run/netns 2>/dev/null)" ]]; then
+    umount /run/netns 2>/dev/null || true
+    rm -f "$TB/run-netns-ours"
+  fi
+  # veths vanish asynchronously once their namespace is gone.
+  no_links() { ! ip -br link 2>/dev/null | grep -Eq "^($HEAD_BR|vmm[1-9]-h|vws-[^ ]*)[ @]"; }
+  poll 5 no_links || true
+  step "network removed"
+
+  # Verify: nothing of ours may be left.
+  l="$(procs_in_ns net "${net_inos[@]}")"; [[ -z "$l" ]] || left+=("processes in host netns: $l")
+  l="$(procs_in_ns mnt "${mnt_inos[@]}")"; [[ -z "$l" ]] || left+=("processes in host mount ns: $l")
+  for h in "${hosts[@]}"; do
+    [[ -e "/run/netns/$h" ]] && left+=("netns $h")
+  done
+  l="$(ip -br link 2>/dev/null | awk '{print $1}' | grep -E "^($HEAD_BR|vmm[1-9]-h|vws-.*)(@.*)?$" | tr '\n' ' ' || true)"
+  [[ -z "$l" ]] || left+=("links: $l")
+  l="$(findmnt -rn -o TARGET 2>/dev/null | grep -E "^($NODE_MNT|/run/netns/vmm[1-9])$" | tr '\n' ' ' || true)"
+  [[ -z "$l" ]] || left+=("mounts: $l")
+  for l in "$TB/slurm/slurmctld.pid slurmctld" "$TB/munge/munged.pid munged"; do
+    pid="$(pidfile_alive "${l% *}" "${l#* }")" && left+=("${l#* } pid $pid")
+  done
+  # Killed daemons were re-parented to PID 1, which reaps them lazily (~1-2 s
+  # here); wait briefly so that `ps` right after down shows no <defunct> entries.
+  all_reaped() { local q; for q in "${KILLED_PIDS[@]}"; do [[ -e "/proc/$q" ]] && return 1; done; return 0; }
+  poll 3 all_reaped || step "note: some stopped processes are still <defunct>, waiting for PID 1 to reap them"
+  if (( ${#left[@]} )); then
+    printf 'testbed: error: left after down: %s\n' "${left[@]}" >&2
+    exit 1
+  fi
+  step "testbed down: nothing left (total $(elapsed) s)"
+}
+
+cmd_exec() {
+  local h="${1:-}" pid
+  [[ "$h" =~ ^vmm[1-9]$ ]] || die "usage: testbed.sh exec vmmK -- CMD [ARGS...]"
+  shift
+  [[ "${1:-}" == "--" ]] && shift
+  (( $# )) || die "usage: testbed.sh exec vmmK -- CMD [ARGS...]"
+  pid="$(anchor_pid "$h")" || die "host $h is not up (run testbed.sh up)"
+  # Entering the mount namespace resets the working directory to /; keep ours
+  # so relative paths (e.g. dist/workers/node.js) still work.
+  exec nsenter -t "$pid" --net --uts --mount --wd="$PWD" -- "$@"
+}
+
+cmd_env() {
+  printf 'export SLURM_CONF=%q\n' "$SLURM_CONF_FILE"
+  printf 'export VWS_TESTBED_DIR=%q\n' "$TB"
+}
+
+usage() {
+  cat <<EOF
+usage: testbed.sh up [--hosts N] | status | down | exec HOST -- CMD [ARGS...] | env
+state dir: $TB (VWS_TESTBED_DIR)
+EOF
+}
+
+main() {
+  local cmd="${1:-}"
+  (( $# )) && shift
+  case "$cmd" in
+    up) cmd_up "$@" ;;
+    status) cmd_status ;;
+    down) cmd_down ;;
+    exec) cmd_exec "$@" ;;
+    env) cmd_env ;;
+    -h|--help|help) usage ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"
