@@ -727,6 +727,12 @@ cmd_down() {
   for h in "${hosts[@]}"; do specs+=("$(host_dir "$h")/anchor.pid|sleep|$h anchor"); done
   (( ${#specs[@]} == 0 )) || stop_pidfiles "${specs[@]}"
   for h in "${hosts[@]}"; do kill_netns_rest "$h"; done
+  # The hosts' VMs are gone, so their records go too: per-VM files, DHCP host entries and leases.
+  # (The image cache and the site kernels stay: they are node state, not leftovers of a VM.)
+  for h in "${hosts[@]}"; do
+    rm -rf "$(host_dir "$h")/node/workspaces" "$(host_dir "$h")/node/dhcp/leases"
+    rm -f "$(host_dir "$h")"/node/dhcp/hosts.d/*
+  done
   stop_pidfiles "$TB/slurm/slurmctld.pid|slurmctld|slurmctld"
   stop_pidfiles "$TB/munge/munged.pid|munged|munged"
   # A fresh cluster on the next up (no drained nodes or old jobs); job IDs

@@ -13,6 +13,7 @@ import type { VwsConfig } from '../config/schema';
 import { FailureType } from '../domain/errors';
 import { describeQuery, destroyUpdate, VwsOwner, VwsState } from '../domain/messages';
 import { createWorkspaceSchema, fieldProblems, imageNameSchema, workspaceIdSchema } from '../domain/requests';
+import { isOperationAllowed, refusalMessage } from '../domain/states';
 import type { WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
 import { resolveImage } from '../repository';
 import { log } from '../log';
@@ -145,15 +146,24 @@ export function createApp(deps: ApiDeps): express.Express {
     '/workspaces/:id',
     wrap(async (req, res) => {
       const id = String(req.params.id);
-      await ownedWorkspace(id, res.locals.principal as Principal);
+      const principal = res.locals.principal as Principal;
+      const before = await ownedWorkspace(id, principal);
+      // Early refusal from the state table; the workflow's validator checks again (the state may move).
+      if (!isOperationAllowed(before.state, 'destroy')) {
+        throw new HttpProblem(409, 'Operation not allowed', refusalMessage(before.state, 'destroy'), { state: before.state });
+      }
       try {
         const d = await client.workflow.getHandle(workspaceWorkflowId(config, id)).executeUpdate(destroyUpdate);
         log.info({ workspace: id }, 'workspace destroy requested');
         res.status(202).location(`/workspaces/${id}`).json(present(config, d));
       } catch (e) {
-        if (e instanceof WorkflowUpdateFailedError && e.cause instanceof ApplicationFailure && e.cause.type === FailureType.OperationNotAllowed) {
-          const current = await ownedWorkspace(id, res.locals.principal as Principal);
-          throw new HttpProblem(409, 'Operation not allowed', e.cause.message, { state: current.state });
+        const refused = e instanceof WorkflowUpdateFailedError && e.cause instanceof ApplicationFailure && e.cause.type === FailureType.OperationNotAllowed;
+        // "Not found" here means the workflow completed since the query: it is Cancelled now.
+        if (refused || e instanceof WorkflowNotFoundError) {
+          const current = await ownedWorkspace(id, principal);
+          throw new HttpProblem(409, 'Operation not allowed', refused ? (e.cause as Error).message : refusalMessage(current.state, 'destroy'), {
+            state: current.state,
+          });
         }
         throw e;
       }

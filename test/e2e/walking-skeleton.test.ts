@@ -1,0 +1,117 @@
+/**
+ * The walking skeleton through real parts only: POST /workspaces → workspace workflow → allocator →
+ * node worker inside vmm1 → image pulled from the head and overlaid → dnsmasq entry → QEMU boots the
+ * guest → the VM obtains its address by DHCP and answers ping from the head → DELETE destroys it and
+ * nothing is left: no qemu process, no tap, no DHCP entry or lease, no files, no grant.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { historyToJSON } from '@temporalio/common/lib/proto-utils';
+import { allocatorWorkflowId, workspaceWorkflowId } from '../../src/config/names';
+import { eventually, exec, nodeLeftovers, startStack, type Stack } from '../helpers/stack';
+
+let stack: Stack;
+beforeAll(async () => {
+  stack = await startStack({ first: '10.213.0.200', last: '10.213.0.209' });
+});
+afterAll(async () => {
+  await stack?.stop();
+});
+
+type Ws = Record<string, unknown> & { state: string; network?: { ip: string; mac: string; hostname: string } };
+
+async function recordHistory(workflowId: string, name: string): Promise<void> {
+  const dir = process.env.VWS_RECORD_HISTORIES;
+  if (!dir) return;
+  mkdirSync(dir, { recursive: true });
+  const history = await stack.conn.client.workflow.getHandle(workflowId).fetchHistory();
+  writeFileSync(join(dir, `${name}.json`), historyToJSON(history));
+}
+
+describe('the walking skeleton', () => {
+  it('deploys a real VM on vmm1 with its DHCP address, answers ping, and destroys it leaving nothing', async () => {
+    expect(await nodeLeftovers('vmm1', stack.nodeDir)).toEqual([]);
+
+    const t0 = Date.now();
+    const created = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 128 });
+    expect(created.status).toBe(202);
+    const id = String(created.body.id);
+    expect(id).toMatch(/^ws-[0-9a-f]{12}$/);
+
+    const running = await eventually(
+      120,
+      async () => {
+        const r = await stack.call('alice', 'GET', `/workspaces/${id}`);
+        const ws = r.body as Ws;
+        if (ws.state === 'Corrupted') throw new Error(`workspace Corrupted: ${String(ws.reason)}`);
+        return ws.state === 'Running' && ws.obtainedIp ? ws : null;
+      },
+      'Running with a DHCP address',
+    );
+    const postToRunning = (Date.now() - t0) / 1000;
+    console.log(`walking skeleton: POST → Running with DHCP address in ${postToRunning.toFixed(2)} s`);
+
+    expect(running).toMatchObject({ id, node: 'vmm1', owner: '/O=Grid/OU=test/CN=alice', image: 'sample', task: null });
+    expect(running.network!.ip).toBe('10.213.0.200');
+    expect(running.obtainedIp).toBe(running.network!.ip);
+    expect((running.links as { temporalUi: string }).temporalUi).toContain(encodeURIComponent(workspaceWorkflowId(stack.config, id)));
+
+    // The VM answers from the head, through the head bridge and vmm1's br0.
+    const ping = await exec.run(['ping', '-c', '1', '-W', '3', running.network!.ip], { okCodes: [0, 1] });
+    expect(ping.stdout).toContain('1 received');
+
+    // It really is our guest: a qemu process in vmm1, booted from the overlay of the staged image.
+    const serial = await exec.readFile(join(stack.nodeDir, 'workspaces', id, 'serial.log'));
+    expect(serial).toContain('VWS-GUEST: image=vws-sample-image v1');
+    expect(serial).toContain(`VWS-GUEST-READY host=${running.network!.hostname} ip=${running.network!.ip}`);
+    const left = await nodeLeftovers('vmm1', stack.nodeDir);
+    expect(left.filter((l) => l.startsWith('qemu process'))).toHaveLength(1);
+    expect(left).toContain(`tap vw${id.slice(3)}`);
+    expect(left).toContain(`DHCP host entry ${id}`);
+    expect(await stack.grants()).toHaveLength(1);
+
+    // Another client cannot see or destroy it.
+    expect((await stack.call('bob', 'GET', `/workspaces/${id}`)).status).toBe(404);
+    expect((await stack.call('bob', 'DELETE', `/workspaces/${id}`)).status).toBe(404);
+    expect((await stack.call(null, 'GET', `/workspaces/${id}`)).status).toBe(401);
+
+    const del = await stack.call('alice', 'DELETE', `/workspaces/${id}`);
+    expect(del.status).toBe(202);
+    await eventually(60, async () => (await stack.call('alice', 'GET', `/workspaces/${id}`)).body.state === 'Cancelled', 'Cancelled');
+
+    expect(await nodeLeftovers('vmm1', stack.nodeDir)).toEqual([]);
+    expect(await stack.grants()).toEqual([]);
+    const gone = await exec.run(['ping', '-c', '1', '-W', '1', running.network!.ip], { okCodes: [0, 1] });
+    expect(gone.code).toBe(1);
+
+    // A second destroy is refused, naming the state.
+    const again = await stack.call('alice', 'DELETE', `/workspaces/${id}`);
+    expect(again.status).toBe(409);
+    expect(again.body).toMatchObject({ state: 'Cancelled', detail: 'cannot destroy a workspace in state Cancelled' });
+
+    await recordHistory(workspaceWorkflowId(stack.config, id), 'workspace-walking-skeleton');
+    await recordHistory(allocatorWorkflowId(stack.config), 'allocator-walking-skeleton');
+  });
+
+  it('refuses bad input with 400 naming the field, and starts nothing', async () => {
+    const cases: Array<[unknown, string]> = [
+      [{ image: 'sample', memoryMiB: 'lots' }, 'memoryMiB'],
+      [{ image: 'no-such-image' }, 'image'],
+      [{ image: 'sample', memoryMiB: 4096 }, 'memoryMiB'],
+      [{ image: 'sample', color: 'blue' }, 'color'],
+      [{}, 'image'],
+    ];
+    for (const [body, field] of cases) {
+      const r = await stack.call('alice', 'POST', '/workspaces', body);
+      expect(r.status).toBe(400);
+      expect(r.body).toMatchObject({ status: 400, title: 'Invalid request', errors: [expect.objectContaining({ field })] });
+    }
+    const notJson = await stack.call('alice', 'POST', '/workspaces', '{"image": ');
+    expect(notJson).toMatchObject({ status: 400, body: { detail: 'the body is not valid JSON' } });
+
+    const open = await stack.conn.client.workflow.count(`WorkflowId STARTS_WITH "${stack.config.temporal.prefix}-ws-"`);
+    expect(open.count).toBe(1); // only the walking skeleton's workspace, now Cancelled
+    expect(await stack.grants()).toEqual([]);
+    expect(await nodeLeftovers('vmm1', stack.nodeDir)).toEqual([]);
+  });
+});
