@@ -9,6 +9,7 @@ import { headTaskQueue } from '../config/names';
 import { loadConfig } from '../config/load';
 import type { VwsConfig } from '../config/schema';
 import { log } from '../log';
+import { installRuntime } from './runtime';
 
 /** Options of {@link createHeadWorker}. */
 export interface HeadWorkerOptions {
@@ -31,6 +32,7 @@ export function createHeadWorker(o: HeadWorkerOptions): Promise<Worker> {
 }
 
 async function main(): Promise<void> {
+  installRuntime();
   const config = loadConfig();
   const connection = await NativeConnection.connect({ address: config.temporal.address });
   const client = new Client({

@@ -10,6 +10,7 @@ import type { VwsConfig } from '../config/schema';
 import { readToken } from '../config/secrets';
 import { LocalExecutor } from '../exec/local';
 import { log } from '../log';
+import { installRuntime } from './runtime';
 
 /** Creates (does not run) the worker of node `node`. */
 export function createNodeWorker(o: { config: VwsConfig; node: string; connection: NativeConnection }): Promise<Worker> {
@@ -29,6 +30,7 @@ export function createNodeWorker(o: { config: VwsConfig; node: string; connectio
 }
 
 async function main(): Promise<void> {
+  installRuntime();
   const config = loadConfig();
   const node = process.env.VWS_NODE;
   if (!node) throw new Error('set VWS_NODE to this node\'s name (one of: ' + config.nodes.map((n) => n.name).join(', ') + ')');

@@ -8,7 +8,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils';
 import { allocatorWorkflowId, workspaceWorkflowId } from '../../src/config/names';
-import { eventually, exec, nodeLeftovers, startStack, type Stack } from '../helpers/stack';
+import { eventually, exec, startStack, type Stack } from '../helpers/stack';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -30,7 +30,7 @@ async function recordHistory(workflowId: string, name: string): Promise<void> {
 
 describe('the walking skeleton', () => {
   it('deploys a real VM on vmm1 with its DHCP address, answers ping, and destroys it leaving nothing', async () => {
-    expect(await nodeLeftovers('vmm1', stack.nodeDir)).toEqual([]);
+    expect(await stack.leftovers()).toEqual([]);
 
     const t0 = Date.now();
     const created = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 128 });
@@ -64,7 +64,7 @@ describe('the walking skeleton', () => {
     const serial = await exec.readFile(join(stack.nodeDir, 'workspaces', id, 'serial.log'));
     expect(serial).toContain('VWS-GUEST: image=vws-sample-image v1');
     expect(serial).toContain(`VWS-GUEST-READY host=${running.network!.hostname} ip=${running.network!.ip}`);
-    const left = await nodeLeftovers('vmm1', stack.nodeDir);
+    const left = await stack.leftovers();
     expect(left.filter((l) => l.startsWith('qemu process'))).toHaveLength(1);
     expect(left).toContain(`tap vw${id.slice(3)}`);
     expect(left).toContain(`DHCP host entry ${id}`);
@@ -79,7 +79,7 @@ describe('the walking skeleton', () => {
     expect(del.status).toBe(202);
     await eventually(60, async () => (await stack.call('alice', 'GET', `/workspaces/${id}`)).body.state === 'Cancelled', 'Cancelled');
 
-    expect(await nodeLeftovers('vmm1', stack.nodeDir)).toEqual([]);
+    expect(await stack.leftovers()).toEqual([]);
     expect(await stack.grants()).toEqual([]);
     const gone = await exec.run(['ping', '-c', '1', '-W', '1', running.network!.ip], { okCodes: [0, 1] });
     expect(gone.code).toBe(1);
@@ -112,6 +112,6 @@ describe('the walking skeleton', () => {
     const open = await stack.conn.client.workflow.count(`WorkflowId STARTS_WITH "${stack.config.temporal.prefix}-ws-"`);
     expect(open.count).toBe(1); // only the walking skeleton's workspace, now Cancelled
     expect(await stack.grants()).toEqual([]);
-    expect(await nodeLeftovers('vmm1', stack.nodeDir)).toEqual([]);
+    expect(await stack.leftovers()).toEqual([]);
   });
 });

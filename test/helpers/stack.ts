@@ -61,6 +61,8 @@ export interface Stack {
   call(who: 'alice' | 'bob' | null, method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }>;
   /** Live allocator grants. */
   grants(): Promise<unknown[]>;
+  /** What vmm1 holds now that it did not hold when the stack started (VMs, taps, DHCP, files). */
+  leftovers(): Promise<string[]>;
   stop(): Promise<void>;
 }
 
@@ -103,13 +105,17 @@ export async function startStack(opts: { first: string; last: string }): Promise
   const nodeWorker = await spawnNodeWorker('vmm1', configFile, temporalAddress().replace(/^(127\.0\.0\.1|localhost)/, '10.213.0.1'), join(dir, 'node-worker-vmm1.log'));
 
   const api = `http://10.213.0.1:${port}`;
+  const nodeDir = join(TESTBED_DIR, 'hosts/vmm1/node');
+  // Whatever vmm1 held before (e.g. a demo started by ./run.sh start) is not this test's leak.
+  const baseline = new Set(await nodeLeftovers('vmm1', nodeDir));
   const tokenOf = { alice: ensureToken(join(secrets, 'alice.token')), bob: ensureToken(join(secrets, 'bob.token')) };
   return {
     config,
     api,
     tokens: tokenOf,
     conn,
-    nodeDir: join(TESTBED_DIR, 'hosts/vmm1/node'),
+    nodeDir,
+    leftovers: async () => (await nodeLeftovers('vmm1', nodeDir)).filter((l) => !baseline.has(l)),
     async call(who, method, path, body) {
       const res = await fetch(`${api}${path}`, {
         method,
@@ -133,7 +139,8 @@ export async function startStack(opts: { first: string; last: string }): Promise
 async function spawnNodeWorker(host: string, configFile: string, temporal: string, logFile: string): Promise<ChildProcess> {
   const child = spawn(join(ROOT, 'testbed/testbed.sh'), ['exec', host, '--', process.execPath, join(ROOT, 'dist/workers/node.js')], {
     cwd: ROOT,
-    env: { ...process.env, VWS_CONFIG: configFile, VWS_NODE: host, VWS_TEMPORAL_ADDRESS: temporal },
+    // info: the test waits for the worker's 'node worker running' line.
+    env: { ...process.env, VWS_CONFIG: configFile, VWS_NODE: host, VWS_TEMPORAL_ADDRESS: temporal, VWS_LOG_LEVEL: 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';

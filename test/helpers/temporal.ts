@@ -6,7 +6,15 @@ import { randomBytes } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
 import { bundleWorkflowCode, NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { parseConfig } from '../../src/config/load';
+import { installRuntime } from '../../src/workers/runtime';
 import type { VwsConfig } from '../../src/config/schema';
+
+// Workers in the test process log through pino at VWS_LOG_LEVEL (warn under ./run.sh test).
+try {
+  installRuntime();
+} catch {
+  // Already installed by an earlier test file in this process.
+}
 
 /** Address of the shared dev server. */
 export function temporalAddress(): string {

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# vws on one machine, as root:
+#   ./run.sh start    set up what is missing, start vws on its embedded defaults (Temporal dev server,
+#                     head worker, API, one VMM node vmm1 with the qemu driver) and deploy a sample VM
+#   ./run.sh test     set up what is missing and run every test (unit, workflow, end-to-end)
+#   ./run.sh stop     stop everything `start` started (by PID files) and the testbed
+#   ./run.sh status   what is running
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$root"
+state=${VWS_STATE_DIR:-/var/lib/vws}
+run=$state/run
+logs=$state/log
+export VWS_RUN_DIR=$run
+
+# ---- helpers ------------------------------------------------------------------------------------
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# start_bg NAME CMD...: starts CMD in the background with a PID file and a log, unless it runs.
+start_bg() {
+  local name=$1; shift
+  if alive "$run/$name.pid"; then echo "vws: $name already running (pid $(cat "$run/$name.pid"))"; return 0; fi
+  mkdir -p "$run" "$logs"
+  setsid "$@" >>"$logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$run/$name.pid"
+  echo "vws: started $name (pid $!, log $logs/$name.log)"
+}
+
+# stop_bg NAME: stops a process by its PID file (TERM, then KILL after 10 s).
+stop_bg() {
+  local f=$run/$1.pid pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    echo "vws: stopped $1"
+  fi
+  rm -f "$f"
+}
+
+# wait_for SECONDS WHAT CMD...: polls CMD until it succeeds.
+wait_for() {
+  local secs=$1 what=$2; shift 2
+  for _ in $(seq 1 $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "vws: $what not ready after $secs s" >&2
+  return 1
+}
+
+ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+
+# ---- start --------------------------------------------------------------------------------------
+cmd_start() {
+  local t0 t1 sample id out
+  t0=$(date +%s%N)
+  scripts/setup.sh
+  testbed/testbed.sh up --hosts 1
+  temporal/start.sh
+  start_bg head node dist/workers/head.js
+  start_bg api node dist/api/server.js
+  # The node worker runs on its node: inside vmm1's namespaces, reaching Temporal over the bridge.
+  start_bg node-vmm1 env VWS_NODE=vmm1 VWS_TEMPORAL_ADDRESS=10.213.0.1:7233 testbed/testbed.sh exec vmm1 -- node dist/workers/node.js
+  wait_for 30 "the API" curl -sf http://127.0.0.1:8080/healthz
+  wait_for 30 "the node worker" grep -q 'node worker running' "$logs/node-vmm1.log"
+  node dist/repository/stage.js sample "${VWS_CACHE_DIR:-$root/.cache}/guest/disk.raw"
+
+  # The sample workspace: reuse the one a previous start deployed while it still runs.
+  sample=$run/sample-workspace
+  id=$(cat "$sample" 2>/dev/null || true)
+  if [ -n "$id" ] && node dist/cli/vws.js --json show "$id" 2>/dev/null | grep -q '"state": "Running"'; then
+    echo "vws: sample workspace $id is already running"
+  else
+    t1=$(date +%s%N)
+    out=$(node dist/cli/vws.js --json deploy --image sample --memory 128 --wait)
+    id=$(node -e 'console.log(JSON.parse(process.argv[1]).id)' "$out")
+    echo "$id" > "$sample"
+    echo "vws: deployed sample workspace $id: POST to Running with its DHCP address in $(ms_since "$t1") ms"
+  fi
+  node dist/cli/vws.js show "$id"
+  cat <<EOF
+
+vws is running (started in $(ms_since "$t0") ms).
+  API          http://127.0.0.1:8080   (token: $state/secrets/demo.token)
+  Temporal UI  http://127.0.0.1:8233
+  sample VM    $(node dist/cli/vws.js --json show "$id" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).obtainedIp))')   (ping it; serial log under $state/testbed/hosts/vmm1/node/workspaces/$id/)
+Try:  node dist/cli/vws.js show $id       node dist/cli/vws.js destroy $id --wait
+Stop: ./run.sh stop
+EOF
+}
+
+# ---- stop / status ------------------------------------------------------------------------------
+cmd_stop() {
+  stop_bg node-vmm1
+  stop_bg api
+  stop_bg head
+  temporal/stop.sh
+  testbed/testbed.sh down
+  rm -f "$run/sample-workspace"
+}
+
+cmd_status() {
+  local n
+  for n in head api node-vmm1; do
+    if alive "$run/$n.pid"; then echo "$n: running (pid $(cat "$run/$n.pid"))"; else echo "$n: stopped"; fi
+  done
+  if alive "$run/temporal-7233.pid"; then echo "temporal: running (pid $(cat "$run/temporal-7233.pid"))"; else echo "temporal: stopped"; fi
+  testbed/testbed.sh status || true
+}
+
+# ---- test ---------------------------------------------------------------------------------------
+cmd_test() {
+  local t0 testbed_was_up=0 rc=0 port=${VWS_TEST_TEMPORAL_PORT:-7234} tmp
+  t0=$(date +%s%N)
+  scripts/setup.sh
+  testbed/testbed.sh status >/dev/null 2>&1 && testbed_was_up=1
+  testbed/testbed.sh up
+  # One dev server for the whole run, on its own port and a fresh database.
+  tmp=$(mktemp -d /tmp/vws-test-XXXXXX)
+  cleanup() {
+    VWS_TEMPORAL_PORT=$port temporal/stop.sh || true
+    [ "$testbed_was_up" = 1 ] || testbed/testbed.sh down || rc=1
+    rm -rf "$tmp"
+  }
+  trap cleanup EXIT
+  VWS_TEMPORAL_PORT=$port VWS_TEMPORAL_UI_PORT=off VWS_TEMPORAL_DB=$tmp/temporal.sqlite temporal/start.sh
+
+  # --forceExit: the SDK's native runtime can keep an idle handle open (sdk-typescript#928).
+  TEMPORAL_ADDRESS=127.0.0.1:$port VWS_LOG_LEVEL=${VWS_LOG_LEVEL:-warn} \
+    npx jest --runInBand --ci --forceExit --json --outputFile="$tmp/jest.json" "$@" || rc=$?
+  # The closing line CI reads (jest's own summary is not one it recognises).
+  node -e '
+    const r = require(process.argv[1]);
+    console.log(`vws: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} skipped`);
+  ' "$tmp/jest.json" || rc=1
+  trap - EXIT
+  cleanup
+  echo "vws: test run took $(ms_since "$t0") ms"
+  return $rc
+}
+
+case "${1:-}" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  test) shift; cmd_test "$@" ;;
+  *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
