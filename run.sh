@@ -90,7 +90,35 @@ EOF
 }
 
 # ---- stop / status ------------------------------------------------------------------------------
+# Destroys every open workspace through vws (the Temporal CLI sends the same `destroy` Update the API
+# does) and waits until their workflows have cleaned up, so stopping the testbed under them leaves no
+# workflow that believes its VM still runs.
+destroy_open_workspaces() {
+  local bin ids id q='WorkflowType="workspaceWorkflow" AND ExecutionStatus="Running"'
+  bin=$(temporal/build.sh 2>/dev/null)
+  "$bin" operator cluster health --address 127.0.0.1:7233 >/dev/null 2>&1 || return 0
+  mapfile -t ids < <("$bin" workflow list --address 127.0.0.1:7233 --query "$q" -o json |
+    node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const w of JSON.parse(s||"[]"))console.log(w.execution.workflowId)})')
+  [ ${#ids[@]} -gt 0 ] || return 0
+  if ! alive "$run/head.pid" || ! alive "$run/node-vmm1.pid"; then
+    echo "vws: ${#ids[@]} workspace(s) are open but the workers are not running; start vws again to clean them up" >&2
+    return 1
+  fi
+  for id in "${ids[@]}"; do
+    "$bin" workflow update execute --address 127.0.0.1:7233 --workflow-id "$id" --name destroy >/dev/null 2>&1 || true
+    echo "vws: destroying $id"
+  done
+  # `workflow count` omits the count when it is zero.
+  for _ in $(seq 1 240); do
+    [ "$("$bin" workflow count --address 127.0.0.1:7233 --query "$q" -o json | node -p 'Number(JSON.parse(require("fs").readFileSync(0)).count ?? 0)')" = 0 ] && return 0
+    sleep 0.5
+  done
+  echo "vws: workspaces still open after 120 s; see $logs/head.log" >&2
+  return 1
+}
+
 cmd_stop() {
+  destroy_open_workspaces || return 1
   stop_bg node-vmm1
   stop_bg api
   stop_bg head

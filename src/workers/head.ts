@@ -35,13 +35,17 @@ async function main(): Promise<void> {
   installRuntime();
   const config = loadConfig();
   const connection = await NativeConnection.connect({ address: config.temporal.address });
-  const client = new Client({
-    connection: await Connection.connect({ address: config.temporal.address }),
-    namespace: config.temporal.namespace,
-  });
+  const clientConnection = await Connection.connect({ address: config.temporal.address });
+  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   const worker = await createHeadWorker({ config, connection, client });
   log.info({ taskQueue: headTaskQueue(config), temporal: config.temporal.address }, 'head worker running');
-  await worker.run();
+  // The SDK shuts the worker down on SIGTERM/SIGINT; then close the connections, or they keep the process alive.
+  try {
+    await worker.run();
+  } finally {
+    await clientConnection.close();
+    await connection.close();
+  }
 }
 
 if (require.main === module) {

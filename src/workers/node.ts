@@ -37,8 +37,12 @@ async function main(): Promise<void> {
   const connection = await NativeConnection.connect({ address: config.temporal.address });
   const worker = await createNodeWorker({ config, node, connection });
   log.info({ node, taskQueue: nodeTaskQueue(config, node), temporal: config.temporal.address }, 'node worker running');
-  // Shut down cleanly on SIGTERM/SIGINT (the SDK's default signals), finishing running activities.
-  await worker.run();
+  // The SDK shuts the worker down on SIGTERM/SIGINT; then close the connection, or it keeps the process alive.
+  try {
+    await worker.run();
+  } finally {
+    await connection.close();
+  }
 }
 
 if (require.main === module) {
