@@ -58,7 +58,8 @@ function print(g: Globals, d: Record<string, unknown>): void {
     `state      ${String(d.state)}${d.task ? ` (${String(d.task)})` : ''}`,
     d.node ? `node       ${String(d.node)}` : '',
     net?.ip ? `address    ${net.ip} (${net.hostname ?? ''})` : '',
-    d.obtainedIp ? `DHCP lease ${String(d.obtainedIp)}` : '',
+    d.obtainedIp && d.state !== 'Cancelled' ? `DHCP lease ${String(d.obtainedIp)}` : '',
+    d.heading ? `heading    ${String(d.heading)}` : '',
     d.reason ? `reason     ${String(d.reason)}` : '',
     (d.links as { temporalUi?: string } | undefined)?.temporalUi ? `Temporal   ${(d.links as { temporalUi: string }).temporalUi}` : '',
   ];
