@@ -8,6 +8,7 @@
  * not be released before its VM is confirmed gone.
  */
 import {
+  ActivityCancellationType,
   ApplicationFailure,
   CancellationScope,
   condition,
@@ -32,9 +33,12 @@ const FORWARD_RETRY: RetryPolicy = { initialInterval: '1s', maximumInterval: '10
 const CLEANUP_RETRY: RetryPolicy = { initialInterval: '1s', maximumInterval: '30s', nonRetryableErrorTypes: [FailureType.InvalidSpec] };
 
 function nodeActivities(taskQueue: string, retry: RetryPolicy) {
+  // WAIT_CANCELLATION_COMPLETED: when destroy cancels a forward step, cleanup must not start until the
+  // node has finished (or abandoned) it; otherwise a VM could boot after destroyVm ran, and leak.
+  const cancellationType = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED;
   return {
-    quick: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: '60s', retry }),
-    long: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: '30m', heartbeatTimeout: '60s', retry }),
+    quick: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: '60s', retry, cancellationType }),
+    long: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: '30m', heartbeatTimeout: '60s', retry, cancellationType }),
   };
 }
 

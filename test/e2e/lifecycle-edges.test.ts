@@ -78,6 +78,17 @@ describe('lifecycle edges', () => {
     await until(id, 30, (w) => w.state === 'Cancelled', 'Cancelled');
   });
 
+  it.each(['propagating', 'starting', 'awaiting-address'])('leaves nothing when destroyed while %s', async (task) => {
+    const id = await create({ image: 'sample' });
+    // Aim the destroy at the step in flight: poll fast and send DELETE the moment it shows.
+    await eventually(60, async () => (await get(id)).task === task, `task ${task}`, 10);
+    expect((await stack.call('alice', 'DELETE', `/workspaces/${id}`)).status).toBe(202);
+    await until(id, 60, (w) => w.state === 'Cancelled', 'Cancelled');
+    // A step the destroy interrupted must not leave a VM, tap or file behind once Cancelled.
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(await stack.leftovers()).toEqual([]);
+  });
+
   it('destroys the VM when its DeploymentTime runs out', async () => {
     const id = await create({ image: 'sample', durationSeconds: 3 });
     const running = await until(id, 60, (w) => w.state === 'Running' && !!w.obtainedIp, 'Running');

@@ -177,7 +177,7 @@ async function stopChild(child: ChildProcess): Promise<void> {
 }
 
 /** Polls `fn` until it returns a truthy value or `seconds` pass. */
-export async function eventually<T>(seconds: number, fn: () => Promise<T | undefined | null | false>, what: string): Promise<T> {
+export async function eventually<T>(seconds: number, fn: () => Promise<T | undefined | null | false>, what: string, intervalMs = 250): Promise<T> {
   const deadline = Date.now() + seconds * 1000;
   let last: unknown;
   for (;;) {
@@ -188,7 +188,7 @@ export async function eventually<T>(seconds: number, fn: () => Promise<T | undef
       last = e;
     }
     if (Date.now() > deadline) throw new Error(`timed out after ${seconds} s waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((r) => setTimeout(r, 250));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
 
