@@ -11,7 +11,7 @@ import { eventually, GUEST_DISK, startStack, type Stack } from '../helpers/stack
 
 let stack: Stack;
 beforeAll(async () => {
-  stack = await startStack({ first: '10.213.0.210', last: '10.213.0.219' });
+  stack = await startStack({ label: 'lifecycle-edges', first: '10.213.0.210', last: '10.213.0.219' });
 });
 afterAll(async () => {
   await stack?.stop();
@@ -60,6 +60,8 @@ describe('lifecycle edges', () => {
 
     expect((await stack.call('alice', 'DELETE', `/workspaces/${first}`)).status).toBe(202);
     await until(first, 30, (w) => w.state === 'Cancelled', 'Cancelled');
+    await stack.recordHistory(first, 'target-propagated');
+    await stack.recordHistory(second, 'refused');
   });
 
   it('becomes Corrupted when the image fails its digest check, and can still be destroyed', async () => {
@@ -76,6 +78,7 @@ describe('lifecycle edges', () => {
 
     expect((await stack.call('alice', 'DELETE', `/workspaces/${id}`)).status).toBe(202);
     await until(id, 30, (w) => w.state === 'Cancelled', 'Cancelled');
+    await stack.recordHistory(id, 'corrupted-then-destroyed');
   });
 
   it.each(['propagating', 'starting', 'awaiting-address'])('leaves nothing when destroyed while %s', async (task) => {
@@ -87,6 +90,7 @@ describe('lifecycle edges', () => {
     // A step the destroy interrupted must not leave a VM, tap or file behind once Cancelled.
     await new Promise((r) => setTimeout(r, 1000));
     expect(await stack.leftovers()).toEqual([]);
+    await stack.recordHistory(id, `destroyed-while-${task}`);
   });
 
   it('destroys the VM when its DeploymentTime runs out', async () => {
@@ -96,5 +100,6 @@ describe('lifecycle edges', () => {
     expect(ended.reason).toBe('DeploymentTime of 3 s ran out');
     const ran = Date.parse(String(ended.endedAt)) - Date.parse(String(running.firstStartedAt));
     expect(ran).toBeGreaterThanOrEqual(3000);
+    await stack.recordHistory(id, 'deadline');
   });
 });

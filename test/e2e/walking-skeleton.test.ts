@@ -4,29 +4,19 @@
  * guest → the VM obtains its address by DHCP and answers ping from the head → DELETE destroys it and
  * nothing is left: no qemu process, no tap, no DHCP entry or lease, no files, no grant.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { historyToJSON } from '@temporalio/common/lib/proto-utils';
-import { allocatorWorkflowId, workspaceWorkflowId } from '../../src/config/names';
+import { workspaceWorkflowId } from '../../src/config/names';
 import { eventually, exec, startStack, type Stack } from '../helpers/stack';
 
 let stack: Stack;
 beforeAll(async () => {
-  stack = await startStack({ first: '10.213.0.200', last: '10.213.0.209' });
+  stack = await startStack({ label: 'walking-skeleton', first: '10.213.0.200', last: '10.213.0.209' });
 });
 afterAll(async () => {
   await stack?.stop();
 });
 
 type Ws = Record<string, unknown> & { state: string; network?: { ip: string; mac: string; hostname: string } };
-
-async function recordHistory(workflowId: string, name: string): Promise<void> {
-  const dir = process.env.VWS_RECORD_HISTORIES;
-  if (!dir) return;
-  mkdirSync(dir, { recursive: true });
-  const history = await stack.conn.client.workflow.getHandle(workflowId).fetchHistory();
-  writeFileSync(join(dir, `${name}.json`), historyToJSON(history));
-}
 
 describe('the walking skeleton', () => {
   it('deploys a real VM on vmm1 with its DHCP address, answers ping, and destroys it leaving nothing', async () => {
@@ -89,8 +79,7 @@ describe('the walking skeleton', () => {
     expect(again.status).toBe(409);
     expect(again.body).toMatchObject({ state: 'Cancelled', detail: 'cannot destroy a workspace in state Cancelled' });
 
-    await recordHistory(workspaceWorkflowId(stack.config, id), 'workspace-walking-skeleton');
-    await recordHistory(allocatorWorkflowId(stack.config), 'allocator-walking-skeleton');
+    await stack.recordHistory(id, 'walking-skeleton');
   });
 
   it('refuses bad input with 400 naming the field, and starts nothing', async () => {

@@ -12,7 +12,8 @@ import { stringify } from 'yaml';
 import type { Worker } from '@temporalio/worker';
 import { createApp } from '../../src/api/app';
 import { loadTokens } from '../../src/api/tokens';
-import { allocatorWorkflowId } from '../../src/config/names';
+import { historyToJSON } from '@temporalio/common/lib/proto-utils';
+import { allocatorWorkflowId, workspaceWorkflowId } from '../../src/config/names';
 import { parseConfig } from '../../src/config/load';
 import type { VwsConfig } from '../../src/config/schema';
 import { ensureToken } from '../../src/config/secrets';
@@ -63,11 +64,16 @@ export interface Stack {
   grants(): Promise<unknown[]>;
   /** What vmm1 holds now that it did not hold when the stack started (VMs, taps, DHCP, files). */
   leftovers(): Promise<string[]>;
+  /**
+   * With VWS_RECORD_HISTORIES=DIR, saves a workspace's workflow history as DIR/workspace-NAME.json for
+   * the replay test. The allocator's is saved once, at stop, as DIR/allocator-LABEL.json.
+   */
+  recordHistory(workspaceId: string, name: string): Promise<void>;
   stop(): Promise<void>;
 }
 
-/** Starts a stack whose only node is vmm1, with addresses from `first` to `last`. */
-export async function startStack(opts: { first: string; last: string }): Promise<Stack> {
+/** Starts a stack whose only node is vmm1, with addresses from `first` to `last`; `label` names its recordings. */
+export async function startStack(opts: { label: string; first: string; last: string }): Promise<Stack> {
   await requireTestbed();
   const prefix = uniquePrefix();
   const dir = mkdtempSync(`/tmp/vws-e2e-${prefix}-`);
@@ -105,6 +111,12 @@ export async function startStack(opts: { first: string; last: string }): Promise
   const nodeWorker = await spawnNodeWorker('vmm1', configFile, temporalAddress().replace(/^(127\.0\.0\.1|localhost)/, '10.213.0.1'), join(dir, 'node-worker-vmm1.log'));
 
   const api = `http://10.213.0.1:${port}`;
+  const record = async (workflowId: string, file: string) => {
+    const out = process.env.VWS_RECORD_HISTORIES;
+    if (!out) return;
+    mkdirSync(out, { recursive: true });
+    writeFileSync(join(out, `${file}.json`), historyToJSON(await conn.client.workflow.getHandle(workflowId).fetchHistory()));
+  };
   const nodeDir = join(TESTBED_DIR, 'hosts/vmm1/node');
   // Whatever vmm1 held before (e.g. a demo started by ./run.sh start) is not this test's leak.
   const baseline = new Set(await nodeLeftovers('vmm1', nodeDir));
@@ -125,7 +137,11 @@ export async function startStack(opts: { first: string; last: string }): Promise
       return { status: res.status, body: (await res.json().catch(() => ({}))) as Record<string, unknown> };
     },
     grants: () => conn.client.workflow.getHandle(allocatorWorkflowId(config)).query(grantsQuery),
+    async recordHistory(workspaceId, name) {
+      await record(workspaceWorkflowId(config, workspaceId), `workspace-${name}`);
+    },
     async stop() {
+      await record(allocatorWorkflowId(config), `allocator-${opts.label}`);
       await stopChild(nodeWorker);
       headWorker.shutdown();
       await headRun;
