@@ -55,7 +55,8 @@ cmd_start() {
   local t0 t1 sample id out
   t0=$(date +%s%N)
   scripts/setup.sh
-  testbed/testbed.sh up --hosts 1
+  # The standard 3-host testbed (vws's default configuration uses vmm1), so ./run.sh test can share it.
+  testbed/testbed.sh up
   temporal/start.sh
   start_bg head node dist/workers/head.js
   start_bg api node dist/api/server.js
