@@ -16,6 +16,18 @@ afterAll(async () => {
   await stack?.stop();
 });
 
+/** The QEMU driver's own view of vmm1 (status of one VM, and its list), run inside vmm1 from dist/. */
+async function driverView(id: string): Promise<{ status: string; list: string[] }> {
+  const code = `
+    const { QemuDriver } = require('./dist/activities/qemu/driver');
+    const { LocalExecutor } = require('./dist/exec/local');
+    const { nodePaths } = require('./dist/activities/node-paths');
+    const d = new QemuDriver({ exec: new LocalExecutor(), paths: nodePaths('/var/lib/vws/node'), binary: 'qemu-system-x86_64', accel: 'tcg' });
+    Promise.all([d.status(process.argv[1]), d.list()]).then(([status, list]) => console.log(JSON.stringify({ status, list })));`;
+  const r = await exec.run([join(__dirname, '../../testbed/testbed.sh'), 'exec', 'vmm1', '--', process.execPath, '-e', code, id]);
+  return JSON.parse(r.stdout) as { status: string; list: string[] };
+}
+
 type Ws = Record<string, unknown> & { state: string; network?: { ip: string; mac: string; hostname: string } };
 
 describe('the walking skeleton', () => {
@@ -59,6 +71,7 @@ describe('the walking skeleton', () => {
     expect(left).toContain(`tap vw${id.slice(3)}`);
     expect(left).toContain(`DHCP host entry ${id}`);
     expect(await stack.grants()).toHaveLength(1);
+    expect(await driverView(id)).toEqual({ status: 'running', list: [id] });
 
     // Another client cannot see or destroy it.
     expect((await stack.call('bob', 'GET', `/workspaces/${id}`)).status).toBe(404);
@@ -71,6 +84,7 @@ describe('the walking skeleton', () => {
 
     expect(await stack.leftovers()).toEqual([]);
     expect(await stack.grants()).toEqual([]);
+    expect(await driverView(id)).toEqual({ status: 'absent', list: [] });
     const gone = await exec.run(['ping', '-c', '1', '-W', '1', running.network!.ip], { okCodes: [0, 1] });
     expect(gone.code).toBe(1);
 
