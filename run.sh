@@ -7,6 +7,8 @@
 #   ./run.sh status   what is running
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# Go and npm keep their caches under HOME; a bare CI environment may not set it.
+export HOME=${HOME:-/root}
 cd "$root"
 state=${VWS_STATE_DIR:-/var/lib/vws}
 run=$state/run

@@ -13,6 +13,7 @@ say() { printf '[setup %3ss] %s\n' $(( $(date +%s) - t0 )) "$*" >&2; }
 # 1. Toolchains that come with the machine: Node.js >= 20 and Go >= 1.24.
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 [ "$node_major" -ge 20 ] || { echo "setup: Node.js >= 20 is required (found: $(node --version 2>/dev/null || echo none))" >&2; exit 1; }
+command -v go >/dev/null || [ ! -x /usr/local/go/bin/go ] || PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || { echo "setup: Go >= 1.24 is required to build the Temporal server (found none)" >&2; exit 1; }
 
 # 2. Debian packages: apt only when something is missing.

@@ -8,6 +8,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${VWS_CACHE_DIR:-$(dirname "$here")/.cache}
 
+# This machine kind installs Go in /usr/local/go; a non-login shell may not have it on PATH.
+command -v go >/dev/null || [ ! -x /usr/local/go/bin/go ] || PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || { echo "temporal/build.sh: Go is not installed (need Go >= 1.24, as on this machine kind: /usr/local/go)" >&2; exit 1; }
 gover=$(go env GOVERSION)
 key=$(cat "$here/go.mod" "$here/go.sum" <(echo "$gover") | sha256sum | cut -c1-16)

@@ -42,6 +42,11 @@ function nodeActivities(taskQueue: string, retry: RetryPolicy) {
   };
 }
 
+/** The DHCP host entry of a workspace's grant. */
+function dhcpEntry(workspaceId: string, grant: Grant) {
+  return { workspaceId, mac: grant.address.mac, ip: grant.address.ip, hostname: grant.address.hostname };
+}
+
 /** Runs one workspace from creation to Cancelled; returns its final description. */
 export async function workspaceWorkflow(input: WorkspaceInput): Promise<WorkspaceDescription> {
   const { spec, routing } = input;
@@ -108,8 +113,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       }
 
       d.task = 'starting';
-      const entry = { workspaceId: input.id, mac: grant.address.mac, ip: grant.address.ip, hostname: grant.address.hostname };
-      await node.quick.addDhcpEntry(entry);
+      await node.quick.addDhcpEntry(dhcpEntry(input.id, grant));
       await node.quick.bootVm({
         workspaceId: input.id,
         hostname: grant.address.hostname,
@@ -138,9 +142,10 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     if (isCancellation(err) && (destroyRequested || CancellationScope.current().consideredCancelled)) {
       // Destroy (or a cancel of the whole workflow) stopped a forward step: clean up below.
     } else {
-      const failure = err as Error & { cause?: Error & { type?: string } };
+      // Activity failures wrap the typed ApplicationFailure as their cause.
+      const failure = err as Error & { type?: string; cause?: Error & { type?: string } };
       const cause = failure.cause ?? failure;
-      if ((cause as { type?: string }).type === FailureType.NoCapacity) {
+      if (cause.type === FailureType.NoCapacity) {
         d.reason = `refused: ${cause.message}`;
       } else {
         d.heading = d.task === 'propagating' ? 'Propagated' : 'Running';
@@ -157,7 +162,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       if (grant) {
         const node = nodeActivities(`${routing.nodeTaskQueuePrefix}${grant.node}`, CLEANUP_RETRY);
         await node.quick.destroyVm({ workspaceId: input.id });
-        await node.quick.removeDhcpEntry({ workspaceId: input.id, mac: grant.address.mac, ip: grant.address.ip, hostname: grant.address.hostname });
+        await node.quick.removeDhcpEntry(dhcpEntry(input.id, grant));
         await node.quick.removeWorkspaceFiles({ workspaceId: input.id });
       }
       // Always release: a reserve whose answer was lost may still have granted.
