@@ -7,7 +7,7 @@
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stageLocalFile } from '../../src/repository';
-import { eventually, GUEST_DISK, startStack, type Stack } from '../helpers/stack';
+import { eventually, exec, GUEST_DISK, startStack, type Stack } from '../helpers/stack';
 
 let stack: Stack;
 beforeAll(async () => {
@@ -91,6 +91,22 @@ describe('lifecycle edges', () => {
     await new Promise((r) => setTimeout(r, 1000));
     expect(await stack.leftovers()).toEqual([]);
     await stack.recordHistory(id, `destroyed-while-${task}`);
+  });
+
+  it('has a guest that powers off on the ACPI power button; destroy of a VM already gone still cleans up', async () => {
+    const id = await create({ image: 'sample' });
+    await until(id, 60, (w) => w.state === 'Running' && !!w.obtainedIp, 'Running');
+    // QMP system_powerdown from inside vmm1 (the guest's busybox acpid runs poweroff), as issue 3's
+    // graceful shutdown will; here vws does not know, so its VM vanishes behind its back.
+    const code = `
+      const { QmpSession } = require('./dist/activities/qemu/qmp');
+      QmpSession.connectUnix(process.argv[1]).then(async (q) => { await q.execute('system_powerdown'); q.close(); });`;
+    await exec.run([join(__dirname, '../../testbed/testbed.sh'), 'exec', 'vmm1', '--', process.execPath, '-e', code, `/var/lib/vws/node/workspaces/${id}/qmp.sock`]);
+    await eventually(20, async () => !(await stack.leftovers()).some((l) => l.startsWith('qemu process')), 'the guest to power off');
+    expect(await exec.readFile(join(stack.nodeDir, 'workspaces', id, 'serial.log'))).toContain('VWS-GUEST');
+
+    expect((await stack.call('alice', 'DELETE', `/workspaces/${id}`)).status).toBe(202);
+    await until(id, 30, (w) => w.state === 'Cancelled', 'Cancelled');
   });
 
   it('destroys the VM when its DeploymentTime runs out', async () => {
