@@ -490,16 +490,23 @@ ensure_anchor() {
   step "$h anchor started (pid $(anchor_pid "$h"), hostname $h, $NODE_MNT bound)"
 }
 
+# start_in_host HOST NAME PIDFILE LOG CMD...: starts a self-daemonizing CMD inside HOST's namespaces
+# and waits until its PID file names a live NAME process; on failure, points at LOG.
+start_in_host() {
+  local h="$1" name="$2" pidfile="$3" log="$4"; shift 4
+  rm -f "$pidfile"
+  in_host "$h" "$@" </dev/null >/dev/null 2>>"$log" || die "$h: $name failed; see $log"
+  poll 5 pidfile_alive "$pidfile" "$name" >/dev/null || die "$h: $name did not start; see $log"
+}
+
 ensure_sshd() {
   local h="$1" hd
   hd="$(host_dir "$h")"
   pidfile_alive "$hd/sshd.pid" sshd >/dev/null && return 0
   write_sshd_config "$h"
-  rm -f "$hd/sshd.pid"
   # sshd re-executes itself: it needs its absolute path.
-  in_host "$h" /usr/sbin/sshd -f "$hd/sshd_config" -E "$hd/log/sshd.log" \
-    </dev/null >/dev/null 2>&1 || die "$h: sshd failed; see $hd/log/sshd.log"
-  poll 5 pidfile_alive "$hd/sshd.pid" sshd >/dev/null || die "$h: sshd did not start"
+  start_in_host "$h" sshd "$hd/sshd.pid" "$hd/log/sshd.log" \
+    /usr/sbin/sshd -f "$hd/sshd_config" -E "$hd/log/sshd.log"
   step "$h sshd started (pid $(read_pid "$hd/sshd.pid"), $(host_ip "$h"):22)"
 }
 
@@ -508,10 +515,8 @@ ensure_dnsmasq() {
   hd="$(host_dir "$h")"
   pidfile_alive "$hd/node/dhcp/dnsmasq.pid" dnsmasq >/dev/null && return 0
   write_dnsmasq_conf "$h"
-  rm -f "$hd/node/dhcp/dnsmasq.pid"
-  in_host "$h" dnsmasq --conf-file="$hd/dnsmasq.conf" </dev/null >/dev/null 2>>"$hd/log/dnsmasq.err" \
-    || die "$h: dnsmasq failed; see $hd/log/dnsmasq.err"
-  poll 5 pidfile_alive "$hd/node/dhcp/dnsmasq.pid" dnsmasq >/dev/null || die "$h: dnsmasq did not start"
+  start_in_host "$h" dnsmasq "$hd/node/dhcp/dnsmasq.pid" "$hd/log/dnsmasq.err" \
+    dnsmasq --conf-file="$hd/dnsmasq.conf"
   step "$h dnsmasq started (pid $(read_pid "$hd/node/dhcp/dnsmasq.pid"), DHCP on br0)"
 }
 
@@ -519,12 +524,10 @@ ensure_slurmd() {
   local h="$1" hd
   hd="$(host_dir "$h")"
   pidfile_alive "$hd/slurmd.pid" slurmd >/dev/null && return 0
-  rm -f "$hd/slurmd.pid"
   # Entered with nsenter, not `ip netns exec`: the latter remounts /sys, which
   # hides /sys/fs/cgroup, and slurmd dies without it.
-  in_host "$h" slurmd -f "$SLURM_CONF_FILE" -N "$h" </dev/null >/dev/null 2>>"$hd/log/slurmd.err" \
-    || die "$h: slurmd failed; see $hd/log/slurmd.log"
-  poll 5 pidfile_alive "$hd/slurmd.pid" slurmd >/dev/null || die "$h: slurmd did not start"
+  start_in_host "$h" slurmd "$hd/slurmd.pid" "$hd/log/slurmd.err" \
+    slurmd -f "$SLURM_CONF_FILE" -N "$h"
   step "$h slurmd started (pid $(read_pid "$hd/slurmd.pid"))"
 }
 

@@ -24,11 +24,14 @@ export function initialLedger(config: VwsConfig): Ledger {
 /** Creates the head activities. */
 export function createHeadActivities(deps: { client: Client; config: VwsConfig }) {
   const workflowId = allocatorWorkflowId(deps.config);
+  // Used only if the allocator does not exist yet; computed once, not on every call.
+  const ledger = initialLedger(deps.config);
+  // A start operation can be used once, so each call gets its own.
   const startOp = () =>
     new WithStartWorkflowOperation('allocatorWorkflow', {
       workflowId,
       taskQueue: headTaskQueue(deps.config),
-      args: [initialLedger(deps.config)],
+      args: [ledger],
       workflowIdConflictPolicy: 'USE_EXISTING',
     });
 
