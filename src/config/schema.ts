@@ -35,9 +35,41 @@ export const nodeSchema = z
     name,
     memoryMiB: z.number().int().min(64),
     cpus: z.number().int().min(1),
-    driver: z.enum(['qemu']).default('qemu'),
+    /** Hypervisor driver. `bench` does no hypervisor work: for benchmarks of vws itself, never a default. */
+    driver: z.enum(['qemu', 'xen', 'bench']).default('qemu'),
     /** Bridge on the node that VM interfaces join. */
     bridge: z.string().min(1).max(15).default('br0'),
+    /**
+     * How the node's activities run: `worker` = a node worker process on the node; `ssh` = the head serves
+     * the node's task queue and runs the same activities over SSH (see `ssh`).
+     */
+    agent: z.enum(['worker', 'ssh']).default('worker'),
+    /** SSH address of the node (required when `agent` is `ssh`). */
+    ssh: z
+      .object({
+        host: z.string().min(1),
+        port: z.number().int().min(1).max(65535).default(22),
+        user: z.string().min(1).default('root'),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict()
+  .superRefine((n, ctx) => {
+    if (n.agent === 'ssh' && !n.ssh) ctx.addIssue({ code: 'custom', path: ['ssh'], message: `node ${n.name} has agent ssh but no ssh.host` });
+  });
+
+/** How the head reaches SSH-mode nodes: one key, pinned host keys, bounded waits (never a prompt). */
+export const sshSchema = z
+  .object({
+    /** Private key the head authenticates with (no passphrase: nothing may ever prompt). */
+    keyFile: z.string().startsWith('/').default('/var/lib/vws/secrets/ssh/id_ed25519'),
+    /** OpenSSH known_hosts file with every node's pinned host key; an unknown or changed key is refused. */
+    knownHostsFile: z.string().startsWith('/').default('/var/lib/vws/secrets/ssh/known_hosts'),
+    connectTimeoutMs: z.number().int().min(100).default(10_000),
+    keepaliveIntervalMs: z.number().int().min(100).default(5_000),
+    /** Concurrent channels per connection (OpenSSH's MaxSessions defaults to 10). */
+    maxChannels: z.number().int().min(1).max(64).default(8),
   })
   .strict();
 
@@ -132,8 +164,9 @@ export const configSchema = z
       last: '10.213.0.199',
       hostnamePrefix: 'ws-',
     }),
-    nodes: z.array(nodeSchema).min(1).superRefine(uniqueNames('node')).default([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridge: 'br0' }]),
+    nodes: z.array(nodeSchema).min(1).superRefine(uniqueNames('node')).default([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridge: 'br0', agent: 'worker' }]),
     node: nodeSideSchema.prefault({}),
+    ssh: sshSchema.prefault({}),
     timeouts: z
       .object({
         /** Seconds a booted VM has to obtain its DHCP address. */

@@ -1,8 +1,9 @@
 /**
  * How a command or a file operation reaches a node. Activities depend on this interface only, so the
- * same node activities run inside a node worker (local) or from the head over SSH (issue 3).
- * Commands are argv arrays: nothing is ever joined into a shell string.
+ * same node activities run inside a node worker (local) or from the head over SSH (ssh2).
+ * Commands are argv arrays: nothing is ever joined into a shell string by the caller.
  */
+import type { Duplex, Readable, Writable } from 'node:stream';
 
 /** Options for one command. */
 export interface RunOptions {
@@ -10,7 +11,7 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Exit codes that count as success (default `[0]`). */
   okCodes?: number[];
-  /** Bytes written to the command's stdin. */
+  /** Bytes written to the command's stdin (use it for secrets: never put them in argv). */
   input?: string;
 }
 
@@ -33,6 +34,20 @@ export interface Executor {
   remove(path: string): Promise<void>;
   /** True if the path exists. */
   exists(path: string): Promise<boolean>;
+  /** Size in bytes of a file; `null` if it does not exist. */
+  fileSize(path: string): Promise<number | null>;
+  /** Creates a directory and its parents; succeeds if it exists. */
+  mkdir(path: string): Promise<void>;
+  /** Renames a file, replacing the target (atomic on one filesystem). */
+  rename(from: string, to: string): Promise<void>;
+  /** A stream of a file's bytes from `start` (default 0). */
+  readStream(path: string, start?: number): Promise<Readable>;
+  /** A stream into a file (mode 0644), truncated, or appended to with `append`. Resolves the write on 'finish'/'close'. */
+  writeStream(path: string, options?: { append?: boolean }): Promise<Writable>;
+  /** A duplex connection to a unix socket on the host (QMP sockets). */
+  connectUnix(path: string): Promise<Duplex>;
+  /** Human-readable name of where commands run (`local`, `ssh root@10.213.0.12`), for logs and errors. */
+  readonly where: string;
 }
 
 /** A command that failed: names the program and exit code, and keeps the tail of stderr. */

@@ -1,12 +1,17 @@
 /** The local executor: child_process without a shell, and node:fs. Used by node workers on their node. */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { dirname } from 'node:path';
+import type { Duplex, Readable, Writable } from 'node:stream';
 import { CommandError, type CommandResult, type Executor, type RunOptions } from './executor';
 
 /** Runs commands on this machine. */
 export class LocalExecutor implements Executor {
+  readonly where = 'local';
+
   run(argv: readonly string[], options: RunOptions = {}): Promise<CommandResult> {
     const { timeoutMs = 60_000, okCodes = [0], input } = options;
     if (argv.length === 0) return Promise.reject(new Error('empty argv'));
@@ -59,5 +64,40 @@ export class LocalExecutor implements Executor {
     } catch {
       return false;
     }
+  }
+
+  async fileSize(path: string): Promise<number | null> {
+    try {
+      return (await stat(path)).size;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
+  }
+
+  async mkdir(path: string): Promise<void> {
+    await mkdir(path, { recursive: true });
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    await rename(from, to);
+  }
+
+  async readStream(path: string, start = 0): Promise<Readable> {
+    const stream = createReadStream(path, { start });
+    await new Promise<void>((resolve, reject) => stream.once('open', () => resolve()).once('error', reject));
+    return stream;
+  }
+
+  async writeStream(path: string, options: { append?: boolean } = {}): Promise<Writable> {
+    const stream = createWriteStream(path, { flags: options.append ? 'a' : 'w', mode: 0o644 });
+    await new Promise<void>((resolve, reject) => stream.once('open', () => resolve()).once('error', reject));
+    return stream;
+  }
+
+  async connectUnix(path: string): Promise<Duplex> {
+    const socket = connect(path);
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    return socket;
   }
 }
