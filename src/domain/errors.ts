@@ -17,6 +17,8 @@ export const FailureType = {
   CommandFailed: 'CommandFailed',
   /** The VM did not obtain its address from DHCP in time. */
   AddressTimeout: 'AddressTimeout',
+  /** Pause, unpause or reboot named a VM the node's driver does not run; retrying cannot make it appear. */
+  VmNotFound: 'VmNotFound',
 } as const;
 
 /** One of {@link FailureType}'s values. */
@@ -29,4 +31,5 @@ export const NON_RETRYABLE_FAILURES: FailureTypeName[] = [
   FailureType.ImageNotFound,
   FailureType.DigestMismatch,
   FailureType.OperationNotAllowed,
+  FailureType.VmNotFound,
 ];
