@@ -1,15 +1,18 @@
 /**
- * The activities a node serves on its task queue `<prefix>-node.<name>`: propagation, DHCP entries and
- * VM control through the node's hypervisor driver.
+ * The activities a node serves on its task queue `<prefix>-node.<name>`: propagation and
+ * unpropagation, DHCP entries and VM control through the node's hypervisor driver. The same factory
+ * serves a node worker on the node (local executor) and SSH mode on the head (SSH executor).
  */
+import { join } from 'node:path';
+import { heartbeat } from '@temporalio/activity';
 import type { VwsConfig } from '../config/schema';
 import type { Executor } from '../exec/executor';
-import type { HypervisorDriver } from './hypervisor';
+import { createDriver } from './drivers';
+import type { HypervisorDriver, ShutdownResult, VmSpec } from './hypervisor';
 import { createImageActivities } from './images/propagate';
+import { createUnpropagateActivities } from './images/unpropagate';
 import { createDhcpActivities } from './network/dhcp';
-import { nodePaths } from './node-paths';
-import { QemuDriver } from './qemu/driver';
-import { join } from 'node:path';
+import { nodePaths, workspaceDir } from './node-paths';
 
 /** Dependencies of a node's activities. */
 export interface NodeActivityDeps {
@@ -20,9 +23,11 @@ export interface NodeActivityDeps {
   repositoryToken: () => string;
   /** Defaults to the driver the node's configuration names. */
   driver?: HypervisorDriver;
+  /** Heartbeat function (the Temporal heartbeat inside an activity). */
+  beat?: (details?: unknown) => void;
 }
 
-/** Input of `bootVm`. */
+/** Input of `bootVm` and `restoreVm`. */
 export interface BootInput {
   workspaceId: string;
   hostname: string;
@@ -32,31 +37,79 @@ export interface BootInput {
   rootDisk: string;
 }
 
+/** Runs `work`, heartbeating every few seconds so a long driver call is not mistaken for a dead worker. */
+async function withHeartbeat<T>(beat: (d?: unknown) => void, what: string, work: () => Promise<T>): Promise<T> {
+  const timer = setInterval(() => beat({ waiting: what }), 5_000);
+  try {
+    return await work();
+  } finally {
+    clearInterval(timer);
+  }
+}
+
 /** Creates every activity of one node. */
 export function createNodeActivities(deps: NodeActivityDeps) {
   const nodeConfig = deps.config.nodes.find((n) => n.name === deps.node);
   if (!nodeConfig) throw new Error(`node ${deps.node} is not in the configuration (nodes: ${deps.config.nodes.map((n) => n.name).join(', ')})`);
   const paths = nodePaths(deps.config.node.dir);
-  const driver =
-    deps.driver ??
-    new QemuDriver({ exec: deps.exec, paths, binary: deps.config.node.qemuBinary, accel: deps.config.node.accel });
+  const driver = deps.driver ?? createDriver(deps.config, nodeConfig, deps.exec, paths);
   const kernelDir = join(paths.kernels, deps.config.node.kernel);
+  const beat = deps.beat ?? ((d?: unknown) => heartbeat(d));
+  const vmSpec = (input: BootInput): VmSpec => ({
+    name: input.workspaceId,
+    hostname: input.hostname,
+    memoryMiB: input.memoryMiB,
+    vcpus: input.vcpus,
+    rootDisk: input.rootDisk,
+    kernel: { vmlinuz: join(kernelDir, 'vmlinuz'), initrd: join(kernelDir, 'initrd.gz') },
+    nic: { mac: input.mac, bridge: nodeConfig.bridge },
+  });
+  const stateFile = (workspaceId: string) => join(workspaceDir(paths, workspaceId), 'vmstate');
 
   return {
-    ...createImageActivities({ exec: deps.exec, paths, repositoryToken: deps.repositoryToken }),
+    ...createImageActivities({ exec: deps.exec, paths, repositoryToken: deps.repositoryToken, diskFormat: driver.diskFormat }),
+    ...createUnpropagateActivities({
+      exec: deps.exec,
+      paths,
+      diskFormat: driver.diskFormat,
+      repositoryUrl: deps.config.repository.url,
+      repositoryToken: deps.repositoryToken,
+    }),
     ...createDhcpActivities({ exec: deps.exec, paths, interface: nodeConfig.bridge }),
 
     /** Boots the workspace's VM; succeeds at once if it already runs. */
     async bootVm(input: BootInput): Promise<void> {
-      await driver.create({
-        name: input.workspaceId,
-        hostname: input.hostname,
-        memoryMiB: input.memoryMiB,
-        vcpus: input.vcpus,
-        rootDisk: input.rootDisk,
-        kernel: { vmlinuz: join(kernelDir, 'vmlinuz'), initrd: join(kernelDir, 'initrd.gz') },
-        nic: { mac: input.mac, bridge: nodeConfig.bridge },
-      });
+      await withHeartbeat(beat, 'boot', () => driver.create(vmSpec(input)));
+    },
+
+    /** Resumes the VM from its saved state (`vmstate` in the workspace dir); succeeds if it already runs. */
+    async restoreVm(input: BootInput): Promise<void> {
+      await withHeartbeat(beat, 'restore', () => driver.restore(vmSpec(input), stateFile(input.workspaceId)));
+    },
+
+    /** Pauses the VM (seed 002 Paused: unscheduled, not serialized). Idempotent. */
+    async pauseVm(input: { workspaceId: string }): Promise<void> {
+      await driver.pause(input.workspaceId);
+    },
+
+    /** Resumes a paused VM. Idempotent. */
+    async unpauseVm(input: { workspaceId: string }): Promise<void> {
+      await driver.unpause(input.workspaceId);
+    },
+
+    /** Reboots the guest. */
+    async rebootVm(input: { workspaceId: string }): Promise<void> {
+      await driver.reboot(input.workspaceId);
+    },
+
+    /** Graceful shutdown with a timeout, then forced; returns how it ended. Idempotent (absent VM: graceful). */
+    async shutdownVm(input: { workspaceId: string; timeoutSeconds: number }): Promise<ShutdownResult> {
+      return withHeartbeat(beat, 'shutdown', () => driver.shutdown(input.workspaceId, input.timeoutSeconds * 1000));
+    },
+
+    /** Serializes the VM, RAM included, to `vmstate` in the workspace dir, ending it. Idempotent. */
+    async saveVm(input: { workspaceId: string }): Promise<void> {
+      await withHeartbeat(beat, 'save', () => driver.save(input.workspaceId, stateFile(input.workspaceId)));
     },
 
     /** Destroys the VM and its interfaces; returns once it is confirmed gone. Idempotent. */

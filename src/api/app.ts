@@ -6,16 +6,36 @@
 import { randomBytes } from 'node:crypto';
 import { resolve as resolvePath } from 'node:path';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { WorkflowNotFoundError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+import { WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage, type Client } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { headTaskQueue, nodeTaskQueuePrefix, workspaceWorkflowId } from '../config/names';
 import type { VwsConfig } from '../config/schema';
 import { FailureType } from '../domain/errors';
-import { describeQuery, destroyUpdate, VwsOwner, VwsState } from '../domain/messages';
-import { createWorkspaceSchema, fieldProblems, imageNameSchema, workspaceIdSchema } from '../domain/requests';
-import { isOperationAllowed, refusalMessage } from '../domain/states';
+import {
+  describeQuery,
+  destroyUpdate,
+  pauseUpdate,
+  rebootUpdate,
+  shutdownSaveUpdate,
+  shutdownUpdate,
+  startUpdate,
+  unpauseUpdate,
+  VwsOwner,
+  VwsState,
+} from '../domain/messages';
+import {
+  createWorkspaceSchema,
+  emptyRequestSchema,
+  fieldProblems,
+  imageNameSchema,
+  shutdownSaveRequestSchema,
+  startRequestSchema,
+  workspaceIdSchema,
+} from '../domain/requests';
+import { refusalReason, type WorkspaceOperation } from '../domain/states';
+import type { z } from 'zod';
 import type { WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
-import { resolveImage } from '../repository';
+import { acceptUpload, resolveImage, UploadRefused } from '../repository';
 import { log } from '../log';
 import { requireToken, type Principal, type TokenEntry } from './auth';
 import { HttpProblem, sendProblem } from './problem';
@@ -34,6 +54,31 @@ type Handler = (req: Request, res: Response) => Promise<void>;
 const wrap = (h: Handler) => (req: Request, res: Response, next: NextFunction) => void h(req, res).catch(next);
 
 /** The API's view of a workspace: the description plus links. */
+/** The operations clients reach as `POST /workspaces/:id/<operation>`, with their body schema and Update. */
+const OPERATIONS = {
+  start: { schema: startRequestSchema, update: startUpdate },
+  pause: { schema: emptyRequestSchema, update: pauseUpdate },
+  unpause: { schema: emptyRequestSchema, update: unpauseUpdate },
+  reboot: { schema: emptyRequestSchema, update: rebootUpdate },
+  shutdown: { schema: emptyRequestSchema, update: shutdownUpdate },
+  'shutdown-save': { schema: shutdownSaveRequestSchema, update: shutdownSaveUpdate },
+} as const;
+
+/** Parses a body with a schema or throws a 400 naming every bad field. */
+function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.infer<T> {
+  const parsed = schema.safeParse(body ?? {});
+  if (!parsed.success) {
+    const errors = fieldProblems(parsed.error);
+    throw new HttpProblem(400, 'Invalid request', errors.map((e) => `${e.field}: ${e.message}`).join('; '), { errors });
+  }
+  return parsed.data;
+}
+
+/** True when an Update was rejected by the workflow's validator (the state table said no). */
+function isRefusal(e: unknown): e is WorkflowUpdateFailedError & { cause: ApplicationFailure } {
+  return e instanceof WorkflowUpdateFailedError && e.cause instanceof ApplicationFailure && e.cause.type === FailureType.OperationNotAllowed;
+}
+
 function present(config: VwsConfig, d: WorkspaceDescription) {
   const wf = encodeURIComponent(workspaceWorkflowId(config, d.id));
   return {
@@ -86,6 +131,23 @@ export function createApp(deps: ApiDeps): express.Express {
     }),
   );
 
+  // Stage-out from nodes (node token): the body is the file, the header its sha256 taken on the node.
+  app.put(
+    '/repository/:name',
+    requireToken(deps.nodeTokens),
+    wrap(async (req, res) => {
+      const name = String(req.params.name);
+      try {
+        const image = await acceptUpload(config, name, req, String(req.headers['x-vws-sha256'] ?? ''));
+        log.info({ image: name, sha256: image.sha256, bytes: image.sizeBytes }, 'image staged out to the repository');
+        res.status(201).json(image);
+      } catch (e) {
+        if (e instanceof UploadRefused) throw new HttpProblem(e.status, e.status === 409 ? 'Conflict' : 'Invalid upload', e.message);
+        throw e;
+      }
+    }),
+  );
+
   const clients = express.Router();
   clients.use(requireToken(deps.clientTokens));
 
@@ -93,12 +155,7 @@ export function createApp(deps: ApiDeps): express.Express {
     '/workspaces',
     wrap(async (req, res) => {
       const principal = res.locals.principal as Principal;
-      const parsed = createWorkspaceSchema.safeParse(req.body ?? {});
-      if (!parsed.success) {
-        const errors = fieldProblems(parsed.error);
-        throw new HttpProblem(400, 'Invalid request', errors.map((e) => `${e.field}: ${e.message}`).join('; '), { errors });
-      }
-      const body = parsed.data;
+      const body = parseBody(createWorkspaceSchema, req.body);
       const largest = Math.max(...config.nodes.map((n) => n.memoryMiB));
       if (body.memoryMiB > largest) {
         const errors = [{ field: 'memoryMiB', message: `${body.memoryMiB} MiB exceeds the largest node (${largest} MiB)` }];
@@ -113,11 +170,21 @@ export function createApp(deps: ApiDeps): express.Express {
       const input: WorkspaceInput = {
         id,
         owner: principal.identity,
-        spec: { image, memoryMiB: body.memoryMiB, vcpus: body.vcpus, durationSeconds: body.durationSeconds, targetState: body.targetState },
+        spec: {
+          image,
+          memoryMiB: body.memoryMiB,
+          vcpus: body.vcpus,
+          durationSeconds: body.durationSeconds,
+          targetState: body.targetState,
+          shutdownMechanism: body.shutdownMechanism,
+          trashAtShutdown: body.trashAtShutdown,
+          ...(body.unpropagationTarget ? { unpropagationTarget: body.unpropagationTarget } : {}),
+        },
         routing: {
           headTaskQueue: headTaskQueue(config),
           nodeTaskQueuePrefix: nodeTaskQueuePrefix(config),
           addressTimeoutSeconds: config.timeouts.addressSeconds,
+          shutdownTimeoutSeconds: config.timeouts.shutdownSeconds,
         },
         createdAt: new Date().toISOString(),
       };
@@ -142,31 +209,66 @@ export function createApp(deps: ApiDeps): express.Express {
     }),
   );
 
+  /** Early refusal from the state table; the workflow's validator checks again (the state may move meanwhile). */
+  function refuseEarly(d: WorkspaceDescription, op: WorkspaceOperation): void {
+    const reason = refusalReason({ state: d.state, task: d.task, hasSavedState: !!d.saved?.state }, op);
+    if (reason) throw new HttpProblem(409, 'Operation not allowed', reason, { state: d.state, task: d.task });
+  }
+
+  /** Maps the workflow's refusal (or its completion since we looked) to 409 naming the current state. */
+  async function asConflict(e: unknown, id: string, principal: Principal, op: WorkspaceOperation): Promise<never> {
+    if (isRefusal(e) || e instanceof WorkflowNotFoundError) {
+      const current = await ownedWorkspace(id, principal);
+      const detail = isRefusal(e) ? e.cause.message : `cannot ${op} a workspace in state ${current.state}`;
+      throw new HttpProblem(409, 'Operation not allowed', detail, { state: current.state, task: current.task });
+    }
+    throw e;
+  }
+
   clients.delete(
     '/workspaces/:id',
     wrap(async (req, res) => {
       const id = String(req.params.id);
       const principal = res.locals.principal as Principal;
-      const before = await ownedWorkspace(id, principal);
-      // Early refusal from the state table; the workflow's validator checks again (the state may move).
-      if (!isOperationAllowed(before.state, 'destroy')) {
-        throw new HttpProblem(409, 'Operation not allowed', refusalMessage(before.state, 'destroy'), { state: before.state });
-      }
+      refuseEarly(await ownedWorkspace(id, principal), 'destroy');
       try {
         const d = await client.workflow.getHandle(workspaceWorkflowId(config, id)).executeUpdate(destroyUpdate);
         log.info({ workspace: id }, 'workspace destroy requested');
         res.status(202).location(`/workspaces/${id}`).json(present(config, d));
       } catch (e) {
-        const refused = e instanceof WorkflowUpdateFailedError && e.cause instanceof ApplicationFailure && e.cause.type === FailureType.OperationNotAllowed;
-        // "Not found" here means the workflow completed since the query: it is Cancelled now.
-        if (refused || e instanceof WorkflowNotFoundError) {
-          const current = await ownedWorkspace(id, principal);
-          throw new HttpProblem(409, 'Operation not allowed', refused ? (e.cause as Error).message : refusalMessage(current.state, 'destroy'), {
-            state: current.state,
-          });
-        }
-        throw e;
+        await asConflict(e, id, principal, 'destroy');
       }
+    }),
+  );
+
+  clients.post(
+    '/workspaces/:id/:operation',
+    wrap(async (req, res) => {
+      const id = String(req.params.id);
+      const op = String(req.params.operation);
+      const principal = res.locals.principal as Principal;
+      if (!Object.hasOwn(OPERATIONS, op)) {
+        throw new HttpProblem(404, 'Not Found', `no operation ${op}; operations: ${Object.keys(OPERATIONS).join(', ')}, and DELETE to destroy`);
+      }
+      const { schema, update } = OPERATIONS[op as keyof typeof OPERATIONS];
+      const args = parseBody(schema, req.body);
+      const before = await ownedWorkspace(id, principal);
+      refuseEarly(before, op as WorkspaceOperation);
+      if (op === 'start' && before.runningTimeLeftSeconds <= 0 && !(args as { durationSeconds?: number }).durationSeconds) {
+        const errors = [{ field: 'durationSeconds', message: 'this workspace has no running time left; give it more' }];
+        throw new HttpProblem(400, 'Invalid request', `durationSeconds: ${errors[0].message}`, { errors });
+      }
+      const handle = client.workflow.getHandle(workspaceWorkflowId(config, id));
+      try {
+        // Accepted means validated and queued; the client follows the state (the operation may take minutes).
+        const waitForStage = WorkflowUpdateStage.ACCEPTED;
+        if (op === 'start' || op === 'shutdown-save') await handle.startUpdate(update.name, { args: [args], waitForStage });
+        else await handle.startUpdate(update.name, { waitForStage });
+      } catch (e) {
+        await asConflict(e, id, principal, op as WorkspaceOperation);
+      }
+      log.info({ workspace: id, operation: op }, 'workspace operation accepted');
+      res.status(202).location(`/workspaces/${id}`).json(present(config, await ownedWorkspace(id, principal)));
     }),
   );
 

@@ -9,7 +9,7 @@ export class HttpProblem extends Error {
     readonly status: number,
     readonly title: string,
     detail: string,
-    readonly extra: { errors?: FieldProblem[]; state?: string } = {},
+    readonly extra: { errors?: FieldProblem[]; state?: string; task?: string | null } = {},
   ) {
     super(detail);
   }

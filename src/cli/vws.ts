@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
- * The `vws` CLI: the reference client, over the HTTP API only. This is the thin first cut (deploy,
- * show, destroy); issue 8 grows it to every operation.
+ * The `vws` CLI: the reference client, over the HTTP API only: deploy, show, destroy and every
+ * workspace operation (start, pause, unpause, reboot, shutdown, shutdown-save).
  */
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
@@ -61,6 +61,8 @@ function print(g: Globals, d: Record<string, unknown>): void {
     d.obtainedIp && d.state !== 'Cancelled' ? `DHCP lease ${String(d.obtainedIp)}` : '',
     d.heading ? `heading    ${String(d.heading)}` : '',
     d.reason ? `reason     ${String(d.reason)}` : '',
+    d.runningTimeLeftSeconds !== undefined && d.state !== 'Cancelled' ? `time left  ${String(d.runningTimeLeftSeconds)} s` : '',
+    d.saved ? `saved as   ${(d.saved as { disk: string }).disk}` : '',
     (d.links as { temporalUi?: string } | undefined)?.temporalUi ? `Temporal   ${(d.links as { temporalUi: string }).temporalUi}` : '',
   ];
   console.log(lines.filter(Boolean).join('\n'));
@@ -95,15 +97,27 @@ program
   .option('--memory <MiB>', 'memory in MiB', (v) => Number(v), 128)
   .option('--vcpus <n>', 'virtual CPUs', (v) => Number(v), 1)
   .option('--duration <seconds>', 'DeploymentTime in seconds', (v) => Number(v), 3600)
-  .option('--wait', 'wait until Running with an address')
+  .addOption(new Option('--target-state <state>', 'how far to advance it').choices(['Propagated', 'Running']).default('Running'))
+  .addOption(new Option('--shutdown-mechanism <m>', 'what happens when the time runs out').choices(['Normal', 'Serialize', 'Trash']).default('Normal'))
+  .option('--trash-at-shutdown', 'discard the VM after use instead of unpropagating it')
+  .option('--wait', 'wait until it reaches the target state (Running: with an address)')
   .option('--timeout <seconds>', 'how long --wait waits', (v) => Number(v), 300)
   .addHelpText('after', '\nExample:\n  vws deploy --image sample --memory 128 --wait')
-  .action(async (o: { image: string; memory: number; vcpus: number; duration: number; wait?: boolean; timeout: number }) => {
+  .action(async (o: { image: string; memory: number; vcpus: number; duration: number; targetState: string; shutdownMechanism: string; trashAtShutdown?: boolean; wait?: boolean; timeout: number }) => {
     const g = program.opts<Globals>();
-    const created = await call(g, 'POST', '/workspaces', { image: o.image, memoryMiB: o.memory, vcpus: o.vcpus, durationSeconds: o.duration });
+    const created = await call(g, 'POST', '/workspaces', {
+      image: o.image,
+      memoryMiB: o.memory,
+      vcpus: o.vcpus,
+      durationSeconds: o.duration,
+      targetState: o.targetState,
+      shutdownMechanism: o.shutdownMechanism,
+      trashAtShutdown: !!o.trashAtShutdown,
+    });
     const id = String(created.id);
     if (!g.json) console.error(`created ${id}`);
-    const d = o.wait ? await waitFor(g, id, (x) => x.state === 'Running' && !!x.obtainedIp, o.timeout) : created;
+    const reached = (x: Record<string, unknown>) => (o.targetState === 'Running' ? x.state === 'Running' && !!x.obtainedIp : x.state === o.targetState && x.task === null);
+    const d = o.wait ? await waitFor(g, id, reached, o.timeout) : created;
     print(g, d);
   });
 
@@ -126,6 +140,36 @@ program
     if (o.wait) d = await waitFor(g, id, (x) => x.state === 'Cancelled', o.timeout);
     print(g, d);
   });
+
+/** One command per operation: POST /workspaces/:id/<operation>; --wait follows until nothing is in flight. */
+const OPERATIONS: Array<{ name: string; help: string; options?: (c: Command) => Command; body?: (o: Record<string, unknown>) => object }> = [
+  {
+    name: 'start',
+    help: 'start a workspace (from Propagated, or a serialized one from StagedOut)',
+    options: (c) => c.option('--duration <seconds>', 'new running time from now', (v) => Number(v)),
+    body: (o) => (o.duration ? { durationSeconds: o.duration } : {}),
+  },
+  { name: 'pause', help: 'pause a running workspace (unscheduled, not serialized)' },
+  { name: 'unpause', help: 'resume a paused workspace' },
+  { name: 'reboot', help: 'reboot a running workspace' },
+  { name: 'shutdown', help: 'shut a workspace down gracefully (back to Propagated; start it again later)' },
+  {
+    name: 'shutdown-save',
+    help: 'shut down and unpropagate: the disk is saved to the site repository (seed --shutdown-save)',
+    options: (c) => c.option('--target <image>', 'save the disk under this repository image name'),
+    body: (o) => (o.target ? { target: o.target } : {}),
+  },
+];
+for (const op of OPERATIONS) {
+  let c = program.command(`${op.name} <id>`).description(op.help).option('--wait', 'wait until the operation is done').option('--timeout <seconds>', 'how long --wait waits', (v) => Number(v), 300);
+  if (op.options) c = op.options(c);
+  c.action(async (id: string, o: Record<string, unknown>) => {
+    const g = program.opts<Globals>();
+    let d = await call(g, 'POST', `/workspaces/${id}/${op.name}`, op.body ? op.body(o) : {});
+    if (o.wait) d = await waitFor(g, id, (x) => x.task === null, Number(o.timeout));
+    print(g, d);
+  });
+}
 
 program.parseAsync().catch((e: Error) => {
   console.error(`vws: ${e.message}`);

@@ -171,6 +171,8 @@ export const configSchema = z
       .object({
         /** Seconds a booted VM has to obtain its DHCP address. */
         addressSeconds: z.number().int().min(1).default(120),
+        /** Seconds a guest has to power off on a graceful shutdown before it is destroyed. */
+        shutdownSeconds: z.number().int().min(1).default(30),
       })
       .strict()
       .prefault({}),

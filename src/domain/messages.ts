@@ -3,7 +3,7 @@
  * and tests, as in temporalio/samples-typescript's `shared.ts`.
  */
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
-import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { Grant, SlotRequest } from './allocation';
 import type { WorkspaceDescription } from './workspace';
 
@@ -18,6 +18,36 @@ export const grantsQuery = defineQuery<Grant[]>('grants');
 export const describeQuery = defineQuery<WorkspaceDescription>('describe');
 /** Workspace: destroy it (refused, naming the state, when the state table does not allow it). */
 export const destroyUpdate = defineUpdate<WorkspaceDescription>('destroy');
+
+/** Arguments of `start`: new running time, needed when none is left (a serialized workspace resuming). */
+export interface StartArgs {
+  durationSeconds?: number;
+}
+/** Arguments of `shutdown-save`: an alternate unpropagation target (repository image name). */
+export interface ShutdownSaveArgs {
+  target?: string;
+}
+
+/**
+ * Workspace operations as Updates: each is validated against the state table (refused naming the
+ * current state, so nothing half-happens) and answers once the operation is done.
+ */
+export const startUpdate = defineUpdate<WorkspaceDescription, [StartArgs]>('start');
+export const pauseUpdate = defineUpdate<WorkspaceDescription>('pause');
+export const unpauseUpdate = defineUpdate<WorkspaceDescription>('unpause');
+export const rebootUpdate = defineUpdate<WorkspaceDescription>('reboot');
+export const shutdownUpdate = defineUpdate<WorkspaceDescription>('shutdown');
+export const shutdownSaveUpdate = defineUpdate<WorkspaceDescription, [ShutdownSaveArgs]>('shutdown-save');
+
+/** Early shutdown-save as a Signal (the design card): recorded even while no worker runs, acted on when one does. */
+export const shutdownSaveSignal = defineSignal<[ShutdownSaveArgs]>('shutdown-save-early');
+
+/** A preemption notice (the pilot's early-unreserving): the node's time ends; the VM is evicted at once. */
+export interface PreemptNotice {
+  reason: string;
+}
+/** Preemption as a Signal: recorded even while no worker runs, acted on when one does. */
+export const preemptSignal = defineSignal<[PreemptNotice]>('preempt');
 
 /** Search attribute: the workspace's stable state. */
 export const VwsState = defineSearchAttributeKey('VwsState', SearchAttributeType.KEYWORD);

@@ -22,8 +22,33 @@ export const createWorkspaceSchema = z
       .max(366 * 24 * 3600)
       .default(3600),
     targetState: z.enum(['Propagated', 'Running']).default('Running'),
+    /** Seed 002 ShutdownMechanism: what happens when DeploymentTime runs out. */
+    shutdownMechanism: z.enum(['Normal', 'Serialize', 'Trash']).default('Normal'),
+    /** Seed 000 `--trash-at-shutdown`: discard the VM after use instead of unpropagating it. */
+    trashAtShutdown: z.boolean().default(false),
+    /** Seed 002 PostShutdown rootPartitionUnpropagationTarget: the repository image name to save the disk as. */
+    unpropagationTarget: imageNameSchema.optional(),
   })
   .strict();
+
+/** Body of POST /workspaces/:id/start. */
+export const startRequestSchema = z
+  .object({
+    /** New running time in seconds, from now (needed when none is left, e.g. a serialized workspace). */
+    durationSeconds: z.number().int().min(1).max(366 * 24 * 3600).optional(),
+  })
+  .strict();
+
+/** Body of POST /workspaces/:id/shutdown-save (seed 000 `--shutdown-save`). */
+export const shutdownSaveRequestSchema = z
+  .object({
+    /** Alternate unpropagation target: a repository image name. */
+    target: imageNameSchema.optional(),
+  })
+  .strict();
+
+/** Body of the operations that take no arguments. */
+export const emptyRequestSchema = z.object({}).strict();
 
 /** A validated create request. */
 export type CreateWorkspaceRequest = z.infer<typeof createWorkspaceSchema>;

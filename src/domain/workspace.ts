@@ -24,7 +24,16 @@ export interface WorkspaceSpec {
   durationSeconds: number;
   /** Seed 002: how far the service advances the workspace. */
   targetState: 'Propagated' | 'Running';
+  /** Seed 002 ShutdownMechanism: what happens when DeploymentTime runs out. */
+  shutdownMechanism: ShutdownMechanism;
+  /** Seed 000 `--trash-at-shutdown`: discard the VM after use instead of unpropagating it (overrides the mechanism). */
+  trashAtShutdown: boolean;
+  /** Seed 002 PostShutdown rootPartitionUnpropagationTarget: repository image name the disk is saved as. */
+  unpropagationTarget?: string;
 }
+
+/** Seed 002 ShutdownMechanism. */
+export type ShutdownMechanism = 'Normal' | 'Serialize' | 'Trash';
 
 /** Everything the workspace workflow needs, fixed at start. */
 export interface WorkspaceInput {
@@ -45,6 +54,8 @@ export interface WorkspaceRouting {
   nodeTaskQueuePrefix: string;
   /** Seconds to wait for the VM's DHCP lease before the workspace is Corrupted. */
   addressTimeoutSeconds: number;
+  /** Seconds a guest has to power off on a graceful shutdown before it is destroyed. */
+  shutdownTimeoutSeconds: number;
 }
 
 /** The workspace's resource properties, as the `describe` query answers. */
@@ -67,8 +78,20 @@ export interface WorkspaceDescription {
   createdAt: string;
   firstStartedAt?: string;
   endedAt?: string;
-  /** Seconds of DeploymentTime left while running. */
+  /** The requested DeploymentTime in seconds (first start to last shutdown). */
   durationSeconds: number;
+  /** Seconds of running time left; counts down while the VM exists (Running or Paused). */
+  runningTimeLeftSeconds: number;
+  /** The mechanism that applies when running time runs out (Trash when trash-at-shutdown was asked). */
+  shutdownMechanism: ShutdownMechanism;
+  /** The slot the allocator granted. */
+  allocation?: { node: string; memoryMiB: number; vcpus: number };
+  /** Files staged out to the repository (StagedOut), and whether a serialized VM state is among them. */
+  saved?: { disk: string; state?: string };
+  /** How the last shutdown ended: the guest powered off, or it was forced after the timeout. */
+  lastShutdown?: 'graceful' | 'forced';
+  /** Signals received and what became of them (seed 000: early shutdown-save; pilot preemption). */
+  notices: string[];
 }
 
 /** Convenience: the network part of a description from a grant. */

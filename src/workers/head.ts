@@ -8,7 +8,9 @@ import { createHeadActivities } from '../activities/head/allocator-client';
 import { headTaskQueue } from '../config/names';
 import { loadConfig } from '../config/load';
 import type { VwsConfig } from '../config/schema';
+import { sshExecutorFor, type SshExecutor } from '../exec/ssh';
 import { log } from '../log';
+import { createNodeWorker } from './node';
 import { installRuntime } from './runtime';
 
 /** Options of {@link createHeadWorker}. */
@@ -18,6 +20,21 @@ export interface HeadWorkerOptions {
   client: Client;
   /** A prebuilt workflow bundle (tests bundle once per file); otherwise the worker bundles `src/workflows`. */
   workflowBundle?: WorkerOptions['workflowBundle'];
+}
+
+/**
+ * Creates (does not run) the workers of every SSH-mode node: each serves its node's task queue from the
+ * head, running the same node activities over a pooled SSH connection. Workflows never know the mode.
+ */
+export async function createSshNodeWorkers(o: { config: VwsConfig; connection: NativeConnection }): Promise<{ workers: Worker[]; close: () => void }> {
+  const executors: SshExecutor[] = [];
+  const workers: Worker[] = [];
+  for (const node of o.config.nodes.filter((n) => n.agent === 'ssh')) {
+    const exec = sshExecutorFor(o.config, node);
+    executors.push(exec);
+    workers.push(await createNodeWorker({ config: o.config, node: node.name, connection: o.connection, exec }));
+  }
+  return { workers, close: () => executors.forEach((e) => e.close()) };
 }
 
 /** Creates (does not run) the head worker. */
@@ -38,11 +55,16 @@ async function main(): Promise<void> {
   const clientConnection = await Connection.connect({ address: config.temporal.address });
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   const worker = await createHeadWorker({ config, connection, client });
-  log.info({ taskQueue: headTaskQueue(config), temporal: config.temporal.address }, 'head worker running');
-  // The SDK shuts the worker down on SIGTERM/SIGINT; then close the connections, or they keep the process alive.
+  const ssh = await createSshNodeWorkers({ config, connection });
+  log.info(
+    { taskQueue: headTaskQueue(config), sshNodes: config.nodes.filter((n) => n.agent === 'ssh').map((n) => n.name), temporal: config.temporal.address },
+    'head worker running',
+  );
+  // The SDK shuts the workers down on SIGTERM/SIGINT; then close the connections, or they keep the process alive.
   try {
-    await worker.run();
+    await Promise.all([worker.run(), ...ssh.workers.map((w) => w.run())]);
   } finally {
+    ssh.close();
     await clientConnection.close();
     await connection.close();
   }

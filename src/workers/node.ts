@@ -8,12 +8,16 @@ import { nodeTaskQueue } from '../config/names';
 import { loadConfig } from '../config/load';
 import type { VwsConfig } from '../config/schema';
 import { readToken } from '../config/secrets';
+import type { Executor } from '../exec/executor';
 import { LocalExecutor } from '../exec/local';
 import { log } from '../log';
 import { installRuntime } from './runtime';
 
-/** Creates (does not run) the worker of node `node`. */
-export function createNodeWorker(o: { config: VwsConfig; node: string; connection: NativeConnection }): Promise<Worker> {
+/**
+ * Creates (does not run) the worker of node `node`. By default its activities run commands locally (a
+ * node worker on its node); SSH mode passes an SSH executor and runs this on the head.
+ */
+export function createNodeWorker(o: { config: VwsConfig; node: string; connection: NativeConnection; exec?: Executor }): Promise<Worker> {
   return Worker.create({
     connection: o.connection,
     namespace: o.config.temporal.namespace,
@@ -21,7 +25,7 @@ export function createNodeWorker(o: { config: VwsConfig; node: string; connectio
     activities: createNodeActivities({
       config: o.config,
       node: o.node,
-      exec: new LocalExecutor(),
+      exec: o.exec ?? new LocalExecutor(),
       repositoryToken: () => readToken(o.config.repository.nodeTokenFile),
     }),
     // A node boots a handful of VMs at once; more would only queue inside QEMU start-up.

@@ -1,11 +1,17 @@
 /**
- * One workspace's lifecycle (seed 002): allocate a slot and an address, propagate the image to the
- * node, add the DHCP entry, boot, learn the address the VM obtained, run until destroyed or until
- * DeploymentTime runs out, then clean up everything on the node and release the grant.
+ * One workspace's lifecycle (seed 002), driven by the state table in `domain/states`.
  *
- * No workflow run timeout: the deadline is a timer here, so cleanup always runs. Cleanup runs in a
- * non-cancellable scope and its activities retry until the node answers, because a slot or address must
- * not be released before its VM is confirmed gone.
+ * The workflow first advances the workspace as far as the request's target state (allocate a slot and
+ * an address, propagate, boot, learn the address). Then one loop serves, one at a time: client
+ * operations (Updates, validated against the table so a refused one changes nothing), Signals (early
+ * shutdown-save, preemption; recorded in history even while no worker runs) and the DeploymentTime
+ * deadline, a durable timer that runs only while the VM exists (Running or Paused). At the deadline
+ * the ShutdownMechanism applies: Normal (graceful shutdown, unpropagate), Serialize (save the VM's
+ * state, RAM included, and unpropagate; the workspace can be started again from it) or Trash (evict).
+ *
+ * No workflow run timeout: cleanup must always run. Destroy cancels the step in flight; cleanup runs in
+ * a non-cancellable scope and its activities retry until the node answers, because a slot or address
+ * must not be released before its VM is confirmed gone.
  */
 import {
   ActivityCancellationType,
@@ -13,6 +19,7 @@ import {
   CancellationScope,
   condition,
   isCancellation,
+  log,
   proxyActivities,
   type RetryPolicy,
   setHandler,
@@ -23,9 +30,25 @@ import type { HeadActivities } from '../activities/head/allocator-client';
 import type { NodeActivities } from '../activities/node';
 import type { Grant } from '../domain/allocation';
 import { FailureType, NON_RETRYABLE_FAILURES } from '../domain/errors';
-import { describeQuery, destroyUpdate, VwsNode, VwsState } from '../domain/messages';
-import { isOperationAllowed, refusalMessage, type WorkspaceState } from '../domain/states';
-import { networkOf, type WorkspaceDescription, type WorkspaceInput } from '../domain/workspace';
+import {
+  describeQuery,
+  destroyUpdate,
+  pauseUpdate,
+  preemptSignal,
+  rebootUpdate,
+  shutdownSaveSignal,
+  shutdownSaveUpdate,
+  shutdownUpdate,
+  startUpdate,
+  unpauseUpdate,
+  VwsNode,
+  VwsState,
+  type ShutdownSaveArgs,
+  type StartArgs,
+} from '../domain/messages';
+import { OPERATION_TARGET, refusalReason, VM_STATES, type WorkspaceOperation, type WorkspaceState, type WorkspaceTask } from '../domain/states';
+import type { ResolvedImage, WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
+import { networkOf } from '../domain/workspace';
 
 /** Forward steps give up after a few attempts (the workspace then becomes Corrupted). */
 const FORWARD_RETRY: RetryPolicy = { initialInterval: '1s', maximumInterval: '10s', maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE_FAILURES };
@@ -47,6 +70,24 @@ function dhcpEntry(workspaceId: string, grant: Grant) {
   return { workspaceId, mac: grant.address.mac, ip: grant.address.ip, hostname: grant.address.hostname };
 }
 
+/** The in-flight task each client operation shows while it runs. */
+const OPERATION_TASK: Record<Exclude<WorkspaceOperation, 'destroy'>, WorkspaceTask> = {
+  start: 'starting',
+  pause: 'pausing',
+  unpause: 'unpausing',
+  reboot: 'rebooting',
+  shutdown: 'shutting-down',
+  'shutdown-save': 'shutting-down',
+};
+
+/** A client operation waiting for the loop, and its outcome. */
+interface Job {
+  op: Exclude<WorkspaceOperation, 'destroy'>;
+  args: StartArgs & ShutdownSaveArgs;
+  done: boolean;
+  error?: ApplicationFailure;
+}
+
 /** Runs one workspace from creation to Cancelled; returns its final description. */
 export async function workspaceWorkflow(input: WorkspaceInput): Promise<WorkspaceDescription> {
   const { spec, routing } = input;
@@ -57,120 +98,316 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     retry: { ...CLEANUP_RETRY, nonRetryableErrorTypes: NON_RETRYABLE_FAILURES },
   });
 
-  // The image was resolved in the site repository when the request was accepted: it is staged.
+  const mechanism = spec.trashAtShutdown ? 'Trash' : spec.shutdownMechanism;
   const d: WorkspaceDescription = {
     id: input.id,
     owner: input.owner,
-    state: 'Unpropagated',
+    state: 'Unpropagated', // the image was resolved in the site repository when the request was accepted
     task: 'allocating',
     image: spec.image.name,
     memoryMiB: spec.memoryMiB,
     vcpus: spec.vcpus,
     createdAt: input.createdAt,
     durationSeconds: spec.durationSeconds,
+    runningTimeLeftSeconds: spec.durationSeconds,
+    shutdownMechanism: mechanism,
+    notices: [],
   };
   let grant: Grant | undefined;
+  let rootDisk: string | undefined;
+  /** Staged-out copies of a serialized VM, from which `start` resumes it. */
+  let savedFiles: { disk: ResolvedImage; state: ResolvedImage } | undefined;
   let destroyRequested = false;
-  const forward = new CancellationScope();
+  let step: CancellationScope | undefined;
+  const jobs: Job[] = [];
+  const signals: Array<{ kind: 'shutdown-save'; args: ShutdownSaveArgs }> = [];
+
+  // DeploymentTime: a budget of running time, spent while the VM exists (Running or Paused).
+  let budgetMs = spec.durationSeconds * 1000;
+  let usedMs = 0;
+  let runningSince: number | undefined;
+  const timeLeftMs = () => budgetMs - usedMs - (runningSince === undefined ? 0 : Date.now() - runningSince);
 
   const setState = (state: WorkspaceState) => {
+    const wasUp = VM_STATES.includes(d.state);
+    const isUp = VM_STATES.includes(state);
+    if (!wasUp && isUp) runningSince = Date.now();
+    if (wasUp && !isUp && runningSince !== undefined) {
+      usedMs += Date.now() - runningSince;
+      runningSince = undefined;
+    }
     d.state = state;
     upsertSearchAttributes([{ key: VwsState, value: state }]);
   };
+  const describe = (): WorkspaceDescription => ({ ...d, runningTimeLeftSeconds: Math.max(0, Math.round(timeLeftMs() / 1000)) });
+  const node = (retry: RetryPolicy) => nodeActivities(`${routing.nodeTaskQueuePrefix}${grant!.node}`, retry);
 
-  setHandler(describeQuery, () => d);
+  // ---- messages ---------------------------------------------------------------------------------
+  setHandler(describeQuery, describe);
+
+  const refuse = (message: string) => {
+    throw ApplicationFailure.create({ type: FailureType.OperationNotAllowed, message, nonRetryable: true });
+  };
+  const validate = (op: WorkspaceOperation, args?: StartArgs) => {
+    const reason = refusalReason({ state: d.state, task: destroyRequested ? 'destroying' : d.task, hasSavedState: !!savedFiles }, op);
+    if (reason) refuse(reason);
+    if (op === 'start' && timeLeftMs() <= 0 && !args?.durationSeconds) {
+      refuse('this workspace has no running time left; start it with durationSeconds to give it more');
+    }
+  };
+  /** Queues an operation for the loop and answers when it is done (or failed, typed). */
+  const enqueue = async (op: Job['op'], args: Job['args'] = {}): Promise<WorkspaceDescription> => {
+    const job: Job = { op, args, done: false };
+    d.task = OPERATION_TASK[op]; // synchronously, so the next validator already sees the workspace busy
+    jobs.push(job);
+    await condition(() => job.done);
+    if (job.error) throw job.error;
+    return describe();
+  };
+  setHandler(startUpdate, (args: StartArgs) => enqueue('start', args ?? {}), { validator: (args: StartArgs) => validate('start', args) });
+  setHandler(pauseUpdate, () => enqueue('pause'), { validator: () => validate('pause') });
+  setHandler(unpauseUpdate, () => enqueue('unpause'), { validator: () => validate('unpause') });
+  setHandler(rebootUpdate, () => enqueue('reboot'), { validator: () => validate('reboot') });
+  setHandler(shutdownUpdate, () => enqueue('shutdown'), { validator: () => validate('shutdown') });
+  setHandler(shutdownSaveUpdate, (args: ShutdownSaveArgs) => enqueue('shutdown-save', args ?? {}), {
+    validator: (_args: ShutdownSaveArgs) => validate('shutdown-save'),
+  });
   setHandler(
     destroyUpdate,
     () => {
       destroyRequested = true;
-      forward.cancel(); // stop whatever forward step is in flight; cleanup follows
-      return d;
+      step?.cancel(); // stop whatever step is in flight; cleanup follows
+      return describe();
     },
-    {
-      validator: () => {
-        if (destroyRequested || !isOperationAllowed(d.state, 'destroy')) {
-          const message = destroyRequested ? 'the workspace is already being destroyed' : refusalMessage(d.state, 'destroy');
-          throw ApplicationFailure.create({ type: FailureType.OperationNotAllowed, message, nonRetryable: true });
-        }
-      },
-    },
+    { validator: () => validate('destroy') },
   );
+  setHandler(shutdownSaveSignal, (args: ShutdownSaveArgs) => {
+    signals.push({ kind: 'shutdown-save', args: args ?? {} });
+  });
+  setHandler(preemptSignal, (notice) => {
+    d.notices.push(`preempted: ${notice.reason}`);
+    if (d.state === 'Cancelled' || destroyRequested) return;
+    // The node's time is ending: evict at once (Trash), whatever is in flight.
+    d.reason = `preempted: ${notice.reason}`;
+    destroyRequested = true;
+    step?.cancel();
+  });
 
-  try {
-    await forward.run(async () => {
-      grant = await head.reserve({ holder, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus });
-      d.node = grant.node;
-      d.network = networkOf(grant);
-      upsertSearchAttributes([{ key: VwsNode, value: grant.node }]);
-      const node = nodeActivities(`${routing.nodeTaskQueuePrefix}${grant.node}`, FORWARD_RETRY);
+  // ---- steps --------------------------------------------------------------------------------------
+  async function allocate(): Promise<void> {
+    d.task = 'allocating';
+    grant = await head.reserve({ holder, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus });
+    d.node = grant.node;
+    d.network = networkOf(grant);
+    d.allocation = { node: grant.node, memoryMiB: grant.memoryMiB, vcpus: grant.vcpus };
+    upsertSearchAttributes([{ key: VwsNode, value: grant.node }]);
+  }
 
-      d.task = 'propagating';
-      const { rootDisk } = await node.long.propagateImage({ workspaceId: input.id, image: spec.image });
-      setState('Propagated');
-      if (spec.targetState === 'Propagated') {
-        d.task = null;
-        return;
-      }
+  async function propagate(image: ResolvedImage): Promise<void> {
+    d.task = 'propagating';
+    rootDisk = (await node(FORWARD_RETRY).long.propagateImage({ workspaceId: input.id, image })).rootDisk;
+    setState('Propagated');
+  }
 
-      d.task = 'starting';
-      await node.quick.addDhcpEntry(dhcpEntry(input.id, grant));
-      await node.quick.bootVm({
-        workspaceId: input.id,
-        hostname: grant.address.hostname,
-        memoryMiB: spec.memoryMiB,
-        vcpus: spec.vcpus,
-        mac: grant.address.mac,
-        rootDisk,
-      });
-      d.firstStartedAt = new Date().toISOString();
+  const bootInput = () => ({
+    workspaceId: input.id,
+    hostname: grant!.address.hostname,
+    memoryMiB: spec.memoryMiB,
+    vcpus: spec.vcpus,
+    mac: grant!.address.mac,
+    rootDisk: rootDisk!,
+  });
+
+  async function boot(): Promise<void> {
+    const n = node(FORWARD_RETRY);
+    d.task = 'starting';
+    await n.quick.addDhcpEntry(dhcpEntry(input.id, grant!));
+    await n.long.bootVm(bootInput());
+    d.firstStartedAt ??= new Date().toISOString();
+    setState('Running');
+    d.task = 'awaiting-address';
+    d.obtainedIp = await n.long.waitForLease({ mac: grant!.address.mac, timeoutSeconds: routing.addressTimeoutSeconds });
+  }
+
+  async function start(args: StartArgs): Promise<void> {
+    if (args.durationSeconds) budgetMs = usedMs + args.durationSeconds * 1000;
+    if (!grant) await allocate();
+    if (savedFiles) {
+      // A serialized workspace: bring its staged-out disk and VM state back, and resume it.
+      const saved = savedFiles;
+      await propagate(saved.disk);
+      const n = node(FORWARD_RETRY);
+      await n.long.fetchSavedState({ workspaceId: input.id, state: saved.state });
+      d.task = 'restoring';
+      await n.quick.addDhcpEntry(dhcpEntry(input.id, grant!));
+      await n.long.restoreVm(bootInput());
+      savedFiles = undefined;
+      d.saved = undefined;
       setState('Running');
-
-      d.task = 'awaiting-address';
-      d.obtainedIp = await node.long.waitForLease({ mac: grant.address.mac, timeoutSeconds: routing.addressTimeoutSeconds });
-      d.task = null;
-    });
-
-    // Running (or parked at the target state): wait for destroy or for DeploymentTime to run out.
-    if (d.state === 'Running') {
-      const elapsed = Date.now() - Date.parse(d.firstStartedAt!);
-      const expired = !(await condition(() => destroyRequested, Math.max(0, spec.durationSeconds * 1000 - elapsed)));
-      if (expired) d.reason = `DeploymentTime of ${spec.durationSeconds} s ran out`;
-    } else {
-      await condition(() => destroyRequested);
+      return;
     }
-  } catch (err) {
-    if (isCancellation(err) && (destroyRequested || CancellationScope.current().consideredCancelled)) {
-      // Destroy (or a cancel of the whole workflow) stopped a forward step: clean up below.
-    } else {
+    if (d.state === 'Unpropagated') await propagate(spec.image);
+    await boot();
+  }
+
+  async function shutdown(): Promise<void> {
+    d.task = 'shutting-down';
+    const r = await node(FORWARD_RETRY).long.shutdownVm({ workspaceId: input.id, timeoutSeconds: routing.shutdownTimeoutSeconds });
+    d.lastShutdown = r.graceful ? 'graceful' : 'forced';
+    setState('Propagated');
+  }
+
+  /** Propagated → TransportReady → StagedOut; the node keeps nothing. A serialized workspace keeps its grant to resume. */
+  async function unpropagate(target: string, withState: boolean): Promise<void> {
+    const n = node(FORWARD_RETRY);
+    d.task = 'unpropagating';
+    const files = await n.long.packageForTransport({ workspaceId: input.id, rootDisk: rootDisk!, includeState: withState });
+    setState('TransportReady');
+    d.task = 'staging-out';
+    const staged = await n.long.stageOut({ name: target, files });
+    d.saved = { disk: staged.disk.name, ...(staged.state ? { state: staged.state.name } : {}) };
+    if (staged.state) savedFiles = { disk: staged.disk, state: staged.state };
+    await n.quick.removeDhcpEntry(dhcpEntry(input.id, grant!));
+    await n.quick.removeWorkspaceFiles({ workspaceId: input.id });
+    rootDisk = undefined;
+    if (!savedFiles) {
+      // Nothing left to resume: give the slot and address back now rather than at destroy.
+      await head.release(holder);
+      grant = undefined;
+    }
+    setState('StagedOut');
+  }
+
+  const defaultTarget = () => spec.unpropagationTarget ?? `${spec.image.name}-${input.id}`;
+
+  async function runOperation(job: Job): Promise<void> {
+    const n = () => node(FORWARD_RETRY);
+    switch (job.op) {
+      case 'start':
+        return start(job.args);
+      case 'pause':
+        await n().quick.pauseVm({ workspaceId: input.id });
+        return setState('Paused');
+      case 'unpause':
+        await n().quick.unpauseVm({ workspaceId: input.id });
+        return setState('Running');
+      case 'reboot':
+        await n().quick.rebootVm({ workspaceId: input.id });
+        return setState('Running');
+      case 'shutdown':
+        return shutdown();
+      case 'shutdown-save':
+        if (VM_STATES.includes(d.state)) await shutdown();
+        return unpropagate(job.args.target ?? defaultTarget(), false);
+    }
+  }
+
+  /** DeploymentTime ran out: the ShutdownMechanism applies. */
+  async function deadline(): Promise<void> {
+    const why = `DeploymentTime of ${Math.round(budgetMs / 1000)} s ran out`;
+    if (mechanism === 'Trash') {
+      d.reason = `${why}; trashed`;
+      destroyRequested = true; // evict at once, keep nothing: the cleanup path
+      return;
+    }
+    if (mechanism === 'Serialize') {
+      d.task = 'serializing';
+      await node(FORWARD_RETRY).long.saveVm({ workspaceId: input.id });
+      setState('Propagated');
+      d.reason = `${why}; serialized`;
+      return unpropagate(defaultTarget(), true);
+    }
+    await shutdown();
+    d.reason = `${why}; shut down`;
+    return unpropagate(defaultTarget(), false);
+  }
+
+  /**
+   * Runs one step in its own cancellation scope (destroy cancels it). A failure that no retry fixed
+   * makes the workspace Corrupted, heading to `heading`; returns that failure (typed) for the caller.
+   */
+  async function runStep(heading: WorkspaceState, work: () => Promise<void>): Promise<ApplicationFailure | undefined> {
+    step = new CancellationScope();
+    try {
+      await step.run(work);
+      d.task = null;
+      return undefined;
+    } catch (err) {
+      if (isCancellation(err) && !destroyRequested) throw err; // the whole workflow was cancelled: clean up below
+      if (isCancellation(err)) return ApplicationFailure.create({ type: FailureType.OperationNotAllowed, message: 'destroyed while in flight', nonRetryable: true });
       // Activity failures wrap the typed ApplicationFailure as their cause.
       const failure = err as Error & { type?: string; cause?: Error & { type?: string } };
       const cause = failure.cause ?? failure;
       if (cause.type === FailureType.NoCapacity) {
         d.reason = `refused: ${cause.message}`;
-      } else {
-        d.heading = d.task === 'propagating' ? 'Propagated' : 'Running';
-        d.reason = cause.message;
-        setState('Corrupted');
-        d.task = null;
-        // A Corrupted workspace keeps its slot until the client destroys it (its files may be on the node).
-        await condition(() => destroyRequested);
+        destroyRequested = true; // nothing was granted; end Cancelled
+        return ApplicationFailure.create({ type: FailureType.NoCapacity, message: cause.message, nonRetryable: true });
       }
+      d.heading = heading;
+      d.reason = cause.message;
+      d.task = null;
+      setState('Corrupted');
+      log.warn('workspace corrupted', { heading, reason: cause.message });
+      // A Corrupted workspace keeps its slot until the client destroys it (its files may be on the node).
+      return ApplicationFailure.create({ type: cause.type ?? FailureType.CommandFailed, message: cause.message, nonRetryable: true });
+    } finally {
+      step = undefined;
+    }
+  }
+
+  // ---- the lifecycle ----------------------------------------------------------------------------------
+  try {
+    await runStep(spec.targetState, async () => {
+      await allocate();
+      await propagate(spec.image);
+      if (spec.targetState === 'Running') await boot();
+    });
+
+    while (!destroyRequested) {
+      const wake = () => destroyRequested || jobs.length > 0 || signals.length > 0;
+      const vmUp = VM_STATES.includes(d.state);
+      const expired = vmUp ? !(await condition(wake, Math.max(0, timeLeftMs()))) : (await condition(wake), false);
+      if (destroyRequested) break;
+      if (expired) {
+        await runStep('StagedOut', deadline);
+        continue;
+      }
+      const signal = signals.shift();
+      if (signal) {
+        const reason = refusalReason({ state: d.state, task: d.task }, 'shutdown-save');
+        if (reason) {
+          d.notices.push(`early shutdown-save signal ignored: ${reason}`);
+          continue;
+        }
+        d.notices.push('early shutdown-save signal acted on');
+        await runStep('StagedOut', () => runOperation({ op: 'shutdown-save', args: signal.args, done: false }));
+        continue;
+      }
+      const job = jobs.shift()!;
+      job.error = await runStep(OPERATION_TARGET[job.op], () => runOperation(job));
+      job.done = true;
     }
   } finally {
+    // Answer operations that were queued but will never run.
+    for (const job of jobs.splice(0)) {
+      job.error = ApplicationFailure.create({ type: FailureType.OperationNotAllowed, message: 'the workspace was destroyed first', nonRetryable: true });
+      job.done = true;
+    }
     await CancellationScope.nonCancellable(async () => {
       d.task = 'destroying';
       if (grant) {
-        const node = nodeActivities(`${routing.nodeTaskQueuePrefix}${grant.node}`, CLEANUP_RETRY);
-        await node.quick.destroyVm({ workspaceId: input.id });
-        await node.quick.removeDhcpEntry(dhcpEntry(input.id, grant));
-        await node.quick.removeWorkspaceFiles({ workspaceId: input.id });
+        const n = node(CLEANUP_RETRY);
+        await n.quick.destroyVm({ workspaceId: input.id });
+        await n.quick.removeDhcpEntry(dhcpEntry(input.id, grant));
+        await n.quick.removeWorkspaceFiles({ workspaceId: input.id });
       }
       // Always release: a reserve whose answer was lost may still have granted.
       await head.release(holder);
+      grant = undefined;
       d.task = null;
       d.endedAt = new Date().toISOString();
       setState('Cancelled');
     });
   }
-  return d;
+  return describe();
 }

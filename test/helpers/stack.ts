@@ -20,7 +20,9 @@ import { ensureToken } from '../../src/config/secrets';
 import { grantsQuery } from '../../src/domain/messages';
 import { LocalExecutor } from '../../src/exec/local';
 import { stageLocalFile } from '../../src/repository';
-import { createHeadWorker } from '../../src/workers/head';
+import type { Executor } from '../../src/exec/executor';
+import { sshExecutorFor, type SshExecutor } from '../../src/exec/ssh';
+import { createHeadWorker, createSshNodeWorkers } from '../../src/workers/head';
 import { connect, temporalAddress, uniquePrefix, workflowBundle, type TestConnections } from './temporal';
 
 const ROOT = join(__dirname, '../..');
@@ -48,6 +50,19 @@ export async function requireTestbed(): Promise<void> {
   if (built < newest(join(ROOT, 'src'))) throw new Error('dist/ is missing or older than src/: run npm run build (./run.sh test does)');
 }
 
+/** The testbed nodes a stack can use, and how vws reaches each. */
+export const TEST_NODES = {
+  /** A node worker inside vmm1's namespaces, QEMU. */
+  vmm1: { name: 'vmm1', memoryMiB: 1024, cpus: 4, agent: 'worker', driver: 'qemu', bridge: 'br0' },
+  /** SSH mode from the head to vmm2, QEMU. */
+  vmm2: { name: 'vmm2', memoryMiB: 1024, cpus: 4, agent: 'ssh', driver: 'qemu', bridge: 'br0', ssh: { host: '10.213.0.12' } },
+  /** SSH mode to the nested Xen node's dom0, `xl`. */
+  xen1: { name: 'xen1', memoryMiB: 1024, cpus: 2, agent: 'ssh', driver: 'xen', bridge: 'xenbr0', ssh: { host: '10.213.0.21' } },
+} as const;
+
+/** A testbed node name. */
+export type TestNode = keyof typeof TEST_NODES;
+
 /** A running stack. */
 export interface Stack {
   config: VwsConfig;
@@ -56,25 +71,54 @@ export interface Stack {
   /** Bearer tokens of the two test clients. */
   tokens: { alice: string; bob: string };
   conn: TestConnections;
-  /** Host path of vmm1's node directory. */
+  /** The node this stack deploys on. */
+  node: TestNode;
+  /** Host path of a namespace node's node directory (vmm1, vmm2). */
   nodeDir: string;
+  /** An executor on the node (local on the head for namespace hosts' files; SSH for xen1). */
+  nodeExec: Executor;
   /** Calls the API as `who`. */
   call(who: 'alice' | 'bob' | null, method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }>;
   /** Live allocator grants. */
   grants(): Promise<unknown[]>;
-  /** What vmm1 holds now that it did not hold when the stack started (VMs, taps, DHCP, files). */
+  /** What the node holds now that it did not hold when the stack started (VMs, taps, loops, DHCP, files). */
   leftovers(): Promise<string[]>;
+  /** The guest's console output (serial log or Xen console log). */
+  console(workspaceId: string): Promise<string>;
   /**
    * With VWS_RECORD_HISTORIES=DIR, saves a workspace's workflow history as DIR/workspace-NAME.json for
    * the replay test. The allocator's is saved once, at stop, as DIR/allocator-LABEL.json.
    */
   recordHistory(workspaceId: string, name: string): Promise<void>;
+  /** kill -9 the head worker process (only with `headProcess`), and start it again. */
+  killHead(): void;
+  startHead(): Promise<void>;
+  /** kill -9 the node worker (only for vmm1), and start it again. */
+  killNodeWorker(): void;
+  startNodeWorker(): Promise<void>;
   stop(): Promise<void>;
 }
 
-/** Starts a stack whose only node is vmm1, with addresses from `first` to `last`; `label` names its recordings. */
-export async function startStack(opts: { label: string; first: string; last: string }): Promise<Stack> {
+/** Options of {@link startStack}. */
+export interface StackOptions {
+  /** Names the allocator history recording. */
+  label: string;
+  /** The stack's own address range. */
+  first: string;
+  last: string;
+  /** The node to deploy on (default vmm1). */
+  node?: TestNode;
+  /** Run the head worker as a separate process (so a test can kill -9 it) instead of in this process. */
+  headProcess?: boolean;
+  /** Extra configuration merged over the stack's. */
+  config?: Record<string, unknown>;
+}
+
+/** Starts a stack with one node, with addresses from `first` to `last`. */
+export async function startStack(opts: StackOptions): Promise<Stack> {
   await requireTestbed();
+  const nodeName: TestNode = opts.node ?? 'vmm1';
+  if (nodeName === 'xen1') await requireXen();
   const prefix = uniquePrefix();
   const dir = mkdtempSync(`/tmp/vws-e2e-${prefix}-`);
   const secrets = join(dir, 'secrets');
@@ -95,8 +139,10 @@ export async function startStack(opts: { label: string; first: string; last: str
       { name: 'bob', identity: '/O=Grid/OU=test/CN=bob', tokenFile: join(secrets, 'bob.token') },
     ],
     network: { name: 'public', subnet: '10.213.0.0/24', gateway: '10.213.0.1', first: opts.first, last: opts.last },
-    nodes: [{ name: 'vmm1', memoryMiB: 1024, cpus: 4 }],
-    timeouts: { addressSeconds: 60 },
+    nodes: [TEST_NODES[nodeName]],
+    ssh: { keyFile: join(TESTBED_DIR, 'ssh/id_ed25519'), knownHostsFile: join(TESTBED_DIR, 'ssh/known_hosts') },
+    timeouts: { addressSeconds: 60, shutdownSeconds: 20 },
+    ...opts.config,
   };
   const config = parseConfig(raw);
   const tokens = loadTokens(config);
@@ -105,10 +151,35 @@ export async function startStack(opts: { label: string; first: string; last: str
   writeFileSync(configFile, stringify(raw));
   await stageLocalFile(config, 'sample', GUEST_DISK);
 
-  const headWorker: Worker = await createHeadWorker({ config, connection: conn.native, client: conn.client, workflowBundle: await workflowBundle() });
-  const headRun = headWorker.run();
+  // The head: in this process (quick), or as a real process that a kill test can kill -9.
+  let headChild: ChildProcess | undefined;
+  let inProcess: { workers: Worker[]; runs: Promise<void>[]; close: () => void } | undefined;
+  const startHead = async () => {
+    if (opts.headProcess) {
+      headChild = await spawnWorker('head', [process.execPath, join(ROOT, 'dist/workers/head.js')], configFile, temporalAddress(), join(dir, 'head.log'), 'head worker running');
+      return;
+    }
+    const head = await createHeadWorker({ config, connection: conn.native, client: conn.client, workflowBundle: await workflowBundle() });
+    const ssh = await createSshNodeWorkers({ config, connection: conn.native });
+    const workers = [head, ...ssh.workers];
+    inProcess = { workers, runs: workers.map((w) => w.run()), close: ssh.close };
+  };
+  await startHead();
 
-  const nodeWorker = await spawnNodeWorker('vmm1', configFile, temporalAddress().replace(/^(127\.0\.0\.1|localhost)/, '10.213.0.1'), join(dir, 'node-worker-vmm1.log'));
+  const nodeTemporal = temporalAddress().replace(/^(127\.0\.0\.1|localhost)/, '10.213.0.1');
+  let nodeWorker: ChildProcess | undefined;
+  const startNodeWorker = async () => {
+    if (TEST_NODES[nodeName].agent !== 'worker') return;
+    const argv = [join(ROOT, 'testbed/testbed.sh'), 'exec', nodeName, '--', process.execPath, join(ROOT, 'dist/workers/node.js')];
+    nodeWorker = await spawnWorker(nodeName, argv, configFile, nodeTemporal, join(dir, `node-worker-${nodeName}.log`), 'node worker running');
+  };
+  await startNodeWorker();
+
+  const nodeExec: Executor = nodeName === 'xen1' ? sshExecutorFor(config, config.nodes[0]) : exec;
+  const hostNodeDir = join(TESTBED_DIR, 'hosts', nodeName, 'node');
+  const holdings = () => (nodeName === 'xen1' ? xenLeftovers(nodeExec) : nodeLeftovers(nodeName, hostNodeDir));
+  // Whatever the node held before (e.g. a demo started by ./run.sh start) is not this test's leak.
+  const baseline = new Set(await holdings());
 
   const api = `http://10.213.0.1:${port}`;
   const record = async (workflowId: string, file: string) => {
@@ -117,17 +188,20 @@ export async function startStack(opts: { label: string; first: string; last: str
     mkdirSync(out, { recursive: true });
     writeFileSync(join(out, `${file}.json`), historyToJSON(await conn.client.workflow.getHandle(workflowId).fetchHistory()));
   };
-  const nodeDir = join(TESTBED_DIR, 'hosts/vmm1/node');
-  // Whatever vmm1 held before (e.g. a demo started by ./run.sh start) is not this test's leak.
-  const baseline = new Set(await nodeLeftovers('vmm1', nodeDir));
   const tokenOf = { alice: ensureToken(join(secrets, 'alice.token')), bob: ensureToken(join(secrets, 'bob.token')) };
   return {
     config,
     api,
     tokens: tokenOf,
     conn,
-    nodeDir,
-    leftovers: async () => (await nodeLeftovers('vmm1', nodeDir)).filter((l) => !baseline.has(l)),
+    node: nodeName,
+    nodeDir: hostNodeDir,
+    nodeExec,
+    leftovers: async () => (await holdings()).filter((l) => !baseline.has(l)),
+    async console(id) {
+      if (nodeName === 'xen1') return (await nodeExec.readFile(`/var/log/xen/console/guest-${id}.log`)) ?? '';
+      return (await exec.readFile(join(hostNodeDir, 'workspaces', id, 'serial.log'))) ?? '';
+    },
     async call(who, method, path, body) {
       const res = await fetch(`${api}${path}`, {
         method,
@@ -140,22 +214,59 @@ export async function startStack(opts: { label: string; first: string; last: str
     async recordHistory(workspaceId, name) {
       await record(workspaceWorkflowId(config, workspaceId), `workspace-${name}`);
     },
+    killHead() {
+      if (!headChild) throw new Error('killHead needs a stack started with headProcess: true');
+      headChild.kill('SIGKILL');
+    },
+    startHead,
+    killNodeWorker() {
+      if (!nodeWorker) throw new Error(`${nodeName} has no node worker process`);
+      nodeWorker.kill('SIGKILL');
+    },
+    startNodeWorker,
     async stop() {
       await record(allocatorWorkflowId(config), `allocator-${opts.label}`);
-      await stopChild(nodeWorker);
-      headWorker.shutdown();
-      await headRun;
+      if (nodeWorker) await stopChild(nodeWorker);
+      if (headChild) await stopChild(headChild);
+      if (inProcess) {
+        inProcess.workers.forEach((w) => w.shutdown());
+        await Promise.all(inProcess.runs);
+        inProcess.close();
+      }
+      if (nodeExec !== exec) (nodeExec as SshExecutor).close();
       await new Promise((ok) => server.close(ok));
       await conn.close();
     },
   };
 }
 
-/** Starts `node dist/workers/node.js` inside a testbed host and waits until it polls its queue. */
-async function spawnNodeWorker(host: string, configFile: string, temporal: string, logFile: string): Promise<ChildProcess> {
-  const child = spawn(join(ROOT, 'testbed/testbed.sh'), ['exec', host, '--', process.execPath, join(ROOT, 'dist/workers/node.js')], {
+/** Fails with a clear message unless the testbed's Xen node is up. */
+export async function requireXen(): Promise<void> {
+  const r = await exec.run([join(ROOT, 'testbed/xen/xen1.sh'), 'status'], { okCodes: [0, 1, 2, 3] }).catch((e: Error) => ({ code: 1, stdout: '', stderr: e.message }));
+  if (r.code !== 0) throw new Error(`the testbed's Xen node xen1 is not up (testbed/xen/xen1.sh status):\n${r.stdout}${r.stderr}`);
+}
+
+/** What the Xen node still holds: domains, loop devices, DHCP entries and leases, workspace dirs. */
+export async function xenLeftovers(x: Executor): Promise<string[]> {
+  const left: string[] = [];
+  const domains = (await x.run(['xl', 'list'])).stdout.split('\n').slice(1);
+  for (const line of domains) {
+    const name = line.trim().split(/\s+/)[0];
+    if (name && name !== 'Domain-0') left.push(`domain ${name}`);
+  }
+  for (const l of (await x.run(['losetup', '-a'])).stdout.split('\n').filter(Boolean)) left.push(`loop ${l}`);
+  const ls = async (p: string) => (await x.run(['ls', '-1', p], { okCodes: [0, 1, 2] })).stdout.split('\n').filter(Boolean);
+  for (const e of await ls('/var/lib/vws/node/dhcp/hosts.d')) left.push(`DHCP host entry ${e}`);
+  for (const l of ((await x.readFile('/var/lib/vws/node/dhcp/leases')) ?? '').split('\n').filter(Boolean)) left.push(`DHCP lease ${l}`);
+  for (const w of await ls('/var/lib/vws/node/workspaces')) left.push(`workspace directory ${w}`);
+  return left;
+}
+
+/** Starts a worker process (`argv`) and waits until it logs `ready`. */
+async function spawnWorker(host: string, argv: string[], configFile: string, temporal: string, logFile: string, ready: string): Promise<ChildProcess> {
+  const child = spawn(argv[0], argv.slice(1), {
     cwd: ROOT,
-    // info: the test waits for the worker's 'node worker running' line.
+    // info: the test waits for the worker's ready line.
     env: { ...process.env, VWS_CONFIG: configFile, VWS_NODE: host, VWS_TEMPORAL_ADDRESS: temporal, VWS_LOG_LEVEL: 'info' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -167,9 +278,9 @@ async function spawnNodeWorker(host: string, configFile: string, temporal: strin
   child.stdout!.on('data', collect);
   child.stderr!.on('data', collect);
   await new Promise<void>((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error(`node worker on ${host} did not start in 30 s:\n${output}`)), 30_000);
+    const timer = setTimeout(() => fail(new Error(`${host} worker did not start in 30 s:\n${output}`)), 30_000);
     const check = () => {
-      if (output.includes('node worker running')) {
+      if (output.includes(ready)) {
         clearTimeout(timer);
         ok();
       }
@@ -177,7 +288,7 @@ async function spawnNodeWorker(host: string, configFile: string, temporal: strin
     child.stdout!.on('data', check);
     child.once('exit', (code) => {
       clearTimeout(timer);
-      fail(new Error(`node worker on ${host} exited with ${code}:\n${output}`));
+      fail(new Error(`${host} worker exited with ${code}:\n${output}`));
     });
   });
   return child;
