@@ -3,6 +3,7 @@
  *   unit      pure code and local commands; no server
  *   workflow  workflows on the real dev server (TEMPORAL_ADDRESS), each test with its own task queues
  *   e2e       the walking skeleton on the testbed: API → Temporal → node worker in vmm1 → a real VM
+ *   integration  single components against the testbed's hosts (e.g. the SSH executor on vmm2); no server
  */
 const common = {
   preset: 'ts-jest',
@@ -14,6 +15,7 @@ module.exports = {
     { ...common, displayName: 'unit', testMatch: ['<rootDir>/test/unit/**/*.test.ts'] },
     { ...common, displayName: 'workflow', testMatch: ['<rootDir>/test/workflow/**/*.test.ts'] },
     { ...common, displayName: 'e2e', testMatch: ['<rootDir>/test/e2e/**/*.test.ts'] },
+    { ...common, displayName: 'integration', testMatch: ['<rootDir>/test/integration/**/*.test.ts'] },
   ],
   testTimeout: 180_000,
 };
