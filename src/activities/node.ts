@@ -8,6 +8,7 @@ import { heartbeat } from '@temporalio/activity';
 import type { VwsConfig } from '../config/schema';
 import type { Executor } from '../exec/executor';
 import { createDriver } from './drivers';
+import { withHeartbeat } from './heartbeat';
 import type { HypervisorDriver, ShutdownResult, VmSpec } from './hypervisor';
 import { createImageActivities } from './images/propagate';
 import { createUnpropagateActivities } from './images/unpropagate';
@@ -35,16 +36,6 @@ export interface BootInput {
   vcpus: number;
   mac: string;
   rootDisk: string;
-}
-
-/** Runs `work`, heartbeating every few seconds so a long driver call is not mistaken for a dead worker. */
-async function withHeartbeat<T>(beat: (d?: unknown) => void, what: string, work: () => Promise<T>): Promise<T> {
-  const timer = setInterval(() => beat({ waiting: what }), 5_000);
-  try {
-    return await work();
-  } finally {
-    clearInterval(timer);
-  }
 }
 
 /** Creates every activity of one node. */

@@ -60,8 +60,10 @@ function nodeActivities(taskQueue: string, retry: RetryPolicy) {
   // node has finished (or abandoned) it; otherwise a VM could boot after destroyVm ran, and leak.
   const cancellationType = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED;
   return {
-    quick: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: '60s', retry, cancellationType }),
-    long: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: '30m', heartbeatTimeout: '60s', retry, cancellationType }),
+    // Short timeouts decide how soon a step is retried after its worker died (kill -9): the server only
+    // notices by the timeout. Long steps heartbeat every few seconds, so 20 s of silence means dead.
+    quick: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: '30s', retry, cancellationType }),
+    long: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: '30m', heartbeatTimeout: '20s', retry, cancellationType }),
   };
 }
 

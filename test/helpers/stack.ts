@@ -21,7 +21,9 @@ import { grantsQuery } from '../../src/domain/messages';
 import { LocalExecutor } from '../../src/exec/local';
 import { stageLocalFile } from '../../src/repository';
 import type { Executor } from '../../src/exec/executor';
-import { sshExecutorFor, type SshExecutor } from '../../src/exec/ssh';
+import { createDriver } from '../../src/activities/drivers';
+import { nodePaths } from '../../src/activities/node-paths';
+import { sshExecutorFor } from '../../src/exec/ssh';
 import { createHeadWorker, createSshNodeWorkers } from '../../src/workers/head';
 import { connect, temporalAddress, uniquePrefix, workflowBundle, type TestConnections } from './temporal';
 
@@ -83,6 +85,8 @@ export interface Stack {
   grants(): Promise<unknown[]>;
   /** What the node holds now that it did not hold when the stack started (VMs, taps, loops, DHCP, files). */
   leftovers(): Promise<string[]>;
+  /** The hypervisor driver's own view of a VM, read on the node (not through vws's workflows). */
+  vmStatus(workspaceId: string): Promise<string>;
   /** The guest's console output (serial log or Xen console log). */
   console(workspaceId: string): Promise<string>;
   /**
@@ -112,6 +116,8 @@ export interface StackOptions {
   headProcess?: boolean;
   /** Extra configuration merged over the stack's. */
   config?: Record<string, unknown>;
+  /** Another Temporal server than the shared one (a test that restarts its server). */
+  temporalAddress?: string;
 }
 
 /** Starts a stack with one node, with addresses from `first` to `last`. */
@@ -123,7 +129,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   const dir = mkdtempSync(`/tmp/vws-e2e-${prefix}-`);
   const secrets = join(dir, 'secrets');
   mkdirSync(secrets, { mode: 0o700 });
-  const conn = await connect();
+  const temporal = opts.temporalAddress ?? temporalAddress();
+  const conn = await connect(temporal);
 
   // Listen first: the repository URL handed to the node must name the real port.
   const server: Server = createServer();
@@ -131,7 +138,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   const port = (server.address() as AddressInfo).port;
   const raw = {
     stateDir: dir,
-    temporal: { address: temporalAddress(), prefix },
+    temporal: { address: temporal, prefix },
     api: { host: '10.213.0.1', port },
     repository: { dir: join(dir, 'repo'), url: `http://10.213.0.1:${port}/repository`, nodeTokenFile: join(secrets, 'node.token') },
     clients: [
@@ -156,7 +163,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   let inProcess: { workers: Worker[]; runs: Promise<void>[]; close: () => void } | undefined;
   const startHead = async () => {
     if (opts.headProcess) {
-      headChild = await spawnWorker('head', [process.execPath, join(ROOT, 'dist/workers/head.js')], configFile, temporalAddress(), join(dir, 'head.log'), 'head worker running');
+      headChild = await spawnWorker('head', [process.execPath, join(ROOT, 'dist/workers/head.js')], configFile, temporal, join(dir, 'head.log'), 'head worker running');
       return;
     }
     const head = await createHeadWorker({ config, connection: conn.native, client: conn.client, workflowBundle: await workflowBundle() });
@@ -166,7 +173,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   };
   await startHead();
 
-  const nodeTemporal = temporalAddress().replace(/^(127\.0\.0\.1|localhost)/, '10.213.0.1');
+  const nodeTemporal = temporal.replace(/^(127\.0\.0\.1|localhost)/, '10.213.0.1');
   let nodeWorker: ChildProcess | undefined;
   const startNodeWorker = async () => {
     if (TEST_NODES[nodeName].agent !== 'worker') return;
@@ -175,7 +182,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   };
   await startNodeWorker();
 
-  const nodeExec: Executor = nodeName === 'xen1' ? sshExecutorFor(config, config.nodes[0]) : exec;
+  const sshExec = TEST_NODES[nodeName].agent === 'ssh' ? sshExecutorFor(config, config.nodes[0]) : undefined;
+  const nodeExec: Executor = nodeName === 'xen1' ? sshExec! : exec;
   const hostNodeDir = join(TESTBED_DIR, 'hosts', nodeName, 'node');
   const holdings = () => (nodeName === 'xen1' ? xenLeftovers(nodeExec) : nodeLeftovers(nodeName, hostNodeDir));
   // Whatever the node held before (e.g. a demo started by ./run.sh start) is not this test's leak.
@@ -198,6 +206,19 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     nodeDir: hostNodeDir,
     nodeExec,
     leftovers: async () => (await holdings()).filter((l) => !baseline.has(l)),
+    async vmStatus(id) {
+      if (sshExec) return createDriver(config, config.nodes[0], sshExec, nodePaths(config.node.dir)).status(id);
+      // A node-worker node: ask the driver inside the host's namespaces, from dist/.
+      const code = `
+        const { createDriver } = require('./dist/activities/drivers');
+        const { LocalExecutor } = require('./dist/exec/local');
+        const { nodePaths } = require('./dist/activities/node-paths');
+        const { parseConfig } = require('./dist/config/load');
+        const config = parseConfig(JSON.parse(process.argv[2]));
+        createDriver(config, config.nodes[0], new LocalExecutor(), nodePaths(config.node.dir)).status(process.argv[1]).then((s) => console.log(s));`;
+      const r = await exec.run([join(ROOT, 'testbed/testbed.sh'), 'exec', nodeName, '--', process.execPath, '-e', code, id, JSON.stringify(raw)], { timeoutMs: 20_000 });
+      return r.stdout.trim();
+    },
     async console(id) {
       if (nodeName === 'xen1') return (await nodeExec.readFile(`/var/log/xen/console/guest-${id}.log`)) ?? '';
       return (await exec.readFile(join(hostNodeDir, 'workspaces', id, 'serial.log'))) ?? '';
@@ -233,7 +254,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
         await Promise.all(inProcess.runs);
         inProcess.close();
       }
-      if (nodeExec !== exec) (nodeExec as SshExecutor).close();
+      await sshExec?.close();
       await new Promise((ok) => server.close(ok));
       await conn.close();
     },

@@ -44,10 +44,10 @@ export interface TestConnections {
   close(): Promise<void>;
 }
 
-/** Opens a client and a worker connection. */
-export async function connect(): Promise<TestConnections> {
-  const connection = await Connection.connect({ address: temporalAddress() });
-  const native = await NativeConnection.connect({ address: temporalAddress() });
+/** Opens a client and a worker connection (to the shared server unless `address` names another). */
+export async function connect(address = temporalAddress()): Promise<TestConnections> {
+  const connection = await Connection.connect({ address });
+  const native = await NativeConnection.connect({ address });
   return {
     client: new Client({ connection }),
     native,

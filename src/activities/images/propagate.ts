@@ -67,12 +67,15 @@ export async function downloadVerified(
     const hash = createHash('sha256');
     let bytes = 0;
     let lastReport = 0;
+    let lastReportAt = Date.now();
     const count = new Transform({
       transform(chunk: Buffer, _enc, done) {
         hash.update(chunk);
         bytes += chunk.length;
-        if (bytes - lastReport >= 8 * 1024 * 1024) {
+        // Often enough for the heartbeat timeout even on a slow link; not on every chunk.
+        if (bytes - lastReport >= 8 * 1024 * 1024 || Date.now() - lastReportAt > 5000) {
           lastReport = bytes;
+          lastReportAt = Date.now();
           report({ bytes, total: source.sizeBytes });
         }
         done(null, chunk);

@@ -15,6 +15,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { FailureType } from '../../domain/errors';
 import type { ResolvedImage } from '../../domain/workspace';
 import type { Executor } from '../../exec/executor';
+import { withHeartbeat } from '../heartbeat';
 import { workspaceDir, type NodePaths } from '../node-paths';
 import type { Progress } from './propagate';
 
@@ -55,28 +56,32 @@ async function digestOnNode(exec: Executor, path: string): Promise<TransportFile
 export function createUnpropagateActivities(deps: UnpropagateDeps) {
   const report = deps.progress ?? ((p: Progress) => heartbeat(p));
 
+  /** Flattens the disk and takes the digests (see packageForTransport). */
+  async function packageFiles(input: { workspaceId: string; rootDisk: string; includeState: boolean }): Promise<TransportFiles> {
+    const dir = workspaceDir(deps.paths, input.workspaceId);
+    const out = join(dir, 'out');
+    const flat = join(out, 'disk.raw');
+    if (!(await deps.exec.exists(flat))) {
+      await deps.exec.mkdir(out);
+      const tmp = `${flat}.part`;
+      const argv =
+        deps.diskFormat === 'qcow2' ? ['qemu-img', 'convert', '-O', 'raw', input.rootDisk, tmp] : ['cp', input.rootDisk, tmp];
+      await deps.exec.run(argv, { timeoutMs: 30 * 60_000 });
+      await deps.exec.rename(tmp, flat);
+    }
+    const files: TransportFiles = { disk: await digestOnNode(deps.exec, flat) };
+    if (input.includeState) files.state = await digestOnNode(deps.exec, join(dir, 'vmstate'));
+    return files;
+  }
+
   return {
     /**
      * Flattens the workspace's root disk into `out/disk.raw` and takes the digests (of the saved VM state
      * too, when `includeState`). Idempotent: a finished flat disk is reused.
      */
     async packageForTransport(input: { workspaceId: string; rootDisk: string; includeState: boolean }): Promise<TransportFiles> {
-      const dir = workspaceDir(deps.paths, input.workspaceId);
-      const out = join(dir, 'out');
-      const flat = join(out, 'disk.raw');
-      if (!(await deps.exec.exists(flat))) {
-        await deps.exec.mkdir(out);
-        const tmp = `${flat}.part`;
-        const argv =
-          deps.diskFormat === 'qcow2' ? ['qemu-img', 'convert', '-O', 'raw', input.rootDisk, tmp] : ['cp', input.rootDisk, tmp];
-        await deps.exec.run(argv, { timeoutMs: 30 * 60_000 });
-        await deps.exec.rename(tmp, flat);
-      }
-      const files: TransportFiles = { disk: await digestOnNode(deps.exec, flat) };
-      if (input.includeState) files.state = await digestOnNode(deps.exec, join(dir, 'vmstate'));
-      return files;
+      return withHeartbeat(() => report({ bytes: 0, total: 0 }), 'package', () => packageFiles(input));
     },
-
     /**
      * Uploads the files to the repository under `name` (and `name.vmstate`); the head checks each digest.
      * Idempotent: the head accepts a re-upload of identical bytes.
@@ -86,11 +91,13 @@ export function createUnpropagateActivities(deps: UnpropagateDeps) {
         const url = `${deps.repositoryUrl}/${encodeURIComponent(name)}`;
         let bytes = 0;
         let lastReport = 0;
+        let lastReportAt = Date.now();
         const count = new Transform({
           transform(chunk: Buffer, _enc, done) {
             bytes += chunk.length;
-            if (bytes - lastReport >= 8 * 1024 * 1024) {
+            if (bytes - lastReport >= 8 * 1024 * 1024 || Date.now() - lastReportAt > 5000) {
               lastReport = bytes;
+              lastReportAt = Date.now();
               report({ bytes, total: f.sizeBytes });
             }
             done(null, chunk);
