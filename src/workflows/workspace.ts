@@ -82,6 +82,22 @@ const OPERATION_TASK: Record<Exclude<WorkspaceOperation, 'destroy'>, WorkspaceTa
   'shutdown-save': 'shutting-down',
 };
 
+/** The state a step was heading to, by what was in flight when it failed (Nimbus: "Corrupted-Propagating"). */
+const TASK_HEADING: Partial<Record<NonNullable<WorkspaceTask>, WorkspaceState>> = {
+  allocating: 'Propagated',
+  propagating: 'Propagated',
+  starting: 'Running',
+  restoring: 'Running',
+  'awaiting-address': 'Running',
+  pausing: 'Paused',
+  unpausing: 'Running',
+  rebooting: 'Running',
+  'shutting-down': 'Propagated',
+  serializing: 'Propagated',
+  unpropagating: 'TransportReady',
+  'staging-out': 'StagedOut',
+};
+
 /** A client operation waiting for the loop, and its outcome. */
 interface Job {
   op: Exclude<WorkspaceOperation, 'destroy'>;
@@ -345,7 +361,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
         destroyRequested = true; // nothing was granted; end Cancelled
         return ApplicationFailure.create({ type: FailureType.NoCapacity, message: cause.message, nonRetryable: true });
       }
-      d.heading = heading;
+      d.heading = (d.task && TASK_HEADING[d.task]) ?? heading;
       d.reason = cause.message;
       d.task = null;
       setState('Corrupted');

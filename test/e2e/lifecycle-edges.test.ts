@@ -1,8 +1,8 @@
 /**
  * Edge paths of the skeleton's lifecycle on real parts: a refused allocation holds nothing; a
  * workspace whose image fails its digest check becomes Corrupted (saying where it was heading and
- * why) and can still be destroyed; DeploymentTime running out destroys the VM. Nothing is left after
- * any of them.
+ * why) and can still be destroyed; DeploymentTime running out with the Trash mechanism evicts the
+ * VM. Nothing is left after any of them.
  */
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -109,11 +109,11 @@ describe('lifecycle edges', () => {
     await until(id, 30, (w) => w.state === 'Cancelled', 'Cancelled');
   });
 
-  it('destroys the VM when its DeploymentTime runs out', async () => {
-    const id = await create({ image: 'sample', durationSeconds: 3 });
+  it('evicts the VM when its DeploymentTime runs out (Trash)', async () => {
+    const id = await create({ image: 'sample', durationSeconds: 3, shutdownMechanism: 'Trash' });
     const running = await until(id, 60, (w) => w.state === 'Running' && !!w.obtainedIp, 'Running');
     const ended = await until(id, 30, (w) => w.state === 'Cancelled', 'Cancelled at the deadline');
-    expect(ended.reason).toBe('DeploymentTime of 3 s ran out');
+    expect(ended.reason).toBe('DeploymentTime of 3 s ran out; trashed');
     const ran = Date.parse(String(ended.endedAt)) - Date.parse(String(running.firstStartedAt));
     expect(ran).toBeGreaterThanOrEqual(3000);
     await stack.recordHistory(id, 'deadline');

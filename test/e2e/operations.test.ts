@@ -91,7 +91,7 @@ describe.each(['vmm1', 'vmm2', 'xen1'] as TestNode[])('every operation on %s', (
     writeFileSync(join(repo, 'tampered.sha256'), `${'0'.repeat(64)}\n`);
     const id = await deploy(stack, { image: 'tampered' });
     const ws = await settled(stack, id, 'Corrupted');
-    expect(ws).toMatchObject({ heading: 'Running', task: null });
+    expect(ws).toMatchObject({ heading: 'Propagated', task: null });
     expect(ws.reason).toContain('does not match the expected');
     for (const op of ['start', 'pause', 'shutdown', 'shutdown-save']) await refused(stack, id, op, 'Corrupted');
     await destroyAndCheck(stack, id);

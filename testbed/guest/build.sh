@@ -18,9 +18,10 @@ CACHE_DIR="${VWS_CACHE_DIR:-$REPO_ROOT/.cache}"
 OUT="$CACHE_DIR/guest"
 DL_DIR="$CACHE_DIR/downloads"    # kept across builds: the kernel .deb is 27 MB
 # The virtio drivers are modules in Debian's kernels; button+evdev let busybox
-# acpid see the ACPI power button, so QMP system_powerdown works.
+# acpid see the ACPI power button, so QMP system_powerdown works. xen-netfront and xen-blkfront
+# let the same initrd boot as a Xen PV guest (eth0 and /dev/xvda instead of virtio's /dev/vda).
 MODULES=(virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev
-         virtio_net net_failover failover virtio_blk button evdev)
+         virtio_net net_failover failover virtio_blk button evdev xen-netfront xen-blkfront)
 IMAGE_TEXT='vws-sample-image v1'
 IMAGE_SIZE=16M
 
@@ -110,13 +111,24 @@ exec </dev/console >/dev/console 2>&1
 # Graceful stop by signal (used by a Xen-style driver later); acpid covers QMP.
 trap '/sbin/vws-poweroff' USR2 TERM
 for m in virtio_pci virtio_net virtio_blk button evdev; do modprobe "$m" 2>/dev/null; done
+# Xen PV guest (same initrd; console=hvc0 on Xen's cmdline): load the Xen front ends.
+XEN=
+[ "$(cat /sys/hypervisor/type 2>/dev/null)" = xen ] && XEN=1
+if [ -n "$XEN" ]; then modprobe xen-netfront 2>/dev/null; modprobe xen-blkfront 2>/dev/null; fi
 ip link set lo up
 HN=$(sed -n 's/.*vmname=\([^ ]*\).*/\1/p' /proc/cmdline)
 [ -n "$HN" ] || HN=vws-guest
 hostname "$HN"
 # ACPI power button (QMP system_powerdown) -> /etc/acpi/PWRF/00000080
 acpid -c /etc/acpi -l /tmp/acpid.log
-if [ -b /dev/vda ] && mount -t ext4 -o rw /dev/vda /mnt/root; then
+# virtio's /dev/vda exists once virtio_blk is loaded; Xen's /dev/xvda appears asynchronously
+# (xenbus probing), so wait for it briefly, under Xen only.
+ROOTDEV=/dev/vda
+if [ -n "$XEN" ]; then
+  ROOTDEV=/dev/xvda
+  for i in $(seq 50); do [ -b /dev/xvda ] && break; sleep 0.1; done
+fi
+if [ -b "$ROOTDEV" ] && mount -t ext4 -o rw "$ROOTDEV" /mnt/root; then
   echo "VWS-GUEST: image=$(cat /mnt/root/vws-image 2>/dev/null)"
   echo "boot $(date -u +%Y-%m-%dT%H:%M:%SZ) host=$HN up=$(cut -d' ' -f1 /proc/uptime)" >> /mnt/root/boots.log
   sync
@@ -133,6 +145,16 @@ sync
 umount /mnt/root 2>/dev/null || mount -o remount,ro /mnt/root 2>/dev/null
 sync
 poweroff -f
+EOF
+  # `xl reboot` makes the kernel run /sbin/reboot; busybox's reboot would signal PID 1 with TERM,
+  # which means power off here. This one (busybox --install does not overwrite it) reboots, so
+  # Xen restarts the domain (on_reboot="restart"). Nothing runs it under QEMU.
+  cat > "$root/sbin/reboot" <<'EOF'
+#!/bin/sh
+sync
+umount /mnt/root 2>/dev/null || mount -o remount,ro /mnt/root 2>/dev/null
+sync
+/bin/busybox reboot -f
 EOF
   mkdir -p "$root/etc/acpi/PWRF"
   printf '#!/bin/sh\nsync; /sbin/vws-poweroff\n' > "$root/etc/acpi/PWRF/00000080"
@@ -156,7 +178,7 @@ case "$1" in
 esac
 exit 0
 EOF
-  chmod 755 "$root/init" "$root/sbin/vws-poweroff" "$root/etc/acpi/PWRF/00000080" \
+  chmod 755 "$root/init" "$root/sbin/vws-poweroff" "$root/sbin/reboot" "$root/etc/acpi/PWRF/00000080" \
     "$root/etc/udhcpc.script"
 }
 
