@@ -16,6 +16,8 @@ module.exports = {
     { ...common, displayName: 'workflow', testMatch: ['<rootDir>/test/workflow/**/*.test.ts'] },
     { ...common, displayName: 'e2e', testMatch: ['<rootDir>/test/e2e/**/*.test.ts'] },
     { ...common, displayName: 'integration', testMatch: ['<rootDir>/test/integration/**/*.test.ts'] },
+    // Benchmarks print numbers and assert nothing about time; only with VWS_BENCH=1 (see bench/README.md).
+    ...(process.env.VWS_BENCH ? [{ ...common, displayName: 'bench', testMatch: ['<rootDir>/bench/**/*.bench.ts'] }] : []),
   ],
   testTimeout: 180_000,
 };

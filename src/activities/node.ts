@@ -38,6 +38,18 @@ export interface BootInput {
   rootDisk: string;
 }
 
+/** How long the driver's own commands took inside an activity (benchmarks split vws's time from the driver's). */
+export interface DriverTiming {
+  driverMs: number;
+}
+
+/** Runs a driver call and measures it. */
+async function timed<T extends object | void>(call: () => Promise<T>): Promise<(T extends void ? object : T) & DriverTiming> {
+  const t0 = performance.now();
+  const result = await call();
+  return { ...(result ?? {}), driverMs: Math.round((performance.now() - t0) * 10) / 10 } as (T extends void ? object : T) & DriverTiming;
+}
+
 /** Creates every activity of one node. */
 export function createNodeActivities(deps: NodeActivityDeps) {
   const nodeConfig = deps.config.nodes.find((n) => n.name === deps.node);
@@ -69,43 +81,43 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     ...createDhcpActivities({ exec: deps.exec, paths, interface: nodeConfig.bridge }),
 
     /** Boots the workspace's VM; succeeds at once if it already runs. */
-    async bootVm(input: BootInput): Promise<void> {
-      await withHeartbeat(beat, 'boot', () => driver.create(vmSpec(input)));
+    async bootVm(input: BootInput): Promise<DriverTiming> {
+      return withHeartbeat(beat, 'boot', () => timed(() => driver.create(vmSpec(input))));
     },
 
     /** Resumes the VM from its saved state (`vmstate` in the workspace dir); succeeds if it already runs. */
-    async restoreVm(input: BootInput): Promise<void> {
-      await withHeartbeat(beat, 'restore', () => driver.restore(vmSpec(input), stateFile(input.workspaceId)));
+    async restoreVm(input: BootInput): Promise<DriverTiming> {
+      return withHeartbeat(beat, 'restore', () => timed(() => driver.restore(vmSpec(input), stateFile(input.workspaceId))));
     },
 
     /** Pauses the VM (seed 002 Paused: unscheduled, not serialized). Idempotent. */
-    async pauseVm(input: { workspaceId: string }): Promise<void> {
-      await driver.pause(input.workspaceId);
+    async pauseVm(input: { workspaceId: string }): Promise<DriverTiming> {
+      return timed(() => driver.pause(input.workspaceId));
     },
 
     /** Resumes a paused VM. Idempotent. */
-    async unpauseVm(input: { workspaceId: string }): Promise<void> {
-      await driver.unpause(input.workspaceId);
+    async unpauseVm(input: { workspaceId: string }): Promise<DriverTiming> {
+      return timed(() => driver.unpause(input.workspaceId));
     },
 
     /** Reboots the guest. */
-    async rebootVm(input: { workspaceId: string }): Promise<void> {
-      await driver.reboot(input.workspaceId);
+    async rebootVm(input: { workspaceId: string }): Promise<DriverTiming> {
+      return timed(() => driver.reboot(input.workspaceId));
     },
 
     /** Graceful shutdown with a timeout, then forced; returns how it ended. Idempotent (absent VM: graceful). */
-    async shutdownVm(input: { workspaceId: string; timeoutSeconds: number }): Promise<ShutdownResult> {
-      return withHeartbeat(beat, 'shutdown', () => driver.shutdown(input.workspaceId, input.timeoutSeconds * 1000));
+    async shutdownVm(input: { workspaceId: string; timeoutSeconds: number }): Promise<ShutdownResult & DriverTiming> {
+      return withHeartbeat(beat, 'shutdown', () => timed(() => driver.shutdown(input.workspaceId, input.timeoutSeconds * 1000)));
     },
 
     /** Serializes the VM, RAM included, to `vmstate` in the workspace dir, ending it. Idempotent. */
-    async saveVm(input: { workspaceId: string }): Promise<void> {
-      await withHeartbeat(beat, 'save', () => driver.save(input.workspaceId, stateFile(input.workspaceId)));
+    async saveVm(input: { workspaceId: string }): Promise<DriverTiming> {
+      return withHeartbeat(beat, 'save', () => timed(() => driver.save(input.workspaceId, stateFile(input.workspaceId))));
     },
 
     /** Destroys the VM and its interfaces; returns once it is confirmed gone. Idempotent. */
-    async destroyVm(input: { workspaceId: string }): Promise<void> {
-      await driver.destroy(input.workspaceId);
+    async destroyVm(input: { workspaceId: string }): Promise<DriverTiming> {
+      return timed(() => driver.destroy(input.workspaceId));
     },
 
     /** The VM's power state. */

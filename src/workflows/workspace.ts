@@ -239,6 +239,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
   async function boot(): Promise<void> {
     const n = node(FORWARD_RETRY);
     d.task = 'starting';
+    d.obtainedIp = undefined;
     await n.quick.addDhcpEntry(dhcpEntry(input.id, grant!));
     await n.long.bootVm(bootInput());
     d.firstStartedAt ??= new Date().toISOString();
@@ -270,8 +271,12 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
 
   async function shutdown(): Promise<void> {
     d.task = 'shutting-down';
-    const r = await node(FORWARD_RETRY).long.shutdownVm({ workspaceId: input.id, timeoutSeconds: routing.shutdownTimeoutSeconds });
+    const n = node(FORWARD_RETRY);
+    const r = await n.long.shutdownVm({ workspaceId: input.id, timeoutSeconds: routing.shutdownTimeoutSeconds });
     d.lastShutdown = r.graceful ? 'graceful' : 'forced';
+    // The DHCP entry and lease follow the VM: a later boot then waits for a lease of its own.
+    await n.quick.removeDhcpEntry(dhcpEntry(input.id, grant!));
+    d.obtainedIp = undefined;
     setState('Propagated');
   }
 

@@ -60,10 +60,12 @@ describe.each(['vmm1', 'vmm2', 'xen1'] as TestNode[])('every operation on %s', (
 
     ({ ws, seconds: times.restart } = await operate(stack, id, 'start', 'Running'));
     expect(await stack.vmStatus(id)).toBe('running');
+    // Booted again from the same disk, with a fresh lease for the same address.
+    expect(ws.obtainedIp).toBe(ws.network!.ip);
 
     // shutdown-save to an alternate target: the disk ends in the repository under that name, digest checked.
     ({ ws, seconds: times['shutdown-save'] } = await operate(stack, id, 'shutdown-save', 'StagedOut', { target: `saved-${id}` }));
-    expect(ws.saved).toEqual({ disk: `saved-${id}` });
+    expect(ws).toMatchObject({ saved: { disk: `saved-${id}` }, lastShutdown: 'graceful' });
     const repo = stack.config.repository.dir;
     const digest = readFileSync(join(repo, `saved-${id}.sha256`), 'utf8').trim();
     expect((await exec.run(['sha256sum', join(repo, `saved-${id}`)])).stdout.split(' ')[0]).toBe(digest);

@@ -1,0 +1,83 @@
+/**
+ * Benchmark: each workspace operation's time through the whole stack (API → Update → workflow →
+ * activity on the node → driver), median of N runs per node, split into the time inside the driver's
+ * commands (measured by the node activity around the driver call, read back from the workflow
+ * history) and the time vws adds around them (the rest). Start also waits for the guest to boot and
+ * obtain its DHCP lease, shown apart.
+ *
+ *   VWS_BENCH=1 VWS_BENCH_RUNS=10 VWS_BENCH_NODES=vmm1,vmm2,xen1 ./run.sh test --selectProjects bench
+ */
+import { startStack, type Stack, type TestNode } from '../test/helpers/stack';
+import { deploy, operate, settled } from '../test/helpers/workspace';
+import { workspaceWorkflowId } from '../src/config/names';
+
+const RUNS = Number(process.env.VWS_BENCH_RUNS ?? 10);
+const NODES = (process.env.VWS_BENCH_NODES ?? 'vmm1,vmm2,xen1').split(',') as TestNode[];
+const RANGE: Record<TestNode, string> = { vmm1: '10.213.0.150', vmm2: '10.213.0.160', xen1: '10.213.0.170' };
+
+/** Each operation and the activities whose driver time it contains. */
+const OPS: Array<{ op: string; expect: string; activity: string; body?: object }> = [
+  { op: 'pause', expect: 'Paused', activity: 'pauseVm' },
+  { op: 'unpause', expect: 'Running', activity: 'unpauseVm' },
+  { op: 'reboot', expect: 'Running', activity: 'rebootVm' },
+  { op: 'shutdown', expect: 'Propagated', activity: 'shutdownVm' },
+  { op: 'start', expect: 'Running', activity: 'bootVm' },
+];
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+/** Driver times (ms) of every completed activity of type `activity` in a workspace's history, in order. */
+async function driverTimes(stack: Stack, id: string, activity: string): Promise<number[]> {
+  const history = await stack.conn.client.workflow.getHandle(workspaceWorkflowId(stack.config, id)).fetchHistory();
+  const scheduled = new Map<string, string>();
+  const out: number[] = [];
+  for (const e of history.events ?? []) {
+    if (e.activityTaskScheduledEventAttributes) scheduled.set(String(e.eventId), String(e.activityTaskScheduledEventAttributes.activityType?.name));
+    const done = e.activityTaskCompletedEventAttributes;
+    if (done && scheduled.get(String(done.scheduledEventId)) === activity) {
+      const payload = done.result?.payloads?.[0]?.data;
+      if (payload) out.push((JSON.parse(Buffer.from(payload).toString('utf8')) as { driverMs: number }).driverMs);
+    }
+  }
+  return out;
+}
+
+describe.each(NODES)('operation times on %s', (node) => {
+  let stack: Stack;
+  beforeAll(async () => {
+    const first = RANGE[node];
+    const last = first.replace(/\d+$/, (n) => String(Number(n) + 4));
+    stack = await startStack({ label: `bench-${node}`, first, last, node });
+  });
+  afterAll(async () => {
+    await stack?.stop();
+  });
+
+  it(`runs every operation ${RUNS} times and prints the split`, async () => {
+    const id = await deploy(stack, { durationSeconds: 24 * 3600 });
+    await settled(stack, id, 'Running');
+    const totals: Record<string, number[]> = Object.fromEntries(OPS.map((o) => [o.op, []]));
+    for (let i = 0; i < RUNS; i++) {
+      for (const o of OPS) totals[o.op].push((await operate(stack, id, o.op, o.expect, o.body ?? {})).seconds * 1000);
+    }
+    const rows = [];
+    for (const o of OPS) {
+      // The first boot is the deploy's: skip it so runs line up with the timed starts.
+      const driver = (await driverTimes(stack, id, o.activity)).slice(o.op === 'start' ? 1 : 0);
+      const total = median(totals[o.op]);
+      const inDriver = median(driver);
+      rows.push(`| ${node} | ${o.op} | ${RUNS} | ${total.toFixed(0)} | ${inDriver.toFixed(0)} | ${(total - inDriver).toFixed(0)} |`);
+    }
+    console.log(
+      [`operation times on ${node} (ms, medians; start includes the guest's boot and DHCP wait in "vws + guest")`,
+        '| node | operation | runs | API → settled | in driver | vws (+ guest) |', '| --- | --- | --- | --- | --- | --- |', ...rows].join('\n'),
+    );
+    expect(totals.pause).toHaveLength(RUNS);
+    const r = await stack.call('alice', 'DELETE', `/workspaces/${id}`);
+    expect(r.status).toBe(202);
+    await settled(stack, id, 'Cancelled');
+  });
+});
