@@ -6,10 +6,11 @@ import { ConfigError, loadConfig, parseConfig } from '../../src/config/load';
 describe('the configuration', () => {
   it('has embedded defaults: one qemu node vmm1 and the testbed network', () => {
     const c = parseConfig({});
-    expect(c.nodes).toEqual([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridge: 'br0' }]);
+    expect(c.nodes).toEqual([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridge: 'br0', agent: 'worker' }]);
     expect(c.network).toMatchObject({ subnet: '10.213.0.0/24', first: '10.213.0.100', last: '10.213.0.199' });
     expect(c.temporal.prefix).toBe('vws');
     expect(c.node.accel).toBe('tcg');
+    expect(c.timeouts.shutdownSeconds).toBe(30);
   });
 
   it('names every bad field with its path', () => {
@@ -26,6 +27,10 @@ describe('the configuration', () => {
     expect(bad).toThrow(/network\.first: 10\.9\.0\.1 is outside subnet 10\.213\.0\.0\/24/);
     expect(bad).toThrow(/nodes\.1\.name: duplicate node name vmm1/);
     expect(bad).toThrow(/api\.port:/);
+    const sshWithoutHost = () => parseConfig({ nodes: [{ name: 'vmm2', memoryMiB: 1024, cpus: 2, agent: 'ssh' }] });
+    expect(sshWithoutHost).toThrow(/nodes\.0\.ssh: node vmm2 has agent ssh but no ssh\.host/);
+    const badDriver = () => parseConfig({ nodes: [{ name: 'vmm2', memoryMiB: 1024, cpus: 2, driver: 'kvmtool' }] });
+    expect(badDriver).toThrow(/nodes\.0\.driver:/);
   });
 
   it('refuses unknown settings by name', () => {

@@ -14,6 +14,8 @@ describe('the create-workspace request', () => {
       vcpus: 1,
       durationSeconds: 3600,
       targetState: 'Running',
+      shutdownMechanism: 'Normal',
+      trashAtShutdown: false,
     });
   });
 
