@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# Build the files that boot the testbed's Xen node xen1 (see testbed/README.md and
+# /work/shared/research/testbed-xen-node.md), from Debian packages only:
+#   xen         Xen 4.17 hypervisor, plain ELF (QEMU's multiboot loader takes it as -kernel)
+#   vmlinuz     Debian's generic kernel for the PV dom0 (the cloud kernel lacks CONFIG_XEN_DOM0)
+#   initrd.gz   dom0 initramfs: busybox, the real xl toolstack (xl, xenstored, xenconsoled, hotplug
+#               scripts), sshd, dnsmasq + dhcp_release, util-linux losetup, coreutils timeout and
+#               sha256sum, bash + flock (hotplug scripts), kernel modules, and /init
+#   stamp       the cache key
+# Nothing is installed: the .debs are fetched with `apt-get download` and extracted; the other
+# programs and all shared libraries come from this (bookworm) host through their ldd closure.
+# The initramfs holds no keys and no addresses: xen1.sh appends a small per-host cpio (host key,
+# authorized_keys) and passes the address on the dom0 kernel command line.
+#
+# Output: ${VWS_CACHE_DIR:-<repo>/.cache}/xen/<key>, key = hash of this script and every package
+# version used. Prints the output directory on stdout (logs go to stderr). Cached and atomic: built
+# in a temp dir, then renamed.
+set -euo pipefail
+export LC_ALL=C
+umask 022
+
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+REPO_ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+CACHE_DIR="${VWS_CACHE_DIR:-$REPO_ROOT/.cache}"
+XEN_CACHE="$CACHE_DIR/xen"
+DL_DIR="$CACHE_DIR/downloads/xen"
+XENV=4.17
+XEN_PKGS=(xen-hypervisor-$XENV-amd64 xen-utils-$XENV xen-utils-common xenstore-utils libxenmisc$XENV
+  libxencall1 libxendevicemodel1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenhypfs1
+  libxenstore4 libxentoolcore1 libxentoollog1 libyajl2)
+# Host packages whose binaries are copied in (their versions are part of the key).
+HOST_PKGS=(busybox-static openssh-server dnsmasq-base util-linux mount coreutils bash libc6)
+# Host programs copied into dom0 (with their ldd closure).
+HOST_BINS=(/usr/sbin/sshd /usr/sbin/dnsmasq /usr/bin/dhcp_release /usr/sbin/losetup /usr/bin/flock
+  /usr/bin/timeout /usr/bin/sha256sum /bin/bash)
+# Loaded by /init; their dependencies are added from modules.dep. crc32c_generic is a soft
+# dependency of ext4 (crypto API), so modules.dep does not name it.
+MODULES=(xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback loop bridge tun
+  virtio_pci virtio_net virtio_blk ext4 crc32c_generic)
+
+log() { printf 'xen-build: %s\n' "$*" >&2; }
+die() { printf 'xen-build: error: %s\n' "$*" >&2; exit 1; }
+
+# Prints "PKG=VERSION" for each package apt would download now (one apt-cache call).
+resolve_versions() {
+  apt-cache show --no-all-versions "$@" 2>/dev/null \
+    | awk '$1 == "Package:" { p = $2 } $1 == "Version:" { print p "=" $2 }'
+}
+
+# The generic kernel's ABI package behind the linux-image-amd64 metapackage.
+resolve_dom0_kernel() {
+  apt-cache show --no-all-versions linux-image-amd64 2>/dev/null | awk '
+    $1 == "Depends:" && match($0, /linux-image-[0-9][^ ,]*-amd64 \(= [^)]+\)/) {
+      dep = substr($0, RSTART, RLENGTH); gsub(/[()=]/, "", dep); split(dep, a, " +")
+      print a[1] "=" a[2]; exit
+    }'
+}
+
+resolve_all() {
+  local k
+  k="$(resolve_dom0_kernel)"
+  if [[ -z "$k" ]]; then
+    log "apt lists do not know linux-image-amd64; running apt-get update"
+    apt-get update -qq >/dev/null 2>&1 || true
+    k="$(resolve_dom0_kernel)"
+  fi
+  [[ -n "$k" ]] || die "cannot resolve linux-image-amd64 (no apt lists or mirror?)"
+  mapfile -t DEB_SPECS < <(resolve_versions "${XEN_PKGS[@]}"; printf '%s\n' "$k")
+  (( ${#DEB_SPECS[@]} == ${#XEN_PKGS[@]} + 1 )) \
+    || die "apt does not know all Xen packages (found: ${DEB_SPECS[*]})"
+  KPKG="${k%%=*}"
+}
+
+compute_key() {
+  local hv
+  hv="$(dpkg-query -W -f='${Package}=${Version}\n' "${HOST_PKGS[@]}" 2>/dev/null)" \
+    || die "host packages missing: ${HOST_PKGS[*]} (see testbed/debian-packages.txt)"
+  { cat "$SELF"; printf '%s\n' "${DEB_SPECS[@]}" "$hv"; } | sha256sum | cut -c1-16
+}
+
+# Downloads each PKG=VERSION into DL_DIR unless present; prints nothing.
+fetch_debs() {
+  local spec p v deb tmp missing=()
+  mkdir -p "$DL_DIR"
+  for spec in "${DEB_SPECS[@]}"; do
+    p="${spec%%=*}"; v="${spec#*=}"
+    deb="$DL_DIR/${p}_${v//:/%3a}_amd64.deb"
+    [[ -s "$deb" ]] || missing+=("$spec")
+  done
+  (( ${#missing[@]} )) || return 0
+  tmp="$(mktemp -d "$DL_DIR/.dl.XXXXXX")"
+  log "downloading ${#missing[@]} package(s)"
+  # Sandbox user root: as root, apt's _apt user could not write our dir.
+  (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "${missing[@]}") >&2 \
+    || { rm -rf "$tmp"; die "apt-get download failed: ${missing[*]}"; }
+  mv -f "$tmp"/*.deb "$DL_DIR/"
+  rm -rf "$tmp"
+}
+
+deb_of() { local p="${1%%=*}" v="${1#*=}"; printf '%s/%s_%s_amd64.deb' "$DL_DIR" "$p" "${v//:/%3a}"; }
+
+# Copies FILE to the same path below ROOT, following symlinks.
+copy_in() { local root="$1" f="$2"; mkdir -p "$root$(dirname "$f")"; cp -L "$f" "$root$f"; }
+
+# Shared libraries of every ELF below ROOT (and the host programs), resolved against ROOT's own
+# libxen* first, then the host; the ones from the host are copied in.
+copy_lib_closure() {
+  local root="$1" libp="$1/usr/lib/x86_64-linux-gnu" e out
+  while IFS= read -r -d '' e; do
+    file -b "$e" | grep -q '^ELF.*dynamically linked' || continue
+    out="$(LD_LIBRARY_PATH="$libp" ldd "$e" 2>&1)" || die "ldd failed for $e: $out"
+    grep -q 'not found' <<<"$out" && die "missing library for $e: $out"
+    awk '/=> \//{print $3} /^\t\/lib64/{print $1}' <<<"$out"
+  done < <(find "$root/bin" "$root/sbin" "$root/usr" -type f -perm -u+x -print0) \
+    | sort -u | grep -v "^$libp/" | while read -r l; do copy_in "$root" "$l"; done
+  # glibc dlopen()s libgcc_s for pthread_cancel; without it xl's domain monitor aborts.
+  copy_in "$root" /lib/x86_64-linux-gnu/libgcc_s.so.1
+}
+
+# Extracts the dom0 kernel and the module closure of MODULES into ROOT; prints the release.
+extract_kernel() {
+  local deb="$1" root="$2" tmp="$3" kver m rel dep
+  mkdir -p "$tmp/k"
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp/k" --wildcards './boot/vmlinuz-*' './lib/modules/*'
+  kver="$(basename "$(find "$tmp/k/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)")"
+  find "$tmp/k/lib/modules" -name '*.ko.xz' -exec xz -d {} +
+  busybox depmod -b "$tmp/k" "$kver"
+  cp "$tmp/k/boot/vmlinuz-$kver" "$tmp/vmlinuz"
+  # Module closure from modules.dep ("path: dep dep ...").
+  local want=() have=() queue=()
+  for m in "${MODULES[@]}"; do
+    rel="$(awk -F: -v n="/${m//-/_}.ko" -v d="/$m.ko" '{ p = $1; q = p; gsub(/-/, "_", q) }
+      substr(q, length(q) - length(n) + 1) == n || substr(p, length(p) - length(d) + 1) == d { print p; exit }' \
+      "$tmp/k/lib/modules/$kver/modules.dep")"
+    [[ -n "$rel" ]] || die "module $m not in $kver"
+    queue+=("$rel")
+  done
+  declare -A seen=()
+  while (( ${#queue[@]} )); do
+    rel="${queue[0]}"; queue=("${queue[@]:1}")
+    [[ -n "${seen[$rel]:-}" ]] && continue
+    seen[$rel]=1; want+=("$rel")
+    for dep in $(awk -F: -v p="$rel" '$1 == p { print $2; exit }' "$tmp/k/lib/modules/$kver/modules.dep"); do
+      queue+=("$dep")
+    done
+  done
+  for rel in "${want[@]}"; do
+    mkdir -p "$root/lib/modules/$kver/$(dirname "$rel")"
+    cp "$tmp/k/lib/modules/$kver/$rel" "$root/lib/modules/$kver/$rel"
+  done
+  cp "$tmp/k/lib/modules/$kver"/modules.{order,builtin} "$root/lib/modules/$kver/" 2>/dev/null || true
+  busybox depmod -b "$root" "$kver"
+  rm -rf "$tmp/k"
+  log "dom0 kernel $kver, ${#want[@]} modules"
+  printf '%s\n' "$kver"
+}
+
+write_etc() {
+  local root="$1"
+  mkdir -p "$root/etc/ssh" "$root/root/.ssh" "$root/etc/xen"
+  # bash as login shell: Debian's busybox sh prefers its own applets over PATH, so over ssh
+  # `losetup`/`timeout` would be busybox's (no losetup -j/--show) instead of the real ones.
+  printf 'root:x:0:0:root:/root:/bin/bash\nsshd:x:100:65534::/run/sshd:/bin/false\nnobody:x:65534:65534::/nonexistent:/bin/false\n' > "$root/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
+  printf 'root:*:1::::::\n' > "$root/etc/shadow"; chmod 600 "$root/etc/shadow"
+  printf 'export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n' > "$root/etc/profile"
+  printf 'hosts: files\npasswd: files\ngroup: files\nshadow: files\n' > "$root/etc/nsswitch.conf"
+  printf '127.0.0.1 localhost\n' > "$root/etc/hosts"
+  # Key-only root login; the host key and authorized_keys come from xen1.sh's per-host cpio.
+  cat > "$root/etc/ssh/sshd_config" <<'EOF'
+Port 22
+HostKey /etc/ssh/ssh_host_ed25519_key
+AuthorizedKeysFile /root/.ssh/authorized_keys
+StrictModes no
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+UseDNS no
+PrintMotd no
+MaxStartups 100:30:200
+MaxSessions 100
+SetEnv PATH=/usr/sbin:/usr/bin:/sbin:/bin
+Subsystem sftp internal-sftp
+EOF
+}
+
+write_init() {
+  local root="$1"
+  cat > "$root/init" <<'EOF'
+#!/bin/busybox sh
+# xen1 dom0: PID 1. Does what Debian's /etc/init.d/xen does, then network, node disk, dnsmasq, sshd.
+# Parameters from the kernel command line: vws.ip=A.B.C.D/NN vws.gw=A.B.C.D vws.hostname=NAME
+/bin/busybox mkdir -p /proc /sys /dev /sbin /usr/bin /usr/sbin /var /tmp /run
+/bin/busybox --install -s
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
+exec </dev/console >/dev/console 2>&1
+# The hotplug scripts' locking.sh stats /dev/stdin; devtmpfs has no /dev/fd or /dev/stdin.
+ln -sf /proc/self/fd /dev/fd
+for i in 0:stdin 1:stdout 2:stderr; do ln -sf /proc/self/fd/${i%:*} /dev/${i#*:}; done
+ln -sfn /run /var/run
+mkdir -p /run/xen /run/xenstored /run/sshd /var/log/xen/console /var/lib/xen/save /var/lib/vws/node
+chmod 755 /run/sshd
+arg() { sed -n "s/.*[ ]$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+IP=$(arg vws.ip); GW=$(arg vws.gw); HN=$(arg vws.hostname)
+hostname "${HN:-xen-dom0}"
+for m in xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback loop bridge tun \
+         virtio_pci virtio_net virtio_blk crc32c_generic ext4; do
+  modprobe "$m" || echo "VWS-DOM0: modprobe $m failed"
+done
+mount -t xenfs xenfs /proc/xen
+XENSTORED_ROOTDIR=/run/xenstored /usr/lib/xen-4.17/bin/xenstored --pid-file /run/xen/xenstored.pid
+until xenstore-read -s / >/dev/null 2>&1; do sleep 0.1; done
+/usr/lib/xen-4.17/bin/xen-init-dom0
+/usr/lib/xen-4.17/bin/xenconsoled --pid-file=/run/xen/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
+# Node disk (virtio) at the node dir. No domain survives a reboot, so their records go.
+for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
+if mount -t ext4 /dev/vda /var/lib/vws/node; then
+  rm -rf /var/lib/vws/node/workspaces /var/lib/vws/node/dhcp/leases /var/lib/vws/node/dhcp/hosts.d
+else
+  echo "VWS-DOM0: no node disk; /var/lib/vws/node is in RAM"
+fi
+mkdir -p /var/lib/vws/node/dhcp/hosts.d /var/lib/vws/node/workspaces /var/lib/vws/node/kernels/default
+# xenbr0 carries eth0 (the head's L2), so guest vifs share the testbed segment.
+ip link set lo up
+ip link add xenbr0 type bridge stp_state 0 forward_delay 0
+ip link set eth0 master xenbr0
+ip link set eth0 up
+ip link set xenbr0 up
+[ -n "$IP" ] && ip addr add "$IP" dev xenbr0
+[ -n "$GW" ] && ip route add default via "$GW" dev xenbr0
+# DHCP only, exactly like the vmm hosts' dnsmasq: static entries from hosts.d, not authoritative.
+NET=$(echo "${IP%/*}" | sed 's/\.[0-9]*$/.0/')
+cat > /etc/dnsmasq.conf <<CONF
+port=0
+interface=xenbr0
+bind-interfaces
+dhcp-range=$NET,static,255.255.255.0,12h
+dhcp-option=option:router,$GW
+dhcp-hostsdir=/var/lib/vws/node/dhcp/hosts.d
+dhcp-leasefile=/var/lib/vws/node/dhcp/leases
+pid-file=/var/lib/vws/node/dhcp/dnsmasq.pid
+log-dhcp
+log-facility=/var/lib/vws/node/dhcp/dnsmasq.log
+user=root
+CONF
+dnsmasq --conf-file=/etc/dnsmasq.conf || echo "VWS-DOM0: dnsmasq failed"
+/usr/sbin/sshd -E /var/log/sshd.log || echo "VWS-DOM0: sshd failed"
+echo "VWS-DOM0-READY host=$(hostname) ip=$IP up=$(cut -d' ' -f1 /proc/uptime)"
+# Reap orphans; never exit (the kernel panics if PID 1 does, and Xen then reboots forever).
+while true; do sleep 3600 & wait $!; done
+EOF
+  chmod 755 "$root/init"
+}
+
+build() {
+  local tmp="$1" root="$1/root" spec kver b
+  mkdir -p "$root/bin" "$root/sbin" "$root/usr/bin" "$root/usr/sbin"
+  for spec in "${DEB_SPECS[@]}"; do
+    [[ "${spec%%=*}" == "$KPKG" ]] && continue
+    dpkg-deb -x "$(deb_of "$spec")" "$tmp/x"
+  done
+  zcat "$tmp/x/boot/xen-$XENV-amd64.gz" > "$tmp/xen"   # multiboot wants the plain ELF
+  cp -a "$tmp/x/etc" "$tmp/x/usr" "$root/"
+  rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/lib/xen-$XENV/lib/python" \
+    "$root/usr/lib/xen-$XENV/bin/pygrub" "$root/usr/lib/xen-$XENV/bin/oxenstored" "$root/etc/init.d"
+  cp /bin/busybox "$root/bin/busybox"
+  for b in "${HOST_BINS[@]}"; do copy_in "$root" "$b"; done
+  copy_lib_closure "$root"
+  kver="$(extract_kernel "$(deb_of "$(printf '%s\n' "${DEB_SPECS[@]}" | grep "^$KPKG=")")" "$root" "$tmp")"
+  write_etc "$root"
+  write_init "$root"
+  (cd "$root" && find . -print0 | sort -z | cpio --null -o -H newc --quiet) | gzip -1 > "$tmp/initrd.gz"
+  rm -rf "$root" "$tmp/x"
+  printf '%s\n' "$kver" > "$tmp/kernel-release"
+  printf '%s\n' "${DEB_SPECS[@]}" > "$tmp/packages"
+}
+
+main() {
+  resolve_all
+  local key out t0=$SECONDS tmp
+  key="$(compute_key)"
+  out="$XEN_CACHE/$key"
+  if [[ -s "$out/stamp" ]]; then log "cached ($out)"; printf '%s\n' "$out"; return 0; fi
+  mkdir -p "$XEN_CACHE"
+  exec 9>"$XEN_CACHE/build.lock"
+  flock 9   # serialise concurrent builds
+  if [[ -s "$out/stamp" ]]; then log "cached ($out)"; printf '%s\n' "$out"; return 0; fi
+  fetch_debs
+  tmp="$(mktemp -d "$XEN_CACHE/.tmp.XXXXXX")"
+  chmod 755 "$tmp"
+  trap 'rm -rf "$tmp"' EXIT
+  log "building $key"
+  build "$tmp"
+  printf '%s\n' "$key" > "$tmp/stamp"
+  mv "$tmp" "$out"
+  trap - EXIT
+  # Older builds are not needed: QEMU reads kernel and initrd once at start.
+  find "$XEN_CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name '.tmp.*' -exec rm -rf {} +
+  log "built in $((SECONDS - t0)) s: $(cd "$out" && du -h xen vmlinuz initrd.gz | tr '\t\n' ': ')"
+  printf '%s\n' "$out"
+}
+
+main "$@"
