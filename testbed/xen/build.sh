@@ -14,7 +14,7 @@
 #
 # Output: ${VWS_CACHE_DIR:-<repo>/.cache}/xen/<key>, key = hash of this script and every package
 # version used. Prints the output directory on stdout (logs go to stderr). Cached and atomic: built
-# in a temp dir, then renamed.
+# in a temp dir, then renamed. Exit 3: the packages are not available from apt.
 set -euo pipefail
 export LC_ALL=C
 umask 022
@@ -40,6 +40,8 @@ MODULES=(xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-ne
 
 log() { printf 'xen-build: %s\n' "$*" >&2; }
 die() { printf 'xen-build: error: %s\n' "$*" >&2; exit 1; }
+# Exit 3 means "no Xen packages from apt" (no mirror or lists): xen1.sh and testbed.sh go on without xen1.
+die_noapt() { printf 'xen-build: error: %s\n' "$*" >&2; exit 3; }
 
 # Prints "PKG=VERSION" for each package apt would download now (one apt-cache call).
 resolve_versions() {
@@ -64,10 +66,10 @@ resolve_all() {
     apt-get update -qq >/dev/null 2>&1 || true
     k="$(resolve_dom0_kernel)"
   fi
-  [[ -n "$k" ]] || die "cannot resolve linux-image-amd64 (no apt lists or mirror?)"
+  [[ -n "$k" ]] || die_noapt "cannot resolve linux-image-amd64 (no apt lists or mirror?)"
   mapfile -t DEB_SPECS < <(resolve_versions "${XEN_PKGS[@]}"; printf '%s\n' "$k")
   (( ${#DEB_SPECS[@]} == ${#XEN_PKGS[@]} + 1 )) \
-    || die "apt does not know all Xen packages (found: ${DEB_SPECS[*]})"
+    || die_noapt "apt does not know all Xen packages (found: ${DEB_SPECS[*]})"
   KPKG="${k%%=*}"
 }
 
@@ -92,7 +94,7 @@ fetch_debs() {
   log "downloading ${#missing[@]} package(s)"
   # Sandbox user root: as root, apt's _apt user could not write our dir.
   (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "${missing[@]}") >&2 \
-    || { rm -rf "$tmp"; die "apt-get download failed: ${missing[*]}"; }
+    || { rm -rf "$tmp"; die_noapt "apt-get download failed: ${missing[*]}"; }
   mv -f "$tmp"/*.deb "$DL_DIR/"
   rm -rf "$tmp"
 }

@@ -174,10 +174,13 @@ cmd_up() {
   if is_up; then step "already up"; return 0; fi
   # Something half-up (QEMU without SSH, a stale tap): start from scratch.
   if qemu_pid >/dev/null; then step "QEMU runs but dom0 does not answer; restarting"; cmd_down; fi
-  if ! base="$("$SCRIPT_DIR/build.sh")"; then
-    printf '%s: warning: could not build the Xen node (Xen packages not downloadable?); xen1 not started\n' "$NAME" >&2
+  local rc=0
+  base="$("$SCRIPT_DIR/build.sh")" || rc=$?
+  if (( rc == 3 )); then
+    printf '%s: WARNING: the Xen packages could not be downloaded (no apt mirror?); xen1 not started\n' "$NAME" >&2
     exit 3
   fi
+  (( rc == 0 )) || die "testbed/xen/build.sh failed (exit $rc)"
   "$REPO_ROOT/testbed/guest/build.sh" >/dev/null
   make_initrd "$base"
   ensure_data_disk
