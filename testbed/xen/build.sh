@@ -29,7 +29,7 @@ XEN_PKGS=(xen-hypervisor-$XENV-amd64 xen-utils-$XENV xen-utils-common xenstore-u
   libxencall1 libxendevicemodel1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenhypfs1
   libxenstore4 libxentoolcore1 libxentoollog1 libyajl2)
 # Host packages whose binaries are copied in (their versions are part of the key).
-HOST_PKGS=(busybox-static openssh-server dnsmasq-base util-linux mount coreutils bash libc6)
+HOST_PKGS=(busybox-static openssh-server dnsmasq-base dnsmasq-utils util-linux mount coreutils bash libc6)
 # Host programs copied into dom0 (with their ldd closure).
 HOST_BINS=(/usr/sbin/sshd /usr/sbin/dnsmasq /usr/bin/dhcp_release /usr/sbin/losetup /usr/bin/flock
   /usr/bin/timeout /usr/bin/sha256sum /bin/bash)
