@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { resolve as resolvePath } from 'node:path';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage, type Client } from '@temporalio/client';
+import { ServiceError, WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage, type Client } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { headTaskQueue, nodeTaskQueuePrefix, workspaceWorkflowId } from '../config/names';
 import type { VwsConfig } from '../config/schema';
@@ -108,6 +108,10 @@ export function createApp(deps: ApiDeps): express.Express {
       return d;
     } catch (e) {
       if (e instanceof WorkflowNotFoundError) throw notFound;
+      // A query needs a running head worker; without one, say so rather than fail with a 500.
+      if (e instanceof ServiceError && /no poller seen|query timed out/.test(String((e.cause as Error | undefined)?.message ?? e.message))) {
+        throw new HttpProblem(503, 'Service Unavailable', 'the vws head worker is not answering; the workspace is safe, try again shortly');
+      }
       throw e;
     }
   }
