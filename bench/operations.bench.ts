@@ -7,7 +7,7 @@
  *
  *   VWS_BENCH=1 VWS_BENCH_RUNS=10 VWS_BENCH_NODES=vmm1,vmm2,xen1 ./run.sh test --selectProjects bench
  */
-import { startStack, type Stack, type TestNode } from '../test/helpers/stack';
+import { eventually, startStack, type Stack, type TestNode } from '../test/helpers/stack';
 import { deploy, operate, settled } from '../test/helpers/workspace';
 import { workspaceWorkflowId } from '../src/config/names';
 
@@ -60,8 +60,17 @@ describe.each(NODES)('operation times on %s', (node) => {
     const id = await deploy(stack, { durationSeconds: 24 * 3600 });
     await settled(stack, id, 'Running');
     const totals: Record<string, number[]> = Object.fromEntries(OPS.map((o) => [o.op, []]));
+    const ready = async () => (await stack.console(id)).split('VWS-GUEST-READY').length;
+    const shutdowns: string[] = [];
     for (let i = 0; i < RUNS; i++) {
-      for (const o of OPS) totals[o.op].push((await operate(stack, id, o.op, o.expect, o.body ?? {})).seconds * 1000);
+      for (const o of OPS) {
+        const before = await ready();
+        const { ws, seconds } = await operate(stack, id, o.op, o.expect, o.body ?? {});
+        totals[o.op].push(seconds * 1000);
+        if (o.op === 'shutdown') shutdowns.push(String(ws.lastShutdown));
+        // A guest that is still booting ignores the power button: let a reboot finish before going on.
+        if (o.op === 'reboot') await eventually(120, async () => (await ready()) > before, 'the guest ready again after reboot');
+      }
     }
     const rows = [];
     for (const o of OPS) {
@@ -75,6 +84,7 @@ describe.each(NODES)('operation times on %s', (node) => {
       [`operation times on ${node} (ms, medians; start includes the guest's boot and DHCP wait in "vws + guest")`,
         '| node | operation | runs | API → settled | in driver | vws (+ guest) |', '| --- | --- | --- | --- | --- | --- |', ...rows].join('\n'),
     );
+    console.log(`shutdowns on ${node}: ${shutdowns.filter((x) => x === 'graceful').length} of ${RUNS} graceful`);
     expect(totals.pause).toHaveLength(RUNS);
     const r = await stack.call('alice', 'DELETE', `/workspaces/${id}`);
     expect(r.status).toBe(202);
