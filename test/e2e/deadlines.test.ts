@@ -4,7 +4,7 @@
  * resumes, it does not boot again), Trash (evicted, nothing kept), trash-at-shutdown, and a pause that
  * does not stop the clock. The node holds nothing afterwards and no grant is left.
  */
-import { exec, startStack, type Stack, type TestNode } from '../helpers/stack';
+import { exec, startStack, testNodes, type Stack, type TestNode } from '../helpers/stack';
 import { deploy, destroyAndCheck, operate, settled, show } from '../helpers/workspace';
 
 const RANGES: Record<string, [string, string]> = {
@@ -14,7 +14,7 @@ const RANGES: Record<string, [string, string]> = {
 /** Short enough for a test, long enough for a TCG guest to get its address first. */
 const DURATION = 12;
 
-describe.each(['vmm1', 'xen1'] as TestNode[])('deadlines on %s', (node) => {
+describe.each(testNodes(['vmm1', 'xen1'] as TestNode[]))('deadlines on %s', (node) => {
   let stack: Stack;
   beforeAll(async () => {
     stack = await startStack({ label: `deadlines-${node}`, first: RANGES[node][0], last: RANGES[node][1], node });

@@ -6,7 +6,7 @@
  */
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { exec, startStack, type Stack, type TestNode } from '../helpers/stack';
+import { exec, startStack, testNodes, type Stack, type TestNode } from '../helpers/stack';
 import { deploy, destroyAndCheck, operate, refused, settled } from '../helpers/workspace';
 
 const RANGES: Record<TestNode, [string, string]> = {
@@ -15,7 +15,7 @@ const RANGES: Record<TestNode, [string, string]> = {
   xen1: ['10.213.0.230', '10.213.0.234'],
 };
 
-describe.each(['vmm1', 'vmm2', 'xen1'] as TestNode[])('every operation on %s', (node) => {
+describe.each(testNodes(['vmm1', 'vmm2', 'xen1'] as TestNode[]))('every operation on %s', (node) => {
   let stack: Stack;
   beforeAll(async () => {
     stack = await startStack({ label: `operations-${node}`, first: RANGES[node][0], last: RANGES[node][1], node });
