@@ -266,7 +266,8 @@ export class SshExecutor implements Executor {
     this.where = `ssh ${this.user}@${this.host}:${this.port}`;
     this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
     this.keepaliveIntervalMs = options.keepaliveIntervalMs ?? 5_000;
-    this.keepaliveCountMax = options.keepaliveCountMax ?? 3;
+    // 6 x 5 s: a busy node (an emulated Xen dom0 on a loaded 2-core host) can stall longer than 15 s.
+    this.keepaliveCountMax = options.keepaliveCountMax ?? 6;
     this.maxChannels = options.maxChannels ?? 8;
     if (!Number.isInteger(this.maxChannels) || this.maxChannels < 1) throw new Error(`${this.where}: maxChannels must be a positive integer`);
     this.timeoutCommand = options.timeoutCommand ?? ['timeout'];
