@@ -63,7 +63,11 @@ describe('the walking skeleton', () => {
     expect(ping.stdout).toContain('1 received');
 
     // It really is our guest: a qemu process in vmm1, booted from the overlay of the staged image.
-    const serial = await exec.readFile(join(stack.nodeDir, 'workspaces', id, 'serial.log'));
+    // The serial log is a QEMU file chardev: its last lines may reach the file a moment after the lease.
+    const serial = await eventually(15, async () => {
+      const text = await exec.readFile(join(stack.nodeDir, 'workspaces', id, 'serial.log'));
+      return text?.includes('VWS-GUEST-READY') ? text : null;
+    }, 'the guest banner in the serial log');
     expect(serial).toContain('VWS-GUEST: image=vws-sample-image v1');
     expect(serial).toContain(`VWS-GUEST-READY host=${running.network!.hostname} ip=${running.network!.ip}`);
     const left = await stack.leftovers();
