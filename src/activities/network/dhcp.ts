@@ -51,6 +51,17 @@ export function createDhcpActivities(deps: DhcpDeps) {
     return join(deps.paths.dhcp.hostsDir, id);
   };
 
+  const currentLease = async (mac: string) => leasedIp((await deps.exec.readFile(deps.paths.dhcp.leaseFile)) ?? '', mac);
+
+  /** Releases the MAC's lease if dnsmasq has one on file; answers whether it had. */
+  async function releaseLease(e: DhcpEntry): Promise<boolean> {
+    const ip = await currentLease(e.mac);
+    if (ip === null) return false;
+    // dhcp_release sends a DHCPRELEASE on the client's behalf; dnsmasq then drops the lease.
+    await deps.exec.run(['dhcp_release', deps.interface, ip, e.mac]);
+    return true;
+  }
+
   async function reloadDnsmasq(): Promise<void> {
     const pid = Number((await deps.exec.readFile(deps.paths.dhcp.pidFile))?.trim());
     if (!Number.isInteger(pid) || pid <= 0) throw new Error(`dnsmasq pid file ${deps.paths.dhcp.pidFile} missing: is dnsmasq running on this node?`);
@@ -58,9 +69,16 @@ export function createDhcpActivities(deps: DhcpDeps) {
   }
 
   return {
-    /** Adds the host entry before the VM boots. Idempotent (rewrites the same line). */
+    /**
+     * Adds the host entry before the VM boots. Idempotent (rewrites the same line). A lease for the MAC
+     * still on file (a VM that vanished without its cleanup: a crash, a kill) is released first, so
+     * `waitForLease` waits for this boot's own lease rather than return a stale one at once.
+     */
     async addDhcpEntry(e: DhcpEntry): Promise<void> {
       await deps.exec.writeFileAtomic(entryFile(e.workspaceId), hostLine(e));
+      if (await releaseLease(e)) {
+        for (let i = 0; i < 40 && (await currentLease(e.mac)) !== null; i++) await sleep(250);
+      }
     },
 
     /** Removes the host entry and the lease. Idempotent. */
@@ -68,11 +86,7 @@ export function createDhcpActivities(deps: DhcpDeps) {
       const file = entryFile(e.workspaceId);
       const existed = await deps.exec.exists(file);
       await deps.exec.remove(file);
-      const leases = (await deps.exec.readFile(deps.paths.dhcp.leaseFile)) ?? '';
-      if (leasedIp(leases, e.mac) !== null) {
-        // dhcp_release sends a DHCPRELEASE on the client's behalf; dnsmasq then drops the lease.
-        await deps.exec.run(['dhcp_release', deps.interface, e.ip, e.mac]);
-      }
+      await releaseLease(e);
       if (existed) await reloadDnsmasq();
     },
 
@@ -80,7 +94,7 @@ export function createDhcpActivities(deps: DhcpDeps) {
     async waitForLease(input: { mac: string; timeoutSeconds: number }): Promise<string> {
       const deadline = Date.now() + input.timeoutSeconds * 1000;
       for (;;) {
-        const ip = leasedIp((await deps.exec.readFile(deps.paths.dhcp.leaseFile)) ?? '', input.mac);
+        const ip = await currentLease(input.mac);
         if (ip) return ip;
         if (Date.now() > deadline) {
           throw ApplicationFailure.nonRetryable(
