@@ -56,12 +56,12 @@ const wrap = (h: Handler) => (req: Request, res: Response, next: NextFunction) =
 /** The API's view of a workspace: the description plus links. */
 /** The operations clients reach as `POST /workspaces/:id/<operation>`, with their body schema and Update. */
 const OPERATIONS = {
-  start: { schema: startRequestSchema, update: startUpdate },
-  pause: { schema: emptyRequestSchema, update: pauseUpdate },
-  unpause: { schema: emptyRequestSchema, update: unpauseUpdate },
-  reboot: { schema: emptyRequestSchema, update: rebootUpdate },
-  shutdown: { schema: emptyRequestSchema, update: shutdownUpdate },
-  'shutdown-save': { schema: shutdownSaveRequestSchema, update: shutdownSaveUpdate },
+  start: { schema: startRequestSchema, update: startUpdate, takesArgs: true },
+  pause: { schema: emptyRequestSchema, update: pauseUpdate, takesArgs: false },
+  unpause: { schema: emptyRequestSchema, update: unpauseUpdate, takesArgs: false },
+  reboot: { schema: emptyRequestSchema, update: rebootUpdate, takesArgs: false },
+  shutdown: { schema: emptyRequestSchema, update: shutdownUpdate, takesArgs: false },
+  'shutdown-save': { schema: shutdownSaveRequestSchema, update: shutdownSaveUpdate, takesArgs: true },
 } as const;
 
 /** Parses a body with a schema or throws a 400 naming every bad field. */
@@ -254,7 +254,7 @@ export function createApp(deps: ApiDeps): express.Express {
       if (!Object.hasOwn(OPERATIONS, op)) {
         throw new HttpProblem(404, 'Not Found', `no operation ${op}; operations: ${Object.keys(OPERATIONS).join(', ')}, and DELETE to destroy`);
       }
-      const { schema, update } = OPERATIONS[op as keyof typeof OPERATIONS];
+      const { schema, update, takesArgs } = OPERATIONS[op as keyof typeof OPERATIONS];
       const args = parseBody(schema, req.body);
       const before = await ownedWorkspace(id, principal);
       refuseEarly(before, op as WorkspaceOperation);
@@ -266,7 +266,7 @@ export function createApp(deps: ApiDeps): express.Express {
       try {
         // Accepted means validated and queued; the client follows the state (the operation may take minutes).
         const waitForStage = WorkflowUpdateStage.ACCEPTED;
-        if (op === 'start' || op === 'shutdown-save') await handle.startUpdate(update.name, { args: [args], waitForStage });
+        if (takesArgs) await handle.startUpdate(update.name, { args: [args], waitForStage });
         else await handle.startUpdate(update.name, { waitForStage });
       } catch (e) {
         await asConflict(e, id, principal, op as WorkspaceOperation);

@@ -370,7 +370,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       d.reason = cause.message;
       d.task = null;
       setState('Corrupted');
-      log.warn('workspace corrupted', { heading, reason: cause.message });
+      log.warn('workspace corrupted', { heading: d.heading, reason: cause.message });
       // A Corrupted workspace keeps its slot until the client destroys it (its files may be on the node).
       return ApplicationFailure.create({ type: cause.type ?? FailureType.CommandFailed, message: cause.message, nonRetryable: true });
     } finally {

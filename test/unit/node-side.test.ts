@@ -4,16 +4,9 @@ import { hostLine, leasedIp } from '../../src/activities/network/dhcp';
 import { nodePaths, workspaceDir } from '../../src/activities/node-paths';
 import { qemuArgv, tapName } from '../../src/activities/qemu/driver';
 import { SEARCH_ATTRIBUTES } from '../../src/domain/messages';
+import { sampleVmSpec } from '../helpers/vm-spec';
 
-const spec = {
-  name: 'ws-0123456789ab',
-  hostname: 'ws-10-213-0-100',
-  memoryMiB: 128,
-  vcpus: 1,
-  rootDisk: '/n/workspaces/ws-0123456789ab/root.qcow2',
-  kernel: { vmlinuz: '/n/kernels/default/vmlinuz', initrd: '/n/kernels/default/initrd.gz' },
-  nic: { mac: '52:54:0a:d5:00:64', bridge: 'br0' },
-};
+const spec = sampleVmSpec;
 
 describe('the qemu driver command line', () => {
   const argv = qemuArgv('qemu-system-x86_64', 'tcg', spec, { dir: '/d', qmp: '/d/qmp.sock', pid: '/d/qemu.pid', serial: '/d/serial.log' });

@@ -13,17 +13,10 @@ import {
   stateFileNames,
   vmFiles,
 } from '../../src/activities/qemu/driver';
+import { sampleVmSpec } from '../helpers/vm-spec';
 
 const paths = nodePaths('/n');
-const spec = {
-  name: 'ws-0123456789ab',
-  hostname: 'ws-10-213-0-100',
-  memoryMiB: 128,
-  vcpus: 1,
-  rootDisk: '/n/workspaces/ws-0123456789ab/root.qcow2',
-  kernel: { vmlinuz: '/n/kernels/default/vmlinuz', initrd: '/n/kernels/default/initrd.gz' },
-  nic: { mac: '52:54:0a:d5:00:64', bridge: 'br0' },
-};
+const spec = sampleVmSpec;
 
 describe('qemu driver argv', () => {
   const files = vmFiles(paths, spec.name);

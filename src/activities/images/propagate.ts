@@ -10,7 +10,7 @@
  */
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { Readable, Transform } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
@@ -18,12 +18,8 @@ import { FailureType } from '../../domain/errors';
 import type { ResolvedImage } from '../../domain/workspace';
 import type { Executor } from '../../exec/executor';
 import { workspaceDir, type NodePaths } from '../node-paths';
+import { progressCounter, type Progress } from './progress';
 
-/** Bytes done of a total, as heartbeats report it. */
-export interface Progress {
-  bytes: number;
-  total: number;
-}
 
 /** Dependencies of the image activities. */
 export interface ImageDeps {
@@ -65,22 +61,7 @@ export async function downloadVerified(
     }
     if (!res.ok || !res.body) throw new Error(`repository answered HTTP ${res.status} for image ${source.name}`);
     const hash = createHash('sha256');
-    let bytes = 0;
-    let lastReport = 0;
-    let lastReportAt = Date.now();
-    const count = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        hash.update(chunk);
-        bytes += chunk.length;
-        // Often enough for the heartbeat timeout even on a slow link; not on every chunk.
-        if (bytes - lastReport >= 8 * 1024 * 1024 || Date.now() - lastReportAt > 5000) {
-          lastReport = bytes;
-          lastReportAt = Date.now();
-          report({ bytes, total: source.sizeBytes });
-        }
-        done(null, chunk);
-      },
-    });
+    const count = progressCounter(source.sizeBytes, report, (chunk) => hash.update(chunk));
     const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
     await pipeline(body, count, await deps.exec.writeStream(tmp));
     const digest = hash.digest('hex');
@@ -90,9 +71,9 @@ export async function downloadVerified(
         FailureType.DigestMismatch,
       );
     }
-    report({ bytes, total: source.sizeBytes });
+    report({ bytes: count.bytes(), total: source.sizeBytes });
     await deps.exec.rename(tmp, dest);
-    return bytes;
+    return count.bytes();
   } finally {
     await deps.exec.remove(tmp);
   }

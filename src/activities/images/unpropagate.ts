@@ -9,7 +9,6 @@
  * file) belong to the image issue.
  */
 import { join } from 'node:path';
-import { Transform } from 'node:stream';
 import { heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureType } from '../../domain/errors';
@@ -17,7 +16,7 @@ import type { ResolvedImage } from '../../domain/workspace';
 import type { Executor } from '../../exec/executor';
 import { withHeartbeat } from '../heartbeat';
 import { workspaceDir, type NodePaths } from '../node-paths';
-import type { Progress } from './propagate';
+import { progressCounter, type Progress } from './progress';
 
 /** A file ready for transport: where it is on the node and its digest. */
 export interface TransportFile {
@@ -89,20 +88,7 @@ export function createUnpropagateActivities(deps: UnpropagateDeps) {
     async stageOut(input: { name: string; files: TransportFiles }): Promise<{ disk: ResolvedImage; state?: ResolvedImage }> {
       const upload = async (name: string, f: TransportFile): Promise<ResolvedImage> => {
         const url = `${deps.repositoryUrl}/${encodeURIComponent(name)}`;
-        let bytes = 0;
-        let lastReport = 0;
-        let lastReportAt = Date.now();
-        const count = new Transform({
-          transform(chunk: Buffer, _enc, done) {
-            bytes += chunk.length;
-            if (bytes - lastReport >= 8 * 1024 * 1024 || Date.now() - lastReportAt > 5000) {
-              lastReport = bytes;
-              lastReportAt = Date.now();
-              report({ bytes, total: f.sizeBytes });
-            }
-            done(null, chunk);
-          },
-        });
+        const count = progressCounter(f.sizeBytes, report);
         const body = (await deps.exec.readStream(f.path)).pipe(count);
         const res = await fetch(url, {
           method: 'PUT',

@@ -6,11 +6,10 @@
  * State lives in Xen itself (`xl list`), so every method re-reads it and is idempotent; the driver
  * keeps nothing in memory. Files: `<workspace>/domain.cfg` (the config last used).
  */
-import { ApplicationFailure } from '@temporalio/common';
-import { FailureType } from '../../domain/errors';
 import { CommandError, type Executor } from '../../exec/executor';
 import type { Dom0Memory, HypervisorDriver, ShutdownResult, VmPowerState, VmSpec } from '../hypervisor';
 import { workspaceDir, type NodePaths } from '../node-paths';
+import { vmNotFound } from '../vm-not-found';
 import {
   WORKSPACE_ID,
   loopsUnder,
@@ -39,14 +38,6 @@ const XL_TIMEOUT_MS = 120_000; // create/restore with hotplug take ~5-15 s under
 const SAVE_TIMEOUT_MS = 15 * 60_000; // writes the guest's whole RAM
 const GONE_TIMEOUT_MS = 30_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function vmNotFound(name: string, operation: string): ApplicationFailure {
-  return ApplicationFailure.create({
-    type: FailureType.VmNotFound,
-    nonRetryable: true,
-    message: `cannot ${operation} VM ${name}: no such domain on this node`,
-  });
-}
 
 /** Refuses anything but a workspace id, so no call can reach Domain-0 (or a domid) by accident. */
 function checkName(name: string): string {

@@ -1,0 +1,32 @@
+/** Progress of a long copy, reported as heartbeat details. */
+import { Transform } from 'node:stream';
+
+/** Bytes done of a total, as heartbeats report it. */
+export interface Progress {
+  bytes: number;
+  total: number;
+}
+
+/**
+ * A pass-through stream that counts the bytes of a copy and reports them every 8 MiB or every 5 s
+ * (often enough for the heartbeat timeout even on a slow link; not on every chunk). `seen` sees each
+ * chunk too (e.g. a hash). `bytes()` is the count so far.
+ */
+export function progressCounter(total: number, report: (p: Progress) => void, seen?: (chunk: Buffer) => void): Transform & { bytes(): number } {
+  let bytes = 0;
+  let lastReport = 0;
+  let lastReportAt = Date.now();
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      seen?.(chunk);
+      bytes += chunk.length;
+      if (bytes - lastReport >= 8 * 1024 * 1024 || Date.now() - lastReportAt > 5000) {
+        lastReport = bytes;
+        lastReportAt = Date.now();
+        report({ bytes, total });
+      }
+      done(null, chunk);
+    },
+  });
+  return Object.assign(counter, { bytes: () => bytes });
+}
