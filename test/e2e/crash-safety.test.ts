@@ -4,7 +4,7 @@
  * it runs and nothing orphaned after destroy. Also: a Signal sent while no head worker runs is
  * recorded, and acted on once one runs again.
  */
-import { shutdownSaveSignal, VwsState } from '../../src/domain/messages';
+import { preemptSignal, shutdownSaveSignal, VwsState } from '../../src/domain/messages';
 import { workspaceWorkflowId } from '../../src/config/names';
 import { eventually, startStack, type Stack } from '../helpers/stack';
 import { deploy, destroyAndCheck, settled, show } from '../helpers/workspace';
@@ -83,5 +83,19 @@ describe('crash safety', () => {
     expect(ws.notices).toContain('early shutdown-save signal acted on');
     await destroyAndCheck(stack, id);
     await stack.recordHistory(id, 'early-shutdown-save-signal');
+  });
+
+  it('records a preemption notice while no head worker runs, and evicts the VM when one does', async () => {
+    const id = await deploy(stack);
+    await settled(stack, id, 'Running');
+    stack.killHead();
+    await stack.conn.client.workflow.getHandle(workspaceWorkflowId(stack.config, id)).signal(preemptSignal, { reason: 'pilot job 42 cancelled' });
+    await stack.startHead();
+    const ws = await settled(stack, id, 'Cancelled', 120);
+    expect(ws.reason).toBe('preempted: pilot job 42 cancelled');
+    expect(ws.notices).toContain('preempted: pilot job 42 cancelled');
+    expect(await stack.leftovers()).toEqual([]);
+    expect(await stack.grants()).toEqual([]);
+    await stack.recordHistory(id, 'preempted');
   });
 });
