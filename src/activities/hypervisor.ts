@@ -21,9 +21,20 @@ export interface VmSpec {
   vcpus: number;
   /** Root disk on the node, in the driver's {@link HypervisorDriver.diskFormat}. */
   rootDisk: string;
+  /**
+   * Further disks after the root disk, in order: the guest sees them as vdb, vdc, … (QEMU virtio) or
+   * xvdb, xvdc, … (Xen PV). Image partitions come in the driver's disk format; blank partitions are raw.
+   */
+  disks?: ExtraDisk[];
   /** Kernel and initrd provided by the site on the node. */
   kernel: { vmlinuz: string; initrd: string };
   nic: { mac: string; bridge: string };
+}
+
+/** A disk attached after the root disk. */
+export interface ExtraDisk {
+  path: string;
+  format: 'qcow2' | 'raw';
 }
 
 /** How a graceful shutdown ended. */

@@ -9,7 +9,7 @@ import type { VwsConfig } from '../config/schema';
 import type { Executor } from '../exec/executor';
 import { createDriver } from './drivers';
 import { withHeartbeat } from './heartbeat';
-import type { HypervisorDriver, ShutdownResult, VmSpec } from './hypervisor';
+import type { ExtraDisk, HypervisorDriver, ShutdownResult, VmSpec } from './hypervisor';
 import { createImageActivities } from './images/propagate';
 import { createUnpropagateActivities } from './images/unpropagate';
 import { createDhcpActivities } from './network/dhcp';
@@ -36,6 +36,8 @@ export interface BootInput {
   vcpus: number;
   mac: string;
   rootDisk: string;
+  /** Disks after the root, in order (partitions). */
+  disks?: ExtraDisk[];
 }
 
 /** How long the driver's own commands took inside an activity (benchmarks split vws's time from the driver's). */
@@ -64,13 +66,20 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     memoryMiB: input.memoryMiB,
     vcpus: input.vcpus,
     rootDisk: input.rootDisk,
+    ...(input.disks?.length ? { disks: input.disks } : {}),
     kernel: { vmlinuz: join(kernelDir, 'vmlinuz'), initrd: join(kernelDir, 'initrd.gz') },
     nic: { mac: input.mac, bridge: nodeConfig.bridge },
   });
   const stateFile = (workspaceId: string) => join(workspaceDir(paths, workspaceId), 'vmstate');
 
   return {
-    ...createImageActivities({ exec: deps.exec, paths, repositoryToken: deps.repositoryToken, diskFormat: driver.diskFormat }),
+    ...createImageActivities({
+      exec: deps.exec,
+      paths,
+      repositoryToken: deps.repositoryToken,
+      diskFormat: driver.diskFormat,
+      cacheMaxBytes: deps.config.node.cacheMaxMiB * 1024 * 1024,
+    }),
     ...createUnpropagateActivities({
       exec: deps.exec,
       paths,

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { resolve as resolvePath } from 'node:path';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { ServiceError, WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage, type Client } from '@temporalio/client';
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
 import { headTaskQueue, nodeTaskQueuePrefix, workspaceWorkflowId } from '../config/names';
 import type { VwsConfig } from '../config/schema';
 import { FailureType } from '../domain/errors';
@@ -36,6 +36,8 @@ import { refusalReason, type WorkspaceOperation } from '../domain/states';
 import type { z } from 'zod';
 import type { WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
 import { acceptUpload, resolveImage, UploadRefused } from '../repository';
+import { imageLabel } from '../domain/workspace';
+import { buildWorkspaceSpec, invalid, targetProblem } from './workspace-spec';
 import { log } from '../log';
 import { requireToken, type Principal, type TokenEntry } from './auth';
 import { HttpProblem, sendProblem } from './problem';
@@ -52,6 +54,9 @@ export interface ApiDeps {
 
 type Handler = (req: Request, res: Response) => Promise<void>;
 const wrap = (h: Handler) => (req: Request, res: Response, next: NextFunction) => void h(req, res).catch(next);
+
+/** Tasks that copy bytes and heartbeat their progress. */
+const COPY_TASKS = new Set<WorkspaceDescription['task']>(['staging-in', 'propagating', 'unpropagating', 'staging-out']);
 
 /** The API's view of a workspace: the description plus links. */
 /** The operations clients reach as `POST /workspaces/:id/<operation>`, with their body schema and Update. */
@@ -116,6 +121,25 @@ export function createApp(deps: ApiDeps): express.Express {
     }
   }
 
+  /** Copy progress (bytes of total) from the heartbeat of the copy in flight, when there is one. */
+  async function withProgress(d: WorkspaceDescription): Promise<WorkspaceDescription> {
+    if (!d.task || !COPY_TASKS.has(d.task)) return d;
+    try {
+      const desc = await client.workflow.getHandle(workspaceWorkflowId(config, d.id)).describe();
+      for (const a of desc.raw.pendingActivities ?? []) {
+        const payload = a.heartbeatDetails?.payloads?.[0];
+        if (!payload) continue;
+        const p = defaultPayloadConverter.fromPayload<{ bytes?: unknown; total?: unknown; image?: unknown }>(payload);
+        if (typeof p?.bytes === 'number' && typeof p.total === 'number' && p.total > 0) {
+          return { ...d, progress: { bytes: p.bytes, total: p.total, ...(typeof p.image === 'string' ? { image: p.image } : {}) } };
+        }
+      }
+    } catch (e) {
+      log.debug({ err: e, workspace: d.id }, 'no progress for the workspace');
+    }
+    return d;
+  }
+
   app.get('/healthz', (_req, res) => {
     res.json({ ok: true });
   });
@@ -160,30 +184,12 @@ export function createApp(deps: ApiDeps): express.Express {
     wrap(async (req, res) => {
       const principal = res.locals.principal as Principal;
       const body = parseBody(createWorkspaceSchema, req.body);
-      const largest = Math.max(...config.nodes.map((n) => n.memoryMiB));
-      if (body.memoryMiB > largest) {
-        const errors = [{ field: 'memoryMiB', message: `${body.memoryMiB} MiB exceeds the largest node (${largest} MiB)` }];
-        throw new HttpProblem(400, 'Invalid request', `memoryMiB: ${errors[0].message}`, { errors });
-      }
-      const image = await resolveImage(config, body.image);
-      if (!image) {
-        const errors = [{ field: 'image', message: `no image ${body.image} in the site repository` }];
-        throw new HttpProblem(400, 'Invalid request', `image: ${errors[0].message}`, { errors });
-      }
+      const spec = await buildWorkspaceSpec(config, principal, body);
       const id = `ws-${randomBytes(6).toString('hex')}`;
       const input: WorkspaceInput = {
         id,
         owner: principal.identity,
-        spec: {
-          image,
-          memoryMiB: body.memoryMiB,
-          vcpus: body.vcpus,
-          durationSeconds: body.durationSeconds,
-          targetState: body.targetState,
-          shutdownMechanism: body.shutdownMechanism,
-          trashAtShutdown: body.trashAtShutdown,
-          ...(body.unpropagationTarget ? { unpropagationTarget: body.unpropagationTarget } : {}),
-        },
+        spec,
         routing: {
           headTaskQueue: headTaskQueue(config),
           nodeTaskQueuePrefix: nodeTaskQueuePrefix(config),
@@ -192,24 +198,26 @@ export function createApp(deps: ApiDeps): express.Express {
         },
         createdAt: new Date().toISOString(),
       };
+      const staging = !!spec.imageSource || (spec.partitions ?? []).some((p) => p.imageSource);
+      const state = staging ? 'Unstaged' : 'Unpropagated';
       await client.workflow.start('workspaceWorkflow', {
         workflowId: workspaceWorkflowId(config, id),
         taskQueue: headTaskQueue(config),
         args: [input],
         typedSearchAttributes: [
           { key: VwsOwner, value: principal.identity },
-          { key: VwsState, value: 'Unpropagated' },
+          { key: VwsState, value: state },
         ],
       });
-      log.info({ workspace: id, owner: principal.name, image: image.name }, 'workspace created');
-      res.status(202).location(`/workspaces/${id}`).json({ id, state: 'Unpropagated', links: { self: `/workspaces/${id}` } });
+      log.info({ workspace: id, owner: principal.name, image: spec.image?.name ?? imageLabel(spec.imageSource!) }, 'workspace created');
+      res.status(202).location(`/workspaces/${id}`).json({ id, state, links: { self: `/workspaces/${id}` } });
     }),
   );
 
   clients.get(
     '/workspaces/:id',
     wrap(async (req, res) => {
-      res.json(present(config, await ownedWorkspace(String(req.params.id), res.locals.principal as Principal)));
+      res.json(present(config, await withProgress(await ownedWorkspace(String(req.params.id), res.locals.principal as Principal))));
     }),
   );
 
@@ -256,6 +264,9 @@ export function createApp(deps: ApiDeps): express.Express {
       }
       const { schema, update, takesArgs } = OPERATIONS[op as keyof typeof OPERATIONS];
       const args = parseBody(schema, req.body);
+      const target = (args as { target?: string }).target;
+      const problem = target ? targetProblem(config, principal, target) : null;
+      if (problem) throw invalid([{ field: 'target', message: problem }]);
       const before = await ownedWorkspace(id, principal);
       refuseEarly(before, op as WorkspaceOperation);
       if (op === 'start' && before.runningTimeLeftSeconds <= 0 && !(args as { durationSeconds?: number }).durationSeconds) {

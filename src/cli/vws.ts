@@ -62,26 +62,47 @@ function print(g: Globals, d: Record<string, unknown>): void {
     d.heading ? `heading    ${String(d.heading)}` : '',
     d.reason ? `reason     ${String(d.reason)}` : '',
     d.runningTimeLeftSeconds !== undefined && d.state !== 'Cancelled' ? `time left  ${String(d.runningTimeLeftSeconds)} s` : '',
-    d.saved ? `saved as   ${(d.saved as { disk: string }).disk}` : '',
+    d.saved ? `saved as   ${savedLine(d.saved as { disk: string; sha256?: string })}` : '',
+    d.progress ? `progress   ${progressLine(d.progress as Progress)}` : '',
+    d.propagation ? `copied     ${mib((d.propagation as { bytesCopied: number }).bytesCopied)} to the node` : '',
     (d.links as { temporalUi?: string } | undefined)?.temporalUi ? `Temporal   ${(d.links as { temporalUi: string }).temporalUi}` : '',
   ];
   console.log(lines.filter(Boolean).join('\n'));
 }
 
-/** Polls until `done(d)` or the timeout; prints each state change unless --json. */
+interface Progress {
+  bytes: number;
+  total: number;
+  image?: string;
+}
+const mib = (bytes: number) => `${(bytes / 1048576).toFixed(1)} MiB`;
+const progressLine = (p: Progress) =>
+  `${mib(p.bytes)} of ${mib(p.total)}${p.total ? ` (${Math.floor((100 * p.bytes) / p.total)}%)` : ''}${p.image ? ` ${p.image}` : ''}`;
+const savedLine = (s: { disk: string; sha256?: string }) => `${s.disk}${s.sha256 ? ` (sha256 ${s.sha256})` : ''}`;
+
+/** Polls until `done(d)` or the timeout; prints each state change, and copy progress, unless --json. */
 async function waitFor(g: Globals, id: string, done: (d: Record<string, unknown>) => boolean, timeoutSeconds: number) {
   const deadline = Date.now() + timeoutSeconds * 1000;
   let last = '';
   for (;;) {
     const d = await call(g, 'GET', `/workspaces/${id}`);
+    const p = d.progress as Progress | undefined;
     const now = `${String(d.state)}${d.task ? ` (${String(d.task)})` : ''}`;
-    if (now !== last && !g.json) console.error(`  ${new Date().toISOString()}  ${now}`);
-    last = now;
+    const line = p?.total ? `${now} ${progressLine(p)}` : now;
+    if (line !== last && !g.json) console.error(`  ${new Date().toISOString()}  ${line}`);
+    last = line;
     if (done(d)) return d;
     if (d.state === 'Corrupted') throw new CliError(`workspace ${id} is Corrupted: ${String(d.reason)}`, 6);
     if (Date.now() > deadline) throw new CliError(`gave up waiting after ${timeoutSeconds} s; state ${now}`, 7);
     await new Promise((r) => setTimeout(r, 500));
   }
+}
+
+/** `--partition` values: `blank:<MiB>[:fs]` or an image reference (the API checks the details). */
+function partitionOption(v: string): Record<string, unknown> {
+  const blank = /^blank:(\d+)(?::(\w+))?$/.exec(v);
+  if (blank) return { blankMiB: Number(blank[1]), ...(blank[2] ? { filesystem: blank[2] } : {}) };
+  return { image: v };
 }
 
 const program = new Command('vws')
@@ -92,8 +113,11 @@ const program = new Command('vws')
 
 program
   .command('deploy')
-  .description('deploy one workspace from an image in the site repository')
-  .requiredOption('--image <name>', 'image name in the site repository')
+  .description('deploy one workspace from an image in the site repository or at a URL')
+  .requiredOption('--image <name|url>', 'image name in the site repository, or a file://, http(s):// or sftp:// URL (staged in)')
+  .option('--image-sha256 <hex>', 'expected sha256 of an image URL')
+  .option('--partition <spec>', 'another partition: an image name or URL, or blank:<MiB>[:ext4|swap|none] (repeatable)', (v: string, all: string[]) => [...all, v], [] as string[])
+  .option('--save-to <target>', 'where the disk is saved at shutdown: a repository image name or a URL you may write')
   .option('--memory <MiB>', 'memory in MiB', (v) => Number(v), 128)
   .option('--vcpus <n>', 'virtual CPUs', (v) => Number(v), 1)
   .option('--duration <seconds>', 'DeploymentTime in seconds', (v) => Number(v), 3600)
@@ -102,11 +126,17 @@ program
   .option('--trash-at-shutdown', 'discard the VM after use instead of unpropagating it')
   .option('--wait', 'wait until it reaches the target state (Running: with an address)')
   .option('--timeout <seconds>', 'how long --wait waits', (v) => Number(v), 300)
-  .addHelpText('after', '\nExample:\n  vws deploy --image sample --memory 128 --wait')
-  .action(async (o: { image: string; memory: number; vcpus: number; duration: number; targetState: string; shutdownMechanism: string; trashAtShutdown?: boolean; wait?: boolean; timeout: number }) => {
+  .addHelpText(
+    'after',
+    '\nExamples:\n  vws deploy --image sample --memory 128 --wait\n  vws deploy --image https://example.org/img.raw --image-sha256 <hex> --partition blank:1024:ext4 --wait',
+  )
+  .action(async (o: { image: string; imageSha256?: string; partition: string[]; saveTo?: string; memory: number; vcpus: number; duration: number; targetState: string; shutdownMechanism: string; trashAtShutdown?: boolean; wait?: boolean; timeout: number }) => {
     const g = program.opts<Globals>();
     const created = await call(g, 'POST', '/workspaces', {
       image: o.image,
+      ...(o.imageSha256 ? { imageSha256: o.imageSha256 } : {}),
+      ...(o.partition.length ? { partitions: o.partition.map(partitionOption) } : {}),
+      ...(o.saveTo ? { unpropagationTarget: o.saveTo } : {}),
       memoryMiB: o.memory,
       vcpus: o.vcpus,
       durationSeconds: o.duration,
@@ -155,8 +185,8 @@ const OPERATIONS: Array<{ name: string; help: string; options?: (c: Command) => 
   { name: 'shutdown', help: 'shut a workspace down gracefully (back to Propagated; start it again later)' },
   {
     name: 'shutdown-save',
-    help: 'shut down and unpropagate: the disk is saved to the site repository (seed --shutdown-save)',
-    options: (c) => c.option('--target <image>', 'save the disk under this repository image name'),
+    help: 'shut down and unpropagate: the disk is saved to the site repository or a URL (seed --shutdown-save)',
+    options: (c) => c.option('--target <image|url>', 'save the disk under this repository image name, or to a URL you may write'),
     body: (o) => (o.target ? { target: o.target } : {}),
   },
 ];

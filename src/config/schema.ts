@@ -26,6 +26,11 @@ export const clientSchema = z
     /** File holding the bearer token (created with a random token if missing). */
     tokenFile: z.string().min(1),
     admin: z.boolean().default(false),
+    /**
+     * URL prefixes this client may name as an unpropagation target (`sftp://user@host/dir/`,
+     * `file:///dir/`, `https://host/dir/`). Repository image names are always allowed; nothing else is.
+     */
+    stageOutTargets: z.array(z.string().min(1)).default([]),
   })
   .strict();
 
@@ -95,6 +100,23 @@ export const networkSchema = z
     }
   });
 
+/** Image policy: where images may come from and how big a workspace's disks may be. */
+export const imagesSchema = z
+  .object({
+    /**
+     * URL prefixes stage-in may read (file://, http(s)://, sftp://). A URL under none of them is refused
+     * before anything is fetched: the head must not read arbitrary files or hosts for a client.
+     */
+    sources: z.array(z.string().min(1)).default(['http://', 'https://', 'file:///var/lib/vws/incoming/']),
+    /** Largest blank partition a request may ask for, in MiB. */
+    maxBlankMiB: z.number().int().min(1).default(65_536),
+    /** Most partitions per workspace besides the root. */
+    maxExtraPartitions: z.number().int().min(0).max(8).default(4),
+    /** Seconds the API waits when it checks that a source URL answers, before it accepts a request. */
+    probeTimeoutSeconds: z.number().int().min(1).default(10),
+  })
+  .strict();
+
 /** Settings of the node side (node worker): where it keeps files and how it runs VMs. */
 export const nodeSideSchema = z
   .object({
@@ -105,6 +127,11 @@ export const nodeSideSchema = z
     qemuBinary: z.string().default('qemu-system-x86_64'),
     /** TCG: KVM on these machines only runs special guest kernels (research/testbed-qemu-vms.md). */
     accel: z.enum(['tcg', 'kvm']).default('tcg'),
+    /**
+     * Size limit of the node's image cache in MiB. Before a new base is copied in, least recently used
+     * bases no live workspace uses are evicted until it fits.
+     */
+    cacheMaxMiB: z.number().int().min(1).default(20_480),
   })
   .strict();
 
@@ -155,7 +182,7 @@ export const configSchema = z
       .array(clientSchema)
       .min(1)
       .superRefine(uniqueNames('client'))
-      .default([{ name: 'demo', identity: '/O=Grid/OU=vws/CN=demo', tokenFile: '/var/lib/vws/secrets/demo.token', admin: false }]),
+      .default([{ name: 'demo', identity: '/O=Grid/OU=vws/CN=demo', tokenFile: '/var/lib/vws/secrets/demo.token', admin: false, stageOutTargets: ['file:///var/lib/vws/exports/'] }]),
     network: networkSchema.default({
       name: 'public',
       subnet: '10.213.0.0/24',
@@ -166,6 +193,7 @@ export const configSchema = z
     }),
     nodes: z.array(nodeSchema).min(1).superRefine(uniqueNames('node')).default([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridge: 'br0', agent: 'worker' }]),
     node: nodeSideSchema.prefault({}),
+    images: imagesSchema.prefault({}),
     ssh: sshSchema.prefault({}),
     timeouts: z
       .object({

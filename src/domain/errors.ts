@@ -11,6 +11,8 @@ export const FailureType = {
   ImageNotFound: 'ImageNotFound',
   /** A downloaded image does not match its sha256 digest. */
   DigestMismatch: 'DigestMismatch',
+  /** An external image source or target cannot be used: unknown scheme, not allowed, missing, unreachable. */
+  SourceUnavailable: 'SourceUnavailable',
   /** The operation is not allowed in the workspace's current state. */
   OperationNotAllowed: 'OperationNotAllowed',
   /** A command on a node exited non-zero. Retryable: the node may recover. */
@@ -30,6 +32,7 @@ export const NON_RETRYABLE_FAILURES: FailureTypeName[] = [
   FailureType.NoCapacity,
   FailureType.ImageNotFound,
   FailureType.DigestMismatch,
+  FailureType.SourceUnavailable,
   FailureType.OperationNotAllowed,
   FailureType.VmNotFound,
 ];

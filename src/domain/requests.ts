@@ -3,16 +3,66 @@
  * OpenAPI document and the CLI's options. Not imported by workflow code.
  */
 import { z } from 'zod';
+import { checkImageUrl } from './image-url';
 
 /** Image names in the site repository: a plain file-name-like token, never a path. */
 export const imageNameSchema = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be an image name from the site repository (letters, digits, . _ -)');
 
+const IMAGE_URL = /^[a-z][a-z0-9+.-]*:\/\//;
+
+/**
+ * An image reference: a repository image name, or a URL of an image outside the repository
+ * (file://, http(s)://, sftp://user@host/path) that stage-in copies in first.
+ */
+export const imageRefSchema = z.string().superRefine((s, ctx) => {
+  if (IMAGE_URL.test(s)) {
+    const reason = checkImageUrl(s);
+    if (reason) ctx.addIssue({ code: 'custom', message: reason });
+  } else if (!imageNameSchema.safeParse(s).success) {
+    ctx.addIssue({ code: 'custom', message: 'must be a repository image name (letters, digits, . _ -) or a file://, http(s):// or sftp:// URL' });
+  }
+});
+
+/** True when an image reference is a URL (staged in) rather than a repository name. */
+export function isImageUrl(ref: string): boolean {
+  return IMAGE_URL.test(ref);
+}
+
+const sha256Schema = z.string().regex(/^[0-9a-f]{64}$/, 'must be a sha256 digest: 64 lowercase hex digits');
+
+/** A partition besides the root: an image (name or URL) or a blank partition of a size and filesystem. */
+export const partitionSchema = z
+  .object({
+    image: imageRefSchema.optional(),
+    /** Expected sha256 of a URL image. */
+    sha256: sha256Schema.optional(),
+    /** Size of a blank partition in MiB (seed 002 blankspace). */
+    blankMiB: z.number().int().min(1).optional(),
+    /** Filesystem made on a blank partition. */
+    filesystem: z.enum(['ext4', 'swap', 'none']).optional(),
+  })
+  .strict()
+  .superRefine((p, ctx) => {
+    if ((p.image === undefined) === (p.blankMiB === undefined)) {
+      ctx.addIssue({ code: 'custom', message: 'give exactly one of image (a name or URL) and blankMiB (a blank partition)' });
+    }
+    if (p.sha256 && (!p.image || !isImageUrl(p.image))) ctx.addIssue({ code: 'custom', path: ['sha256'], message: 'sha256 goes with an image URL' });
+    if (p.filesystem && p.blankMiB === undefined) ctx.addIssue({ code: 'custom', path: ['filesystem'], message: 'filesystem goes with blankMiB' });
+  });
+
+/** An unpropagation target: a repository image name or a URL under one of the client's allowed prefixes. */
+export const targetSchema = imageRefSchema;
+
 /** POST /workspaces body: a deployment request for one workspace. */
 export const createWorkspaceSchema = z
   .object({
-    image: imageNameSchema,
+    image: imageRefSchema,
+    /** Expected sha256 of an image URL; a staged-in copy with another digest makes the workspace Corrupted. */
+    imageSha256: sha256Schema.optional(),
+    /** Partitions besides the root, attached in order (vdb, vdc, … / xvdb, …). */
+    partitions: z.array(partitionSchema).max(8).default([]),
     memoryMiB: z.number().int().min(64).max(1024 * 1024).default(128),
     vcpus: z.number().int().min(1).max(256).default(1),
     durationSeconds: z
@@ -26,10 +76,23 @@ export const createWorkspaceSchema = z
     shutdownMechanism: z.enum(['Normal', 'Serialize', 'Trash']).default('Normal'),
     /** Seed 000 `--trash-at-shutdown`: discard the VM after use instead of unpropagating it. */
     trashAtShutdown: z.boolean().default(false),
-    /** Seed 002 PostShutdown rootPartitionUnpropagationTarget: the repository image name to save the disk as. */
-    unpropagationTarget: imageNameSchema.optional(),
+    /**
+     * Seed 002 PostShutdown rootPartitionUnpropagationTarget: a repository image name, or a URL the
+     * client may write (its `stageOutTargets`), to save the root disk as.
+     */
+    unpropagationTarget: targetSchema.optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((r, ctx) => {
+    if (r.imageSha256 && !isImageUrl(r.image)) ctx.addIssue({ code: 'custom', path: ['imageSha256'], message: 'imageSha256 goes with an image URL' });
+    if (r.shutdownMechanism === 'Serialize' && r.partitions.length > 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['shutdownMechanism'],
+        message: 'Serialize saves the root disk and memory only; it cannot be combined with partitions',
+      });
+    }
+  });
 
 /** Body of POST /workspaces/:id/start. */
 export const startRequestSchema = z
@@ -42,8 +105,8 @@ export const startRequestSchema = z
 /** Body of POST /workspaces/:id/shutdown-save (seed 000 `--shutdown-save`). */
 export const shutdownSaveRequestSchema = z
   .object({
-    /** Alternate unpropagation target: a repository image name. */
-    target: imageNameSchema.optional(),
+    /** Alternate unpropagation target: a repository image name or a URL the client may write. */
+    target: targetSchema.optional(),
   })
   .strict();
 

@@ -25,6 +25,7 @@ export type WorkspaceState = (typeof WORKSPACE_STATES)[number];
 
 /** In-flight detail shown beside the stable state; `null` when nothing is in flight. */
 export type WorkspaceTask =
+  | 'staging-in'
   | 'allocating'
   | 'propagating'
   | 'starting'

@@ -15,9 +15,38 @@ export interface ResolvedImage {
   sizeBytes: number;
 }
 
+/**
+ * An image outside the site repository, as the client named it: stage-in (seed 002 Unstaged →
+ * Unpropagated) copies it into the repository and checks its digest before anything else happens.
+ */
+export interface ImageSource {
+  /** `file://`, `http(s)://` or `sftp://user@host[:port]/path`. */
+  url: string;
+  /** Expected sha256 (hex); when given, a copy with another digest is refused (DigestMismatch). */
+  sha256?: string;
+}
+
+/** Filesystems a blank partition can be made with on the node. */
+export type BlankFilesystem = 'ext4' | 'swap' | 'none';
+
+/** A partition besides the root (seed 001: several partitions per workspace; seed 002 blankspace). */
+export interface PartitionSpec {
+  /** An image partition from the repository (resolved when the request was accepted)… */
+  image?: ResolvedImage;
+  /** …or from outside it (staged in first)… */
+  imageSource?: ImageSource;
+  /** …or a blank partition made on the node: a sparse file of this size, with this filesystem. */
+  blank?: { sizeMiB: number; filesystem: BlankFilesystem };
+}
+
 /** A validated deployment request with exact values (seed 002: ranges become exact values). */
 export interface WorkspaceSpec {
-  image: ResolvedImage;
+  /** The root image, when it is in the site repository (resolved when the request was accepted). */
+  image?: ResolvedImage;
+  /** The root image, when it is outside the repository (exactly one of `image` and `imageSource`). */
+  imageSource?: ImageSource;
+  /** Partitions besides the root, attached in order after it. */
+  partitions?: PartitionSpec[];
   memoryMiB: number;
   vcpus: number;
   /** Seed 002 DeploymentTime: seconds from first start to last shutdown. */
@@ -28,8 +57,13 @@ export interface WorkspaceSpec {
   shutdownMechanism: ShutdownMechanism;
   /** Seed 000 `--trash-at-shutdown`: discard the VM after use instead of unpropagating it (overrides the mechanism). */
   trashAtShutdown: boolean;
-  /** Seed 002 PostShutdown rootPartitionUnpropagationTarget: repository image name the disk is saved as. */
+  /**
+   * Seed 002 PostShutdown rootPartitionUnpropagationTarget: a repository image name, or a URL under one
+   * of the client's allowed stage-out prefixes.
+   */
   unpropagationTarget?: string;
+  /** Group member index, appended to the target name (seed 002); set by the group issue. */
+  memberIndex?: number;
 }
 
 /** Seed 002 ShutdownMechanism. */
@@ -86,12 +120,43 @@ export interface WorkspaceDescription {
   shutdownMechanism: ShutdownMechanism;
   /** The slot the allocator granted. */
   allocation?: { node: string; memoryMiB: number; vcpus: number };
-  /** Files staged out to the repository (StagedOut), and whether a serialized VM state is among them. */
-  saved?: { disk: string; state?: string };
+  /** Images staged in from URLs (Unstaged → Unpropagated): the repository name each became. */
+  stagedIn?: Array<{ index: number; name: string; sha256: string; bytesCopied: number }>;
+  /** What the last propagation copied: 0 bytes when the node cache had every image. */
+  propagation?: { bytesCopied: number; resumedFromBytes: number };
+  /**
+   * Where the root disk was saved (StagedOut): a repository image name or the target URL, with the
+   * sha256 taken at TransportReady; `state` names a serialized VM state saved beside it.
+   */
+  saved?: { disk: string; sha256?: string; sizeBytes?: number; state?: string };
+  /** Progress of the copy in flight (staging in, propagating, staging out), from its heartbeats. */
+  progress?: { bytes: number; total: number; image?: string };
   /** How the last shutdown ended: the guest powered off, or it was forced after the timeout. */
   lastShutdown?: 'graceful' | 'forced';
   /** Signals received and what became of them (seed 000: early shutdown-save; pilot preemption). */
   notices: string[];
+}
+
+/** True when an image reference or target is a URL rather than a repository name. */
+export function isUrl(ref: string): boolean {
+  return /^[a-z][a-z0-9+.-]*:\/\//.test(ref);
+}
+
+/** A URL for display: any `user:password@` credentials removed. */
+export function imageLabel(source: ImageSource): string {
+  return source.url.replace(/\/\/[^/@]*:[^/@]*@/, '//');
+}
+
+/**
+ * The unpropagation target of a group member (seed 002: members get their id appended to the target
+ * name): `target-<index>`, before the extension of a URL's file name. A single workspace keeps it as is.
+ */
+export function targetForMember(target: string, memberIndex?: number): string {
+  if (memberIndex === undefined) return target;
+  if (!isUrl(target)) return `${target}-${memberIndex}`;
+  const slash = target.lastIndexOf('/');
+  const dot = target.indexOf('.', slash + 1);
+  return dot > slash + 1 ? `${target.slice(0, dot)}-${memberIndex}${target.slice(dot)}` : `${target}-${memberIndex}`;
 }
 
 /** Convenience: the network part of a description from a grant. */

@@ -36,6 +36,13 @@ export interface Executor {
   exists(path: string): Promise<boolean>;
   /** Size in bytes of a file; `null` if it does not exist. */
   fileSize(path: string): Promise<number | null>;
+  /** Names in a directory (not recursive); `[]` if it does not exist. */
+  list(dir: string): Promise<string[]>;
+  /**
+   * Creates a file with `content` only if nothing exists at `path` (O_EXCL): true if this call created
+   * it, false if it was there. The building block of node-side locks.
+   */
+  createExclusive(path: string, content: string): Promise<boolean>;
   /** Creates a directory and its parents; succeeds if it exists. */
   mkdir(path: string): Promise<void>;
   /** Renames a file, replacing the target (atomic on one filesystem). */

@@ -663,6 +663,28 @@ export class SshExecutor implements Executor {
     }
   }
 
+  async list(dir: string): Promise<string[]> {
+    try {
+      const entries = await this.sftpCall<Array<{ filename: string }>>('readdir', dir, (s, cb) => s.readdir(dir, cb));
+      return entries.map((e) => e.filename).filter((n) => n !== '.' && n !== '..');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+  }
+
+  async createExclusive(path: string, content: string): Promise<boolean> {
+    try {
+      // 'wx' maps to SSH_FXF_CREAT|SSH_FXF_EXCL: the server refuses if the file exists.
+      await this.sftpCall<void>('create', path, (s, cb) => s.writeFile(path, content, { flag: 'wx', mode: 0o644 }, (e) => cb(e)));
+      return true;
+    } catch (e) {
+      // OpenSSH answers a failed exclusive create with the generic SSH_FX_FAILURE, not "exists".
+      if ((e as { sftpStatus?: boolean }).sftpStatus && (await this.exists(path))) return false;
+      throw e;
+    }
+  }
+
   async mkdir(path: string): Promise<void> {
     await this.run(['mkdir', '-p', '--', path]);
   }

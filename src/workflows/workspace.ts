@@ -27,6 +27,9 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { HeadActivities } from '../activities/head/allocator-client';
+import type { createHeadImageActivities } from '../activities/head/images';
+import type { PropagatePartition } from '../activities/images/propagate';
+import type { ExtraDisk } from '../activities/hypervisor';
 import type { NodeActivities } from '../activities/node';
 import type { Grant } from '../domain/allocation';
 import { FailureType, NON_RETRYABLE_FAILURES } from '../domain/errors';
@@ -47,8 +50,11 @@ import {
   type StartArgs,
 } from '../domain/messages';
 import { OPERATION_TARGET, refusalReason, VM_STATES, type WorkspaceOperation, type WorkspaceState, type WorkspaceTask } from '../domain/states';
-import type { ResolvedImage, WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
-import { networkOf } from '../domain/workspace';
+import type { ImageSource, ResolvedImage, WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
+import { imageLabel, isUrl, networkOf, targetForMember } from '../domain/workspace';
+
+/** The head's image activities (stage-in, stage-out to URLs), for `proxyActivities`. */
+type HeadImageActivities = ReturnType<typeof createHeadImageActivities>;
 
 /** Forward steps give up after a few attempts (the workspace then becomes Corrupted). */
 const FORWARD_RETRY: RetryPolicy = { initialInterval: '1s', maximumInterval: '10s', maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE_FAILURES };
@@ -84,6 +90,7 @@ const OPERATION_TASK: Record<Exclude<WorkspaceOperation, 'destroy'>, WorkspaceTa
 
 /** The state a step was heading to, by what was in flight when it failed (Nimbus: "Corrupted-Propagating"). */
 const TASK_HEADING: Partial<Record<NonNullable<WorkspaceTask>, WorkspaceState>> = {
+  'staging-in': 'Unpropagated',
   allocating: 'Propagated',
   propagating: 'Propagated',
   starting: 'Running',
@@ -115,14 +122,31 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     startToCloseTimeout: '30s',
     retry: { ...CLEANUP_RETRY, nonRetryableErrorTypes: NON_RETRYABLE_FAILURES },
   });
+  // Copies between the head and other hosts: long, with progress heartbeats; forward steps give up.
+  const headImages = proxyActivities<HeadImageActivities>({
+    taskQueue: routing.headTaskQueue,
+    startToCloseTimeout: '2h',
+    heartbeatTimeout: '30s',
+    retry: FORWARD_RETRY,
+  });
+  const headImagesCleanup = proxyActivities<HeadImageActivities>({ taskQueue: routing.headTaskQueue, startToCloseTimeout: '30s', retry: CLEANUP_RETRY });
+  /** Images outside the repository, staged in first (seed 002 Unstaged); index 0 is the root. */
+  const toStage: Array<{ index: number; source: ImageSource }> = [
+    ...(spec.imageSource ? [{ index: 0, source: spec.imageSource }] : []),
+    ...(spec.partitions ?? []).flatMap((p, i) => (p.imageSource ? [{ index: i + 1, source: p.imageSource }] : [])),
+  ];
+  /** The root image and partitions, resolved in the repository (after stage-in for URL images). */
+  let rootImage: ResolvedImage | undefined = spec.image;
+  let partitions: PropagatePartition[] = (spec.partitions ?? []).map((p) => ({ image: p.image, blank: p.blank }));
 
   const mechanism = spec.trashAtShutdown ? 'Trash' : spec.shutdownMechanism;
   const d: WorkspaceDescription = {
     id: input.id,
     owner: input.owner,
-    state: 'Unpropagated', // the image was resolved in the site repository when the request was accepted
-    task: 'allocating',
-    image: spec.image.name,
+    // A repository image was resolved when the request was accepted; a URL image is staged in first.
+    state: toStage.length ? 'Unstaged' : 'Unpropagated',
+    task: toStage.length ? 'staging-in' : 'allocating',
+    image: spec.image ? spec.image.name : imageLabel(spec.imageSource!),
     memoryMiB: spec.memoryMiB,
     vcpus: spec.vcpus,
     createdAt: input.createdAt,
@@ -133,6 +157,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
   };
   let grant: Grant | undefined;
   let rootDisk: string | undefined;
+  let disks: ExtraDisk[] = [];
   /** Staged-out copies of a serialized VM, from which `start` resumes it. */
   let savedFiles: { disk: ResolvedImage; state: ResolvedImage } | undefined;
   let destroyRequested = false;
@@ -221,9 +246,26 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     upsertSearchAttributes([{ key: VwsNode, value: grant.node }]);
   }
 
-  async function propagate(image: ResolvedImage): Promise<void> {
+  /** Unstaged → Unpropagated: copies URL images into the repository, verifying their digests. */
+  async function stageIn(): Promise<void> {
+    d.task = 'staging-in';
+    for (const { index, source } of toStage) {
+      const staged = await headImages.stageIn({ workspaceId: input.id, index, source });
+      const image: ResolvedImage = { name: staged.name, url: staged.url, sha256: staged.sha256, sizeBytes: staged.sizeBytes };
+      if (index === 0) rootImage = image;
+      else partitions[index - 1] = { ...partitions[index - 1], image };
+      d.stagedIn = [...(d.stagedIn ?? []), { index, name: staged.name, sha256: staged.sha256, bytesCopied: staged.bytesCopied }];
+    }
+    setState('Unpropagated');
+  }
+
+  async function propagate(image: ResolvedImage, withPartitions = true): Promise<void> {
     d.task = 'propagating';
-    rootDisk = (await node(FORWARD_RETRY).long.propagateImage({ workspaceId: input.id, image })).rootDisk;
+    const parts = withPartitions ? partitions : [];
+    const r = await node(FORWARD_RETRY).long.propagateImage({ workspaceId: input.id, image, ...(parts.length ? { partitions: parts } : {}) });
+    rootDisk = r.rootDisk;
+    disks = r.disks ?? [];
+    d.propagation = { bytesCopied: r.bytesCopied ?? 0, resumedFromBytes: r.resumedFromBytes ?? 0 };
     setState('Propagated');
   }
 
@@ -234,6 +276,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     vcpus: spec.vcpus,
     mac: grant!.address.mac,
     rootDisk: rootDisk!,
+    ...(disks.length ? { disks } : {}),
   });
 
   async function boot(): Promise<void> {
@@ -254,7 +297,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     if (savedFiles) {
       // A serialized workspace: bring its staged-out disk and VM state back, and resume it.
       const saved = savedFiles;
-      await propagate(saved.disk);
+      await propagate(saved.disk, false);
       const n = node(FORWARD_RETRY);
       await n.long.fetchSavedState({ workspaceId: input.id, state: saved.state });
       d.task = 'restoring';
@@ -265,7 +308,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       setState('Running');
       return;
     }
-    if (d.state === 'Unpropagated') await propagate(spec.image);
+    if (d.state === 'Unpropagated') await propagate(rootImage!);
     await boot();
   }
 
@@ -287,8 +330,15 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     const files = await n.long.packageForTransport({ workspaceId: input.id, rootDisk: rootDisk!, includeState: withState });
     setState('TransportReady');
     d.task = 'staging-out';
-    const staged = await n.long.stageOut({ name: target, files });
-    d.saved = { disk: staged.disk.name, ...(staged.state ? { state: staged.state.name } : {}) };
+    const external = isUrl(target);
+    // A URL target: the node stages out to the repository first, then the head copies it out.
+    const staged = await n.long.stageOut({ name: external ? `out-${input.id}` : target, files });
+    d.saved = { disk: staged.disk.name, sha256: staged.disk.sha256, sizeBytes: staged.disk.sizeBytes, ...(staged.state ? { state: staged.state.name } : {}) };
+    if (external) {
+      const out = await headImages.stageOutToUrl({ image: staged.disk, target, owner: input.owner });
+      d.saved = { disk: out.url, sha256: out.sha256, sizeBytes: out.sizeBytes };
+      await headImagesCleanup.removeRepositoryImage({ name: staged.disk.name });
+    }
     if (staged.state) savedFiles = { disk: staged.disk, state: staged.state };
     await n.quick.removeDhcpEntry(dhcpEntry(input.id, grant!));
     await n.quick.removeWorkspaceFiles({ workspaceId: input.id });
@@ -301,7 +351,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     setState('StagedOut');
   }
 
-  const defaultTarget = () => spec.unpropagationTarget ?? `${spec.image.name}-${input.id}`;
+  const defaultTarget = () => targetForMember(spec.unpropagationTarget ?? `${rootImage!.name}-${input.id}`, spec.memberIndex);
 
   async function runOperation(job: Job): Promise<void> {
     const n = () => node(FORWARD_RETRY);
@@ -321,7 +371,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
         return shutdown();
       case 'shutdown-save':
         if (VM_STATES.includes(d.state)) await shutdown();
-        return unpropagate(job.args.target ?? defaultTarget(), false);
+        return unpropagate(job.args.target ? targetForMember(job.args.target, spec.memberIndex) : defaultTarget(), false);
     }
   }
 
@@ -381,8 +431,9 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
   // ---- the lifecycle ----------------------------------------------------------------------------------
   try {
     await runStep(spec.targetState, async () => {
+      if (toStage.length) await stageIn();
       await allocate();
-      await propagate(spec.image);
+      await propagate(rootImage!);
       if (spec.targetState === 'Running') await boot();
     });
 
@@ -424,6 +475,8 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
         await n.quick.removeDhcpEntry(dhcpEntry(input.id, grant));
         await n.quick.removeWorkspaceFiles({ workspaceId: input.id });
       }
+      // An abandoned stage-in leaves a partial copy in the repository's staging area.
+      if (toStage.length) await headImagesCleanup.removeStaging({ workspaceId: input.id });
       // Always release: a reserve whose answer was lost may still have granted.
       await head.release(holder);
       grant = undefined;

@@ -10,9 +10,15 @@ export interface Progress {
 /**
  * A pass-through stream that counts the bytes of a copy and reports them every 8 MiB or every 5 s
  * (often enough for the heartbeat timeout even on a slow link; not on every chunk). `seen` sees each
- * chunk too (e.g. a hash). `bytes()` is the count so far.
+ * chunk too (e.g. a hash). `bytes()` is the count so far (without the offset).
  */
-export function progressCounter(total: number, report: (p: Progress) => void, seen?: (chunk: Buffer) => void): Transform & { bytes(): number } {
+export function progressCounter(
+  total: number,
+  report: (p: Progress) => void,
+  seen?: (chunk: Buffer) => void,
+  /** Bytes already there before this copy (a resumed copy reports its whole progress). */
+  offset = 0,
+): Transform & { bytes(): number } {
   let bytes = 0;
   let lastReport = 0;
   let lastReportAt = Date.now();
@@ -23,7 +29,7 @@ export function progressCounter(total: number, report: (p: Progress) => void, se
       if (bytes - lastReport >= 8 * 1024 * 1024 || Date.now() - lastReportAt > 5000) {
         lastReport = bytes;
         lastReportAt = Date.now();
-        report({ bytes, total });
+        report({ bytes: offset + bytes, total });
       }
       done(null, chunk);
     },

@@ -1,25 +1,31 @@
 /**
- * Propagation (seed 002: Unpropagated → Propagated): the image goes from the head's repository into a
- * node cache keyed by sha256, verified while it streams, and the workspace gets its own root disk from
- * the cached base, which is never written: a qcow2 overlay for QEMU, a raw copy for Xen (dom0 has no
- * qdisk backend, so no copy-on-write there).
+ * Propagation (seed 002: Unpropagated → Propagated): each image of the workspace goes from the head's
+ * repository into the node cache keyed by sha256 (see `cache.ts`), verified while it streams, and the
+ * workspace gets its own disks from the cached bases, which are never written: qcow2 overlays for
+ * QEMU, raw copies for Xen (dom0 has no qdisk backend, so no copy-on-write there). Blank partitions
+ * are made on the node.
  *
  * Every file operation goes through the injected {@link Executor}, so the same code runs in a node
  * worker (local files, HTTP pull from the head) and from the head in SSH mode (the head reads its own
  * repository over HTTP and pushes the bytes over SFTP).
+ *
+ * A copy cut short (worker killed, connection lost) keeps its `.part` file; the next attempt hashes
+ * what is there and asks the repository for the rest (HTTP Range), so it resumes rather than restarts.
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { heartbeat } from '@temporalio/activity';
+import { activityInfo, Context, heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureType } from '../../domain/errors';
-import type { ResolvedImage } from '../../domain/workspace';
+import type { PartitionSpec, ResolvedImage } from '../../domain/workspace';
 import type { Executor } from '../../exec/executor';
+import type { ExtraDisk } from '../hypervisor';
 import { workspaceDir, type NodePaths } from '../node-paths';
+import { createBlankPartition } from './blank';
+import { cachePaths, createNodeCache } from './cache';
 import { progressCounter, type Progress } from './progress';
-
 
 /** Dependencies of the image activities. */
 export interface ImageDeps {
@@ -29,86 +35,210 @@ export interface ImageDeps {
   repositoryToken: () => string;
   /** Root disk format of the node's hypervisor driver. */
   diskFormat: 'qcow2' | 'raw';
+  /** Size limit of the node cache in bytes. */
+  cacheMaxBytes: number;
   /** Reports progress; the Temporal heartbeat inside an activity. */
-  progress?: (p: Progress) => void;
+  progress?: (p: Progress & { image?: string }) => void;
+  /** Who copies (lock owner); defaults to the activity's workflow and activity id, stable across retries. */
+  owner?: () => string;
 }
+
+/** A partition besides the root, as propagation receives it (image partitions resolved by then). */
+export type PropagatePartition = Pick<PartitionSpec, 'image' | 'blank'>;
 
 /** Input of `propagateImage`. */
 export interface PropagateInput {
   workspaceId: string;
   image: ResolvedImage;
+  partitions?: PropagatePartition[];
 }
 
 /** What propagation did. */
 export interface PropagateResult {
-  /** Bytes copied over the network: 0 when the node cache already had the image. */
+  /** Bytes copied over the network by this attempt: 0 when the node cache already had every image. */
   bytesCopied: number;
+  /** Bytes an earlier, interrupted attempt had copied that this one kept (0 if none). */
+  resumedFromBytes: number;
   rootDisk: string;
+  /** Disks after the root, in order. */
+  disks: ExtraDisk[];
 }
 
-/** Streams `url` into `dest` on the node via a temporary name, verifying sha256 and size; returns bytes copied. */
+/** How a verified download went. */
+export interface DownloadResult {
+  bytesCopied: number;
+  resumedFromBytes: number;
+}
+
+/** Hashes the first bytes of a partial file (the prefix a resumed copy keeps). */
+async function hashPrefix(exec: Executor, path: string, hash: Hash): Promise<void> {
+  await pipeline(await exec.readStream(path), async function* (source: AsyncIterable<Buffer>) {
+    for await (const chunk of source) hash.update(chunk);
+  });
+}
+
+/**
+ * Streams `source.url` into `dest` on the node through `dest.part`, verifying sha256 and size, then
+ * renames it into place. A `.part` left by an interrupted attempt is resumed (its bytes hashed, the
+ * rest fetched with a Range request); a digest mismatch removes it (typed, non-retryable).
+ */
 export async function downloadVerified(
   deps: Pick<ImageDeps, 'exec' | 'repositoryToken'>,
   source: ResolvedImage,
   dest: string,
   report: (p: Progress) => void,
-): Promise<number> {
-  const tmp = `${dest}.part`;
-  try {
-    const res = await fetch(source.url, { headers: { authorization: `Bearer ${deps.repositoryToken()}` } });
+): Promise<DownloadResult> {
+  const part = `${dest}.part`;
+  const hash = createHash('sha256');
+  let offset = (await deps.exec.fileSize(part)) ?? 0;
+  if (offset > source.sizeBytes) offset = 0;
+  if (offset > 0) await hashPrefix(deps.exec, part, hash);
+  const headers: Record<string, string> = { authorization: `Bearer ${deps.repositoryToken()}` };
+  if (offset > 0) headers.range = `bytes=${offset}-`;
+  let res: Response | undefined;
+  if (offset < source.sizeBytes) {
+    res = await fetch(source.url, { headers });
     if (res.status === 404) {
       throw ApplicationFailure.nonRetryable(`image ${source.name} is not in the repository`, FailureType.ImageNotFound);
     }
-    if (!res.ok || !res.body) throw new Error(`repository answered HTTP ${res.status} for image ${source.name}`);
-    const hash = createHash('sha256');
-    const count = progressCounter(source.sizeBytes, report, (chunk) => hash.update(chunk));
-    const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
-    await pipeline(body, count, await deps.exec.writeStream(tmp));
-    const digest = hash.digest('hex');
-    if (digest !== source.sha256) {
-      throw ApplicationFailure.nonRetryable(
-        `image ${source.name}: sha256 ${digest} does not match the expected ${source.sha256}`,
-        FailureType.DigestMismatch,
-      );
+    if (offset > 0 && res.status === 200) {
+      // The server ignored the range: start over rather than append the whole file to the prefix.
+      return downloadFresh(deps, source, dest, report, res);
     }
-    report({ bytes: count.bytes(), total: source.sizeBytes });
-    await deps.exec.rename(tmp, dest);
-    return count.bytes();
-  } finally {
-    await deps.exec.remove(tmp);
+    if (!res.ok || !res.body) throw new Error(`repository answered HTTP ${res.status} for image ${source.name}`);
+  }
+  const count = progressCounter(source.sizeBytes, report, (chunk) => hash.update(chunk), offset);
+  if (res?.body) {
+    const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+    await pipeline(body, count, await deps.exec.writeStream(part, { append: offset > 0 }));
+  }
+  await finish(deps.exec, source, part, dest, hash.digest('hex'));
+  report({ bytes: source.sizeBytes, total: source.sizeBytes });
+  return { bytesCopied: count.bytes(), resumedFromBytes: offset };
+}
+
+/** A whole download from byte 0 over an answer already received. */
+async function downloadFresh(
+  deps: Pick<ImageDeps, 'exec'>,
+  source: ResolvedImage,
+  dest: string,
+  report: (p: Progress) => void,
+  res: Response,
+): Promise<DownloadResult> {
+  const part = `${dest}.part`;
+  const hash = createHash('sha256');
+  const count = progressCounter(source.sizeBytes, report, (chunk) => hash.update(chunk));
+  const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+  await pipeline(body, count, await deps.exec.writeStream(part));
+  await finish(deps.exec, source, part, dest, hash.digest('hex'));
+  return { bytesCopied: count.bytes(), resumedFromBytes: 0 };
+}
+
+/** Verifies a finished `.part` and renames it into place; a mismatch removes it. */
+async function finish(exec: Executor, source: ResolvedImage, part: string, dest: string, digest: string): Promise<void> {
+  const size = await exec.fileSize(part);
+  if (digest !== source.sha256 || size !== source.sizeBytes) {
+    await exec.remove(part);
+    throw ApplicationFailure.nonRetryable(
+      `image ${source.name}: sha256 ${digest} (${size} bytes) does not match the expected ${source.sha256} (${source.sizeBytes} bytes)`,
+      FailureType.DigestMismatch,
+    );
+  }
+  await exec.rename(part, dest);
+}
+
+/** The lock owner of the running activity: the same across its retries, different for every other copy. */
+function activityOwner(): string {
+  try {
+    const info = activityInfo();
+    return `${info.workflowExecution?.workflowId ?? info.activityType}/${info.activityId}`;
+  } catch {
+    return `pid-${process.pid}-${Date.now()}`;
+  }
+}
+
+/** True inside an activity (heartbeat needs one). */
+function inActivity(): boolean {
+  try {
+    return Context.current() !== undefined;
+  } catch {
+    return false;
   }
 }
 
 /** Creates the propagation activities over injected dependencies. */
 export function createImageActivities(deps: ImageDeps) {
-  const report = deps.progress ?? ((p: Progress) => heartbeat(p));
+  const report = deps.progress ?? ((p: Progress) => (inActivity() ? heartbeat(p) : undefined));
+  const owner = deps.owner ?? activityOwner;
+  const cache = createNodeCache({
+    exec: deps.exec,
+    paths: deps.paths,
+    maxBytes: deps.cacheMaxBytes,
+    waiting: () => report({ bytes: 0, total: 0 }),
+  });
 
-  /** Downloads into the cache unless the base is there already; returns its path and the bytes copied. */
-  async function ensureCached(image: ResolvedImage): Promise<{ path: string; bytes: number }> {
-    const path = join(deps.paths.cache, `${image.sha256}.raw`);
-    // Files appear in the cache only by rename after their digest matched, so presence means verified.
-    if ((await deps.exec.fileSize(path)) === image.sizeBytes) return { path, bytes: 0 };
-    await deps.exec.mkdir(deps.paths.cache);
-    return { path, bytes: await downloadVerified(deps, image, path, report) };
+  /** Puts a base into the cache unless it is there; one copier per base and node at a time. */
+  async function ensureCached(image: ResolvedImage): Promise<{ path: string } & DownloadResult> {
+    const { base } = cachePaths(deps.paths, image.sha256);
+    const lock = await cache.lock(image.sha256, owner());
+    try {
+      await cache.touch(image.sha256);
+      if (await cache.has(image.sha256, image.sizeBytes)) return { path: base, bytesCopied: 0, resumedFromBytes: 0 };
+      await cache.evictFor(image.sizeBytes);
+      const tagged = (p: Progress) => report({ ...p, image: image.name } as Progress);
+      return { path: base, ...(await downloadVerified(deps, image, base, tagged)) };
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** The workspace's own disk from a cached base: an overlay (qcow2) or a full copy (raw). Idempotent. */
+  async function diskFrom(base: string, disk: string): Promise<void> {
+    if (await deps.exec.exists(disk)) return;
+    const tmp = `${disk}.tmp`;
+    if (deps.diskFormat === 'qcow2') {
+      await deps.exec.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', tmp]);
+    } else {
+      await deps.exec.run(['cp', base, tmp], { timeoutMs: 30 * 60_000 });
+    }
+    await deps.exec.rename(tmp, disk);
   }
 
   return {
-    /** Puts the image in the node cache and creates the workspace's root disk from it. Idempotent. */
+    /**
+     * Puts the workspace's images in the node cache and creates its disks: the root and each partition
+     * (an overlay or copy of an image, or a blank partition). Idempotent; resumes an interrupted copy.
+     */
     async propagateImage(input: PropagateInput): Promise<PropagateResult> {
-      const { path: base, bytes } = await ensureCached(input.image);
       const dir = workspaceDir(deps.paths, input.workspaceId);
-      const rootDisk = join(dir, deps.diskFormat === 'qcow2' ? 'root.qcow2' : 'root.raw');
-      if (!(await deps.exec.exists(rootDisk))) {
-        await deps.exec.mkdir(dir);
-        const tmp = `${rootDisk}.tmp`;
-        if (deps.diskFormat === 'qcow2') {
-          await deps.exec.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', tmp]);
-        } else {
-          await deps.exec.run(['cp', base, tmp], { timeoutMs: 30 * 60_000 });
+      const partitions = input.partitions ?? [];
+      const images = [input.image, ...partitions.flatMap((p) => (p.image ? [p.image] : []))];
+      await deps.exec.mkdir(dir);
+      await cache.markInUse(input.workspaceId, images.map((i) => i.sha256));
+      const ext = deps.diskFormat === 'qcow2' ? 'qcow2' : 'raw';
+      let bytesCopied = 0;
+      let resumedFromBytes = 0;
+      const fromImage = async (image: ResolvedImage, disk: string) => {
+        const cached = await ensureCached(image);
+        bytesCopied += cached.bytesCopied;
+        resumedFromBytes += cached.resumedFromBytes;
+        await diskFrom(cached.path, disk);
+      };
+      const rootDisk = join(dir, `root.${ext}`);
+      await fromImage(input.image, rootDisk);
+      const disks: ExtraDisk[] = [];
+      for (const [i, p] of partitions.entries()) {
+        if (p.image) {
+          const path = join(dir, `part${i + 1}.${ext}`);
+          await fromImage(p.image, path);
+          disks.push({ path, format: deps.diskFormat });
+        } else if (p.blank) {
+          const path = join(dir, `part${i + 1}.raw`);
+          await createBlankPartition(deps.exec, path, p.blank.sizeMiB, p.blank.filesystem, `part${i + 1}`);
+          disks.push({ path, format: 'raw' });
         }
-        await deps.exec.rename(tmp, rootDisk);
       }
-      return { bytesCopied: bytes, rootDisk };
+      return { bytesCopied, resumedFromBytes, rootDisk, disks };
     },
 
     /** Fetches a saved VM state (a serialized workspace being started again) into the workspace dir. Idempotent. */
@@ -121,7 +251,7 @@ export function createImageActivities(deps: ImageDeps) {
       return path;
     },
 
-    /** Removes every per-workspace file on the node (disk, saved state, sockets, logs); never the shared cache. */
+    /** Removes every per-workspace file on the node (disks, saved state, sockets, logs); never the shared cache. */
     async removeWorkspaceFiles(input: { workspaceId: string }): Promise<void> {
       await deps.exec.remove(workspaceDir(deps.paths, input.workspaceId));
     },
