@@ -6,14 +6,17 @@
  */
 import { ApplicationFailure } from '@temporalio/common';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import type { VmSpec } from '../../src/activities/hypervisor';
+import { createBlankPartition } from '../../src/activities/images/blank';
 import { nodePaths, workspaceDir } from '../../src/activities/node-paths';
 import { QemuDriver, saveUri, tapName, vmFiles } from '../../src/activities/qemu/driver';
 import { QmpSession } from '../../src/activities/qemu/qmp';
 import { LocalExecutor } from '../../src/exec/local';
+import { KnownHosts, SshExecutor } from '../../src/exec/ssh';
 
 const NAME = 'ws-0000000000c1';
 const BRIDGE = 'vwsbr0';
@@ -210,4 +213,163 @@ maybe('QemuDriver on a real VM', () => {
     expect(qemuRuns()).toBe(false);
     expect(tapExists()).toBe(false);
   });
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Extra disks on the testbed's vmm1, through the node's executor in SSH mode (what the head uses for an SSH
+// node; a node worker's LocalExecutor runs the same commands): two blank partitions made on the node by
+// createBlankPartition, seen by the guest as vdb (ext4, mounted and written) and vdc (swap, swapon),
+// kept across save/restore, and the guest's write found in the ext4 file after shutdown.
+
+const TB = process.env.VWS_TESTBED_DIR ?? '/var/lib/vws/testbed';
+const DISKS_NAME = 'ws-0000000000c2';
+
+/** Why the vmm1 suite cannot run here, or null. */
+function whyNoVmm1(): string | null {
+  try {
+    execFileSync('ssh', ['-F', `${TB}/ssh/config`, '-o', 'ConnectTimeout=3', 'vmm1', 'true'], { stdio: 'pipe', timeout: 10_000 });
+    return existsSync(join(guestDir, 'disk.raw')) ? null : `no guest build in ${guestDir}`;
+  } catch (e) {
+    return `ssh to vmm1 failed (run testbed/testbed.sh up): ${(e as Error).message}`;
+  }
+}
+const noVmm1 = whyNoVmm1();
+if (noVmm1) console.warn(`SKIPPING the extra-disk test on vmm1: ${noVmm1}`);
+
+(noVmm1 ? describe.skip : describe)('QemuDriver with extra disks on vmm1', () => {
+  const exec = new SshExecutor({
+    host: '10.213.0.11',
+    user: 'root',
+    privateKey: `${TB}/ssh/id_ed25519`,
+    knownHosts: KnownHosts.fromFile(`${TB}/ssh/known_hosts`),
+    hostAlias: 'vmm1',
+  });
+  // The node's own layout and site kernel: the guest initrd the testbed copied to vmm1.
+  const paths = nodePaths('/var/lib/vws/node');
+  const wsDir = workspaceDir(paths, DISKS_NAME);
+  const files = vmFiles(paths, DISKS_NAME);
+  const driver = new QemuDriver({ exec, paths, binary: 'qemu-system-x86_64', accel: 'tcg' });
+  const spec: VmSpec = {
+    name: DISKS_NAME,
+    hostname: 'c2',
+    memoryMiB: 128,
+    vcpus: 1,
+    rootDisk: `${wsDir}/root.qcow2`,
+    disks: [
+      { path: `${wsDir}/part1.raw`, format: 'raw' },
+      { path: `${wsDir}/part2.raw`, format: 'raw' },
+    ],
+    kernel: { vmlinuz: `${paths.kernels}/default/vmlinuz`, initrd: `${paths.kernels}/default/initrd.gz` },
+    nic: { mac: '52:54:00:aa:bb:c2', bridge: 'br0' },
+  };
+  const times: Record<string, number> = {};
+  async function timed<T>(op: string, work: () => Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    try {
+      return await work();
+    } finally {
+      times[op] = performance.now() - t0;
+    }
+  }
+  const consoleLog = async () => (await exec.readFile(files.serial)) ?? '';
+  const countOf = async (text: string) => (await consoleLog()).split(text).length - 1;
+  async function waitConsole(text: string, n: number, timeoutMs = 90_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while ((await countOf(text)) < n) {
+      if (Date.now() > deadline) throw new Error(`no ${n}x ${JSON.stringify(text)} on the console of ${DISKS_NAME}:\n${await consoleLog()}`);
+      await sleep(250);
+    }
+  }
+  const nodeTapExists = async () => (await exec.run(['ip', 'link', 'show', 'dev', tapName(DISKS_NAME)], { okCodes: [0, 1] })).code === 0;
+  const EXT4_LINE = 'VWS-GUEST: disk vdb sectors=131072 fs=ext4';
+  const SWAP_LINE = 'VWS-GUEST: disk vdc sectors=131072 fs=swap';
+
+  beforeAll(async () => {
+    await driver.destroy(DISKS_NAME); // a previous run that died half-way
+    await exec.remove(wsDir);
+    await exec.mkdir(wsDir);
+    await pipeline(createReadStream(join(guestDir, 'disk.raw')), await exec.writeStream(`${wsDir}/base.raw`));
+    await exec.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', `${wsDir}/base.raw`, '-F', 'raw', spec.rootDisk]);
+  }, 60_000);
+
+  afterAll(async () => {
+    await driver.destroy(DISKS_NAME).catch(() => undefined);
+    await exec.remove(wsDir);
+    await exec.close();
+    console.log(`QemuDriver extra disks on vmm1 (TCG, 128 MiB), ms:\n${Object.entries(times).map(([k, v]) => `  ${k.padEnd(34)} ${v.toFixed(0).padStart(6)}`).join('\n')}`);
+  });
+
+  it('makes blank partitions on the node: exact size, formatted, nothing temporary left', async () => {
+    await timed('createBlankPartition ext4 64 MiB', () => createBlankPartition(exec, spec.disks![0].path, 64, 'ext4', 'part1'));
+    await timed('createBlankPartition swap 64 MiB', () => createBlankPartition(exec, spec.disks![1].path, 64, 'swap', 'part2'));
+    await timed('createBlankPartition again (no-op)', () => createBlankPartition(exec, spec.disks![0].path, 64, 'ext4', 'part1'));
+    for (const d of spec.disks!) expect(await exec.fileSize(d.path)).toBe(64 * 1024 * 1024);
+    const ls = (await exec.run(['ls', '-1', wsDir])).stdout.split('\n').filter(Boolean).sort();
+    expect(ls).toEqual(['base.raw', 'part1.raw', 'part2.raw', 'root.qcow2']);
+    // Sparse on the node: metadata only.
+    const du = Number((await exec.run(['du', '-k', spec.disks![0].path])).stdout.split(/\s/)[0]);
+    expect(du).toBeLessThan(8 * 1024);
+    expect((await exec.run(['dumpe2fs', '-h', spec.disks![0].path])).stdout).toMatch(/Filesystem volume name:\s+part1\n/);
+  });
+
+  it('boots with both disks: the guest sees their size and filesystem, mounts the ext4 one, swaps on the other', async () => {
+    await timed('create', () => driver.create(spec));
+    await timed('boot to both disk lines', async () => {
+      await waitConsole(EXT4_LINE, 1);
+      await waitConsole(SWAP_LINE, 1);
+    });
+    const text = await consoleLog();
+    expect(text).toContain('VWS-GUEST: image=vws-sample-image v1');
+    expect(text.indexOf('VWS-GUEST: image=')).toBeLessThan(text.indexOf(EXT4_LINE));
+    expect(text.indexOf(EXT4_LINE)).toBeLessThan(text.indexOf(SWAP_LINE));
+    expect(text).not.toMatch(/VWS-GUEST: disk vdd/);
+    // busybox prints "swapon: /dev/vdc: …" or "mount: …" on the console if either failed.
+    expect(text).not.toMatch(/swapon:|mount:/);
+  });
+
+  it('save and restore keep the disks (same devices, same order); the restored guest still writes to vdb', async () => {
+    const stateFile = `${wsDir}/vmstate`;
+    await timed('save', () => driver.save(DISKS_NAME, stateFile));
+    expect(await driver.status(DISKS_NAME)).toBe('absent');
+    await timed('restore', () => driver.restore(spec, stateFile));
+    expect(await driver.status(DISKS_NAME)).toBe('running');
+    // A hard reset in the restored qemu: the guest boots again from the same three disks and writes again.
+    await driver.reboot(DISKS_NAME);
+    await timed('reboot to both disk lines', async () => {
+      await waitConsole(EXT4_LINE, 2);
+      await waitConsole(SWAP_LINE, 2);
+    });
+    await exec.remove(stateFile);
+  });
+
+  it('after a graceful shutdown the ext4 file holds the guest writes.log (debugfs on the node)', async () => {
+    expect(await timed('shutdown (graceful)', () => driver.shutdown(DISKS_NAME, 60_000))).toEqual({ graceful: true });
+    const log = (await exec.run(['debugfs', '-R', 'cat /writes.log', spec.disks![0].path])).stdout;
+    const lines = log.split('\n').filter((l) => l.startsWith('write '));
+    // One line per boot: the first boot and the boot after the reset.
+    expect(lines).toHaveLength(2);
+    for (const l of lines) expect(l).toMatch(/^write \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ host=c2 dev=vdb up=[\d.]+$/);
+    // Cleanly unmounted by vws-poweroff: e2fsck finds nothing to fix.
+    await exec.run(['e2fsck', '-fn', spec.disks![0].path]);
+  });
+
+  it('destroy leaves no qemu, tap, socket or pid file; the workspace files go with the directory', async () => {
+    await driver.create(spec);
+    await waitConsole(EXT4_LINE, 3);
+    const pid = Number((await exec.readFile(files.pid))?.trim());
+    expect(pid).toBeGreaterThan(0);
+    await timed('destroy', () => driver.destroy(DISKS_NAME));
+    await driver.destroy(DISKS_NAME);
+    expect(await driver.status(DISKS_NAME)).toBe('absent');
+    expect(await nodeTapExists()).toBe(false);
+    expect(await exec.exists(files.qmp)).toBe(false);
+    expect(await exec.exists(files.pid)).toBe(false);
+    // Gone, or a zombie: this machine's PID 1 reaps the daemonized qemu only after a second or two.
+    const stat = await exec.readFile(`/proc/${pid}/stat`);
+    expect(stat === null || / Z /.test(stat.slice(stat.lastIndexOf(')')))).toBe(true);
+    const ls = (await exec.run(['ls', '-1', wsDir])).stdout.split('\n').filter(Boolean).sort();
+    expect(ls).toEqual(['base.raw', 'part1.raw', 'part2.raw', 'root.qcow2', 'serial.log']);
+    await exec.remove(wsDir);
+    expect(await exec.exists(wsDir)).toBe(false);
+  }, 120_000);
 });

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { nodePaths } from '../../src/activities/node-paths';
 import {
   checkStatePath,
+  driveArgs,
   powerState,
   qemuArgv,
   qemuOptValue,
@@ -44,6 +45,42 @@ describe('qemu driver argv', () => {
     expect(argv).toContain('-S');
     expect(argv.slice(argv.indexOf('-incoming'), argv.indexOf('-incoming') + 2)).toEqual(['-incoming', 'defer']);
     expect(argv[argv.length - 1]).toBe('-daemonize');
+  });
+
+  it('attaches extra disks as further virtio drives after the root, in order, with their formats', () => {
+    const withDisks = {
+      ...spec,
+      disks: [
+        { path: '/n/workspaces/ws-0123456789ab/part1.raw', format: 'raw' as const },
+        { path: '/n/workspaces/ws-0123456789ab/part2.qcow2', format: 'qcow2' as const },
+        { path: '/n/workspaces/ws-0123456789ab/a,b.raw', format: 'raw' as const },
+      ],
+    };
+    const drives = (argv: string[]) => argv.flatMap((a, i) => (argv[i - 1] === '-drive' ? [a] : []));
+    const expected = [
+      'file=/n/workspaces/ws-0123456789ab/root.qcow2,if=virtio,format=qcow2',
+      'file=/n/workspaces/ws-0123456789ab/part1.raw,if=virtio,format=raw',
+      'file=/n/workspaces/ws-0123456789ab/part2.qcow2,if=virtio,format=qcow2',
+      'file=/n/workspaces/ws-0123456789ab/a,,b.raw,if=virtio,format=raw',
+    ];
+    const argv = qemuArgv('q', 'tcg', withDisks, files);
+    expect(drives(argv)).toEqual(expected);
+    // Before the NIC: the disks' PCI slots come first, the same in a restore (migration needs identical devices).
+    expect(argv.lastIndexOf('-drive')).toBeLessThan(argv.indexOf('-netdev'));
+    expect(drives(qemuArgv('q', 'tcg', withDisks, files, { incoming: true }))).toEqual(expected);
+    // No disks (or an empty list) gives exactly the argv of before.
+    expect(qemuArgv('q', 'tcg', { ...spec, disks: [] }, files)).toEqual(qemuArgv('q', 'tcg', spec, files));
+    expect(driveArgs(spec)).toEqual(['-drive', expected[0]]);
+  });
+
+  it.each([
+    ['a relative extra disk', { disks: [{ path: 'part1.raw', format: 'raw' as const }] }, /disks\[0\].*must be absolute/],
+    ['a protocol as extra disk', { disks: [{ path: 'nbd:evil:1234', format: 'raw' as const }] }, /disks\[0\].*must be absolute/],
+    ['a json: root disk', { rootDisk: 'json:{"driver":"file"}' }, /rootDisk.*must be absolute/],
+    ['the root attached again', { disks: [{ path: spec.rootDisk, format: 'qcow2' as const }] }, /disks\[0\].*attached twice/],
+    ['an unknown format', { disks: [{ path: '/x.vmdk', format: 'vmdk' as 'raw' }] }, /unknown format/],
+  ])('refuses %s with InvalidSpec', (_what, patch, message) => {
+    expect(() => qemuArgv('q', 'tcg', { ...spec, ...patch }, files)).toThrow(expect.objectContaining({ type: 'InvalidSpec', nonRetryable: true, message: expect.stringMatching(message) }));
   });
 
   it('escapes commas inside option values', () => {

@@ -8,7 +8,16 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FailureType } from '../../src/domain/errors';
 import type { VmSpec } from '../../src/activities/hypervisor';
-import { loopsUnder, parseLosetupAssociations, parseXlList, powerStateFromFlags, renderDomainConfig, xlString } from '../../src/activities/xen/config';
+import {
+  checkXenDisks,
+  loopsUnder,
+  parseLosetupAssociations,
+  parseXlList,
+  powerStateFromFlags,
+  renderDomainConfig,
+  xenVdev,
+  xlString,
+} from '../../src/activities/xen/config';
 
 const fixture = (f: string) => readFileSync(join(__dirname, '..', 'fixtures', 'xen', f), 'utf8');
 
@@ -42,6 +51,57 @@ describe('renderDomainConfig', () => {
         '',
       ].join('\n'),
     );
+  });
+
+  test('extra disks: one loop device each, as xvdb, xvdc… after the root, named in the header', () => {
+    const dir = '/var/lib/vws/node/workspaces/ws-0000000000e1';
+    const withDisks: VmSpec = {
+      ...spec,
+      disks: [
+        { path: `${dir}/part1.raw`, format: 'raw' },
+        { path: `${dir}/part2.raw`, format: 'raw' },
+      ],
+    };
+    const cfg = renderDomainConfig(withDisks, '/dev/loop3', ['/dev/loop4', '/dev/loop7']).split('\n');
+    expect(cfg.slice(0, 3)).toEqual([
+      `# Written by vws (XenDriver); root disk "${dir}/root.raw" as /dev/loop3`,
+      `# xvdb: "${dir}/part1.raw" as /dev/loop4`,
+      `# xvdc: "${dir}/part2.raw" as /dev/loop7`,
+    ]);
+    expect(cfg).toContain('disk = [ "phy:/dev/loop3,xvda,w", "phy:/dev/loop4,xvdb,w", "phy:/dev/loop7,xvdc,w" ]');
+    expect(() => checkXenDisks(withDisks, dir)).not.toThrow();
+    // An empty list renders exactly the config of a root-only spec.
+    expect(renderDomainConfig({ ...spec, disks: [] }, '/dev/loop3', [])).toBe(renderDomainConfig(spec, '/dev/loop3'));
+  });
+
+  test('a qcow2 extra disk is refused, naming the disk', () => {
+    const dir = '/var/lib/vws/node/workspaces/ws-0000000000e1';
+    const withQcow2: VmSpec = { ...spec, disks: [{ path: `${dir}/part1.raw`, format: 'raw' }, { path: `${dir}/part2.qcow2`, format: 'qcow2' }] };
+    const named = expect.objectContaining({ type: FailureType.InvalidSpec, nonRetryable: true, message: expect.stringContaining(`disks[1] "${dir}/part2.qcow2" (xvdc) is qcow2`) });
+    expect(() => checkXenDisks(withQcow2, dir)).toThrow(named);
+    expect(() => renderDomainConfig(withQcow2, '/dev/loop3', ['/dev/loop4', '/dev/loop5'])).toThrow(named);
+  });
+
+  test.each([
+    ['a disk outside the workspace dir (its loop would survive a crash unseen)', { disks: [{ path: '/var/lib/vws/node/cache/x.raw', format: 'raw' as const }] }, /disks\[0\].*not a file in the workspace directory/],
+    ['a sibling workspace sharing the prefix', { disks: [{ path: '/var/lib/vws/node/workspaces/ws-0000000000e10/p.raw', format: 'raw' as const }] }, /not a file in the workspace/],
+    ['a path escaping with ..', { disks: [{ path: '/var/lib/vws/node/workspaces/ws-0000000000e1/../x/p.raw', format: 'raw' as const }] }, /not a file in the workspace/],
+    ['the root disk outside', { rootDisk: '/tmp/root.raw' }, /rootDisk.*not a file in the workspace/],
+    ['the root again as an extra disk', { disks: [{ path: spec.rootDisk, format: 'raw' as const }] }, /disks\[0\].*attached twice/],
+  ])('checkXenDisks refuses %s', (_what, patch, message) => {
+    expect(() => checkXenDisks({ ...spec, ...patch }, '/var/lib/vws/node/workspaces/ws-0000000000e1')).toThrow(
+      expect.objectContaining({ type: FailureType.InvalidSpec, message: expect.stringMatching(message) }),
+    );
+  });
+
+  test('xvd names: xvda for the root, then one letter per disk, at most xvdz', () => {
+    expect([0, 1, 2, 25].map(xenVdev)).toEqual(['xvda', 'xvdb', 'xvdc', 'xvdz']);
+    expect(() => xenVdev(26)).toThrow(/at most 26 disks/);
+  });
+
+  test('refuses a loop list that does not match the disks', () => {
+    expect(() => renderDomainConfig({ ...spec, disks: [{ path: '/p.raw', format: 'raw' }] }, '/dev/loop3', [])).toThrow(/1 extra disks but 0 loop devices/);
+    expect(() => renderDomainConfig({ ...spec, disks: [{ path: '/p.raw', format: 'raw' }] }, '/dev/loop3', ['/dev/sda'])).toThrow(/does not match/);
   });
 
   const bad: Array<[string, Partial<VmSpec>]> = [

@@ -133,6 +133,41 @@ if [ -b "$ROOTDEV" ] && mount -t ext4 -o rw "$ROOTDEV" /mnt/root; then
   echo "boot $(date -u +%Y-%m-%dT%H:%M:%SZ) host=$HN up=$(cut -d' ' -f1 /proc/uptime)" >> /mnt/root/boots.log
   sync
 fi
+# Extra disks (a workspace's partitions after the root): vdb.. under QEMU, xvdb.. under Xen.
+# No blkid in busybox-static: the filesystem is told by its magic numbers. ext4 = ext magic 0xEF53
+# (offset 1080) with extents, 64bit or flex_bg (incompat 0x2C0, offset 1120); swap = "SWAPSPACE2"
+# at the end of the first 4 KiB page. Anything else is "none".
+fstype() {
+  if [ "$(od -An -tx1 -j1080 -N2 "$1" 2>/dev/null | tr -d ' \n')" = 53ef ]; then
+    [ $(( $(od -An -tu4 -j1120 -N4 "$1" | tr -d ' \n') & 0x2C0 )) -ne 0 ] && { echo ext4; return; }
+  elif [ "$(dd if="$1" bs=1 skip=4086 count=10 2>/dev/null)" = SWAPSPACE2 ]; then
+    echo swap; return
+  fi
+  echo none
+}
+DISKS="vdb vdc vdd"
+if [ -n "$XEN" ]; then
+  DISKS="xvdb xvdc xvdd"
+  # blkfront sets the disks up one by one after xvda: wait (briefly) until there are as many
+  # xvd block devices as vbd devices on xenbus; a domain without extra disks does not wait.
+  NVBD=$(ls -d /sys/bus/xen/devices/vbd-* 2>/dev/null | wc -l)
+  for i in $(seq 50); do [ "$(ls -d /sys/block/xvd* 2>/dev/null | wc -l)" -ge "$NVBD" ] && break; sleep 0.1; done
+fi
+for d in $DISKS; do
+  [ -b "/dev/$d" ] || continue
+  FS=$(fstype "/dev/$d")
+  echo "VWS-GUEST: disk $d sectors=$(cat /sys/block/$d/size) fs=$FS"
+  case "$FS" in
+    ext4)
+      mkdir -p "/mnt/$d"
+      if mount -t ext4 -o rw "/dev/$d" "/mnt/$d"; then
+        echo "write $(date -u +%Y-%m-%dT%H:%M:%SZ) host=$HN dev=$d up=$(cut -d' ' -f1 /proc/uptime)" >> "/mnt/$d/writes.log"
+        sync
+      fi
+      ;;
+    swap) swapon "/dev/$d" ;;
+  esac
+done
 ip link set eth0 up 2>/dev/null
 udhcpc -f -i eth0 -s /etc/udhcpc.script -x hostname:"$HN" -t 30 -T 1 -A 1 -S &
 # "sleep & wait": the shell runs traps only after a foreground child exits.
@@ -140,8 +175,9 @@ while true; do sleep 3600 & wait $!; done
 EOF
   cat > "$root/sbin/vws-poweroff" <<'EOF'
 #!/bin/sh
-# Flush and release the workspace disk, then power off at once.
+# Flush and release the workspace disks, then power off at once.
 sync
+for m in /mnt/vd? /mnt/xvd?; do [ -d "$m" ] && { umount "$m" 2>/dev/null || mount -o remount,ro "$m" 2>/dev/null; }; done
 umount /mnt/root 2>/dev/null || mount -o remount,ro /mnt/root 2>/dev/null
 sync
 poweroff -f
@@ -152,6 +188,7 @@ EOF
   cat > "$root/sbin/reboot" <<'EOF'
 #!/bin/sh
 sync
+for m in /mnt/vd? /mnt/xvd?; do [ -d "$m" ] && { umount "$m" 2>/dev/null || mount -o remount,ro "$m" 2>/dev/null; }; done
 umount /mnt/root 2>/dev/null || mount -o remount,ro /mnt/root 2>/dev/null
 sync
 /bin/busybox reboot -f

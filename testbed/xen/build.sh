@@ -5,7 +5,7 @@
 #   vmlinuz     Debian's generic kernel for the PV dom0 (the cloud kernel lacks CONFIG_XEN_DOM0)
 #   initrd.gz   dom0 initramfs: busybox, the real xl toolstack (xl, xenstored, xenconsoled, hotplug
 #               scripts), sshd, dnsmasq + dhcp_release, util-linux losetup, coreutils timeout and
-#               sha256sum, bash + flock (hotplug scripts), kernel modules, and /init
+#               sha256sum, bash + flock (hotplug scripts), e2fsprogs mkfs.ext4, kernel modules, and /init
 #   stamp       the cache key
 # Nothing is installed: the .debs are fetched with `apt-get download` and extracted; the other
 # programs and all shared libraries come from this (bookworm) host through their ldd closure.
@@ -29,10 +29,12 @@ XEN_PKGS=(xen-hypervisor-$XENV-amd64 xen-utils-$XENV xen-utils-common xenstore-u
   libxencall1 libxendevicemodel1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenhypfs1
   libxenstore4 libxentoolcore1 libxentoollog1 libyajl2)
 # Host packages whose binaries are copied in (their versions are part of the key).
-HOST_PKGS=(busybox-static openssh-server dnsmasq-base dnsmasq-utils util-linux mount coreutils bash libc6)
-# Host programs copied into dom0 (with their ldd closure).
+HOST_PKGS=(busybox-static openssh-server dnsmasq-base dnsmasq-utils util-linux mount coreutils bash libc6
+  e2fsprogs)
+# Host programs copied into dom0 (with their ldd closure). mkfs.ext4 (a copy of mke2fs, which picks ext4
+# by its name) makes blank ext4 partitions: busybox's mke2fs makes ext2 only.
 HOST_BINS=(/usr/sbin/sshd /usr/sbin/dnsmasq /usr/bin/dhcp_release /usr/sbin/losetup /usr/bin/flock
-  /usr/bin/timeout /usr/bin/sha256sum /bin/bash)
+  /usr/bin/timeout /usr/bin/sha256sum /bin/bash /usr/sbin/mkfs.ext4)
 # Loaded by /init; their dependencies are added from modules.dep. crc32c_generic is a soft
 # dependency of ext4 (crypto API), so modules.dep does not name it.
 MODULES=(xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback loop bridge tun

@@ -64,6 +64,45 @@ export function qemuOptValue(value: string): string {
 }
 
 /**
+ * Refuses a disk path qemu could read as something other than a plain file: only absolute paths, because
+ * `file=` takes protocol prefixes (`json:{…}`, `nbd:…`, `http:…`) when a colon comes before any slash.
+ */
+function checkDiskPath(field: string, path: string): string {
+  if (!path.startsWith('/')) {
+    throw ApplicationFailure.create({
+      type: FailureType.InvalidSpec,
+      nonRetryable: true,
+      message: `refusing ${field} ${JSON.stringify(path)}: disk paths must be absolute`,
+    });
+  }
+  return path;
+}
+
+/**
+ * The `-drive` arguments of a VM's disks: the root (a qcow2 overlay) first, then `spec.disks` in order,
+ * each as another virtio drive, so the guest sees vda, vdb, vdc… The format is always given: qemu would
+ * otherwise probe a raw file's content, and a guest could write a qcow2 header naming a backing file
+ * on the node into its raw disk. Restore builds the same list, which migration needs (same devices, same order).
+ */
+export function driveArgs(spec: VmSpec): string[] {
+  const disks = [{ path: spec.rootDisk, format: 'qcow2' as const }, ...(spec.disks ?? [])];
+  const seen = new Set<string>();
+  return disks.flatMap((d, i) => {
+    const field = i === 0 ? 'rootDisk' : `disks[${i - 1}]`;
+    checkDiskPath(field, d.path);
+    if (d.format !== 'qcow2' && d.format !== 'raw') {
+      throw ApplicationFailure.create({ type: FailureType.InvalidSpec, nonRetryable: true, message: `${field} ${d.path}: unknown format ${JSON.stringify(d.format)}` });
+    }
+    // qemu would fail on its own image lock, but only after the tap was made; say which disk instead.
+    if (seen.has(d.path)) {
+      throw ApplicationFailure.create({ type: FailureType.InvalidSpec, nonRetryable: true, message: `${field} ${d.path} is attached twice` });
+    }
+    seen.add(d.path);
+    return ['-drive', `file=${qemuOptValue(d.path)},if=virtio,format=${d.format}`];
+  });
+}
+
+/**
  * The qemu argv for a VM; pure, so it is unit-tested. With `incoming`, qemu starts stopped (`-S`) and waits
  * for `migrate-incoming` (`-incoming defer`), which is how a saved state is loaded.
  */
@@ -81,7 +120,7 @@ export function qemuArgv(binary: string, accel: string, spec: VmSpec, files: VmF
     '-initrd', spec.kernel.initrd,
     // `quiet`: every console character is slow under TCG. panic=-1: a panicking guest reboots at once.
     '-append', `console=ttyS0 quiet panic=-1 vmname=${spec.hostname}`,
-    '-drive', `file=${v(spec.rootDisk)},if=virtio,format=qcow2`,
+    ...driveArgs(spec),
     '-netdev', `tap,id=n0,ifname=${tapName(spec.name)},script=no,downscript=no`,
     '-device', `virtio-net-pci,netdev=n0,mac=${spec.nic.mac}`,
     // `-serial file:` truncates the log when qemu starts; append=on keeps the console of the boot before
@@ -247,6 +286,8 @@ export class QemuDriver implements HypervisorDriver {
   private async launch(spec: VmSpec, incoming: boolean): Promise<void> {
     const files = vmFiles(this.o.paths, spec.name);
     const tap = tapName(spec.name);
+    // Built first: an invalid spec (a relative disk path) must fail before anything is made on the node.
+    const argv = qemuArgv(this.o.binary, this.o.accel, spec, files, { incoming });
     if (!(await this.tapExists(tap))) {
       await this.o.exec.run(['ip', 'tuntap', 'add', 'dev', tap, 'mode', 'tap']);
     }
@@ -255,7 +296,7 @@ export class QemuDriver implements HypervisorDriver {
     await this.o.exec.remove(files.qmp);
     await this.o.exec.remove(files.pid);
     // -daemonize returns once the VM is set up (about 0.1 s), so the timeout only guards a hang.
-    await this.o.exec.run(qemuArgv(this.o.binary, this.o.accel, spec, files, { incoming }), { timeoutMs: 30_000 });
+    await this.o.exec.run(argv, { timeoutMs: 30_000 });
   }
 
   async create(spec: VmSpec): Promise<void> {

@@ -3,6 +3,7 @@
  * what `xl list` and `losetup` print. No I/O here, so all of it is unit-tested.
  */
 import { ApplicationFailure } from '@temporalio/common';
+import { posix } from 'node:path';
 import { FailureType } from '../../domain/errors';
 import type { VmPowerState, VmSpec } from '../hypervisor';
 
@@ -36,11 +37,46 @@ function positiveInt(field: string, value: number): number {
 }
 
 /**
- * The `xl` config of a PV domain for `spec`, its root disk attached as `loopDevice` (dom0 has no qdisk
- * backend, so raw files go through a loop device as `phy:`). `on_reboot="restart"` keeps the domain's
- * identity across a guest reboot; poweroff and crash end it, and the driver cleans up after.
+ * The PV disk name of the disk at `index` (0 = root): xvda, xvdb, … xvdz. Xen's `xvd` names go further
+ * (xvdaa…), but a workspace never has that many partitions (see `images.maxExtraPartitions`).
  */
-export function renderDomainConfig(spec: VmSpec, loopDevice: string): string {
+export function xenVdev(index: number): string {
+  if (!Number.isInteger(index) || index < 0 || index > 25) throw invalid(`disk index ${index}: at most 26 disks (xvda…xvdz)`);
+  return `xvd${String.fromCharCode(97 + index)}`;
+}
+
+/**
+ * Checks the disks of `spec` (root and extra) for Xen before anything is attached: raw files only (dom0 has no qdisk
+ * backend, so every disk goes through a loop device, which shows a qcow2 file's bytes, not its content),
+ * each in `dir` (the workspace directory: the driver finds leftover loop devices after a crash by their
+ * backing file's directory, see {@link loopsUnder}), none twice. Errors name the disk.
+ */
+export function checkXenDisks(spec: VmSpec, dir: string): void {
+  const prefix = dir.endsWith('/') ? dir : `${dir}/`;
+  const all = [{ path: spec.rootDisk, format: 'raw' as const }, ...(spec.disks ?? [])];
+  xenVdev(all.length - 1);
+  const seen = new Set<string>();
+  all.forEach((d, i) => {
+    const field = i === 0 ? 'rootDisk' : `disks[${i - 1}]`;
+    if (d.format !== 'raw') {
+      throw invalid(`${field} ${JSON.stringify(d.path)} (${xenVdev(i)}) is ${d.format}: Xen attaches raw files only (through a loop device)`);
+    }
+    if (posix.normalize(d.path) !== d.path || !d.path.startsWith(prefix) || d.path.length === prefix.length) {
+      throw invalid(`${field} ${JSON.stringify(d.path)} is not a file in the workspace directory ${dir}`);
+    }
+    if (seen.has(d.path)) throw invalid(`${field} ${JSON.stringify(d.path)} is attached twice`);
+    seen.add(d.path);
+  });
+}
+
+/**
+ * The `xl` config of a PV domain for `spec`: its root disk attached as `loopDevice` and `spec.disks` as
+ * `diskLoops` (same order; dom0 has no qdisk backend, so raw files go through loop devices as `phy:`),
+ * which the guest sees as xvda, xvdb, xvdc… Every disk must be raw: a qcow2 disk is refused, naming it.
+ * `on_reboot="restart"` keeps the domain's identity across a guest reboot; poweroff and crash end it, and
+ * the driver cleans up after.
+ */
+export function renderDomainConfig(spec: VmSpec, loopDevice: string, diskLoops: readonly string[] = []): string {
   const name = token('name', spec.name, /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/);
   // Space-separated kernel arguments: a space or quote in the hostname would add arguments.
   const hostname = token('hostname', spec.hostname, /^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/);
@@ -48,9 +84,17 @@ export function renderDomainConfig(spec: VmSpec, loopDevice: string): string {
   const mac = token('nic.mac', spec.nic.mac, /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/);
   const bridge = token('nic.bridge', spec.nic.bridge, /^[A-Za-z0-9_.-]{1,15}$/);
   const loop = token('loop device', loopDevice, /^\/dev\/loop[0-9]+$/);
+  const extra = spec.disks ?? [];
+  if (diskLoops.length !== extra.length) throw new Error(`${extra.length} extra disks but ${diskLoops.length} loop devices`);
+  const disks = extra.map((d, i) => {
+    const vdev = xenVdev(i + 1);
+    if (d.format !== 'raw') throw invalid(`disks[${i}] ${JSON.stringify(d.path)} (${vdev}) is ${d.format}: Xen attaches raw files only (through a loop device)`);
+    return { vdev, path: xlString(`disks[${i}]`, d.path), loop: token('loop device', diskLoops[i], /^\/dev\/loop[0-9]+$/) };
+  });
   return [
-    // For whoever reads the file on the node: which file the loop device stands for.
+    // For whoever reads the file on the node: which file each loop device stands for.
     `# Written by vws (XenDriver); root disk ${xlString('rootDisk', spec.rootDisk)} as ${loop}`,
+    ...disks.map((d) => `# ${d.vdev}: ${d.path} as ${d.loop}`),
     `name = ${xlString('name', name)}`,
     `type = "pv"`,
     `memory = ${positiveInt('memoryMiB', spec.memoryMiB)}`,
@@ -59,7 +103,7 @@ export function renderDomainConfig(spec: VmSpec, loopDevice: string): string {
     `ramdisk = ${xlString('kernel.initrd', spec.kernel.initrd)}`,
     `extra = ${xlString('extra', `console=hvc0 quiet vmname=${hostname}`)}`,
     `vif = [ ${xlString('vif', `mac=${mac},bridge=${bridge}`)} ]`,
-    `disk = [ ${xlString('disk', `phy:${loop},xvda,w`)} ]`,
+    `disk = [ ${[xlString('disk', `phy:${loop},xvda,w`), ...disks.map((d) => xlString('disk', `phy:${d.loop},${d.vdev},w`))].join(', ')} ]`,
     `on_poweroff = "destroy"`,
     `on_reboot = "restart"`,
     `on_crash = "destroy"`,

@@ -1,7 +1,8 @@
 /**
  * The Xen driver: PV domains through the real `xl` toolstack in dom0, reached through an {@link Executor}
- * (SSH from the head, or local in dom0). Root disks are raw files attached as loop devices, because
- * dom0 has no qemu (qdisk) backend for file-backed disks.
+ * (SSH from the head, or local in dom0). Disks (the root as xvda, extra disks as xvdb, xvdc…) are raw files
+ * in the workspace directory, each attached as its own loop device, because dom0 has no qemu (qdisk)
+ * backend for file-backed disks.
  *
  * State lives in Xen itself (`xl list`), so every method re-reads it and is idempotent; the driver
  * keeps nothing in memory. Files: `<workspace>/domain.cfg` (the config last used).
@@ -12,6 +13,7 @@ import { workspaceDir, type NodePaths } from '../node-paths';
 import { vmNotFound } from '../vm-not-found';
 import {
   WORKSPACE_ID,
+  checkXenDisks,
   loopsUnder,
   parseLosetupAssociations,
   parseXlList,
@@ -116,11 +118,20 @@ export class XenDriver implements HypervisorDriver, Dom0Memory {
     if (!(await this.waitGone(name, GONE_TIMEOUT_MS))) throw new Error(`domain ${name} still exists ${GONE_TIMEOUT_MS} ms after xl destroy`);
   }
 
-  /** Attaches the disk and writes the config: the common first half of create and restore. */
+  /**
+   * Attaches the disks (root, then `spec.disks` in order, one loop device each) and writes the config: the
+   * common first half of create and restore. The spec is checked before the first losetup, so a qcow2 or
+   * misplaced disk leaves nothing attached. A crash between a losetup and `xl create` leaves loop devices
+   * whose backing files are in the workspace directory: a retry reuses them ({@link attachLoop}), and
+   * every ending finds them there ({@link detachLoops}).
+   */
   private async prepare(spec: VmSpec): Promise<string> {
+    checkXenDisks(spec, workspaceDir(this.o.paths, spec.name));
     const loop = await this.attachLoop(spec.rootDisk);
+    const diskLoops: string[] = [];
+    for (const d of spec.disks ?? []) diskLoops.push(await this.attachLoop(d.path));
     const cfg = this.cfgPath(spec.name);
-    await this.o.exec.writeFileAtomic(cfg, renderDomainConfig(spec, loop));
+    await this.o.exec.writeFileAtomic(cfg, renderDomainConfig(spec, loop, diskLoops));
     return cfg;
   }
 
@@ -130,9 +141,9 @@ export class XenDriver implements HypervisorDriver, Dom0Memory {
     if (state === 'running' || state === 'paused') return;
     // A domain that shut down or crashed but is not reaped yet would make xl refuse the name.
     if (state === 'shutoff') await this.destroyDomain(spec.name);
-    const cfg = await this.prepare(spec);
     try {
-      await this.xl(xlArgs(cfg), XL_TIMEOUT_MS);
+      // Inside the try: a losetup that fails for the third disk must not leave the first two attached.
+      await this.xl(xlArgs(await this.prepare(spec)), XL_TIMEOUT_MS);
     } catch (e) {
       await this.destroyDomain(spec.name).catch(() => undefined);
       await this.cleanup(spec.name).catch(() => undefined);
@@ -227,7 +238,7 @@ export class XenDriver implements HypervisorDriver, Dom0Memory {
 
   async restore(spec: VmSpec, stateFile: string): Promise<void> {
     // The file carries the old config too, but its loop device may belong to someone else by now:
-    // restore with a fresh config naming the loop device attached now.
+    // restore with a fresh config naming the loop devices attached now (same disks, same order).
     await this.start(spec, (cfg) => ['restore', cfg, stateFile]);
   }
 
