@@ -8,7 +8,8 @@ import type { VwsConfig } from '../config/schema';
 import type { CreateWorkspaceRequest, FieldProblem } from '../domain/requests';
 import type { PartitionSpec, WorkspaceSpec } from '../domain/workspace';
 import { isUrl } from '../domain/workspace';
-import { isUnderPrefix, probeSource, redactUrl } from '../activities/images/urls';
+import { probeSource } from '../activities/head/images';
+import { isUnderPrefix, redactUrl } from '../activities/images/urls';
 import { resolveImage } from '../repository';
 import type { Principal } from './auth';
 import { HttpProblem } from './problem';
@@ -46,9 +47,10 @@ async function resolveRef(
     return {};
   }
   try {
-    await probeSource(ref, { config }, config.images.probeTimeoutSeconds * 1000);
+    // Also resolves symlinks under an allowed file:// directory, and asks the source whether it answers.
+    await probeSource(config, ref);
   } catch (e) {
-    errors.push({ field, message: `${redactUrl(ref)}: ${(e as Error).message}` });
+    errors.push({ field, message: redactUrl((e as Error).message) });
     return {};
   }
   return { imageSource: { url: ref, ...(sha256 ? { sha256 } : {}) } };

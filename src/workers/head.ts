@@ -5,6 +5,7 @@
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { createHeadActivities } from '../activities/head/allocator-client';
+import { createHeadImageActivities } from '../activities/head/images';
 import { headTaskQueue } from '../config/names';
 import { loadConfig } from '../config/load';
 import type { VwsConfig } from '../config/schema';
@@ -44,7 +45,7 @@ export function createHeadWorker(o: HeadWorkerOptions): Promise<Worker> {
     namespace: o.config.temporal.namespace,
     taskQueue: headTaskQueue(o.config),
     ...(o.workflowBundle ? { workflowBundle: o.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
-    activities: createHeadActivities({ client: o.client, config: o.config }),
+    activities: { ...createHeadActivities({ client: o.client, config: o.config }), ...createHeadImageActivities({ config: o.config }) },
   });
 }
 

@@ -116,6 +116,8 @@ export interface StackOptions {
   headProcess?: boolean;
   /** Extra configuration merged over the stack's. */
   config?: Record<string, unknown>;
+  /** URL prefixes alice may name as unpropagation targets (`clients[].stageOutTargets`). */
+  aliceStageOutTargets?: string[];
   /** Another Temporal server than the shared one (a test that restarts its server). */
   temporalAddress?: string;
 }
@@ -142,7 +144,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     api: { host: '10.213.0.1', port },
     repository: { dir: join(dir, 'repo'), url: `http://10.213.0.1:${port}/repository`, nodeTokenFile: join(secrets, 'node.token') },
     clients: [
-      { name: 'alice', identity: '/O=Grid/OU=test/CN=alice', tokenFile: join(secrets, 'alice.token') },
+      { name: 'alice', identity: '/O=Grid/OU=test/CN=alice', tokenFile: join(secrets, 'alice.token'), stageOutTargets: opts.aliceStageOutTargets ?? [] },
       { name: 'bob', identity: '/O=Grid/OU=test/CN=bob', tokenFile: join(secrets, 'bob.token') },
     ],
     network: { name: 'public', subnet: '10.213.0.0/24', gateway: '10.213.0.1', first: opts.first, last: opts.last },
@@ -288,7 +290,7 @@ export async function requireXen(): Promise<void> {
   if (r.code !== 0) throw new Error(`the testbed's Xen node xen1 is not up (testbed/xen/xen1.sh status):\n${r.stdout}${r.stderr}`);
 }
 
-/** What the Xen node still holds: domains, loop devices, DHCP entries and leases, workspace dirs. */
+/** What the Xen node still holds: domains, loop devices, DHCP entries and leases, workspace dirs, partial copies. */
 export async function xenLeftovers(x: Executor): Promise<string[]> {
   const left: string[] = [];
   const domains = (await x.run(['xl', 'list'])).stdout.split('\n').slice(1);
@@ -301,6 +303,7 @@ export async function xenLeftovers(x: Executor): Promise<string[]> {
   for (const e of await ls('/var/lib/vws/node/dhcp/hosts.d')) left.push(`DHCP host entry ${e}`);
   for (const l of ((await x.readFile('/var/lib/vws/node/dhcp/leases')) ?? '').split('\n').filter(Boolean)) left.push(`DHCP lease ${l}`);
   for (const w of await ls('/var/lib/vws/node/workspaces')) left.push(`workspace directory ${w}`);
+  for (const c of await ls('/var/lib/vws/node/cache')) if (/\.(part|lock)$/.test(c)) left.push(`cache ${c}`);
   return left;
 }
 
@@ -361,7 +364,7 @@ export async function eventually<T>(seconds: number, fn: () => Promise<T | undef
   }
 }
 
-/** What a node still holds: VMs (qemu processes in its namespace), taps, DHCP entries and leases, workspace dirs. */
+/** What a node still holds: VMs (qemu processes in its namespace), taps, DHCP entries and leases, workspace dirs, partial copies. */
 export async function nodeLeftovers(host: string, nodeDir: string): Promise<string[]> {
   const left: string[] = [];
   const pids = (await exec.run(['ip', 'netns', 'pids', host])).stdout.split('\n').filter(Boolean);
@@ -378,5 +381,8 @@ export async function nodeLeftovers(host: string, nodeDir: string): Promise<stri
   for (const l of leases) left.push(`DHCP lease ${l}`);
   const wsDirs = (await exec.run(['ls', '-1', join(nodeDir, 'workspaces')], { okCodes: [0, 2] })).stdout.split('\n').filter(Boolean);
   for (const w of wsDirs) left.push(`workspace directory ${w}`);
+  // A partial copy or a copy lock in the image cache outlives nothing that ended cleanly.
+  const cached = (await exec.run(['ls', '-1', join(nodeDir, 'cache')], { okCodes: [0, 2] })).stdout.split('\n').filter(Boolean);
+  for (const c of cached) if (/\.(part|lock)$/.test(c)) left.push(`cache ${c}`);
   return left;
 }
