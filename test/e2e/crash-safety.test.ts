@@ -79,7 +79,7 @@ describe('crash safety', () => {
     expect(described.typedSearchAttributes.get(VwsState)).toBe('Running');
     await stack.startHead();
     const ws = await settled(stack, id, 'StagedOut', 120);
-    expect(ws.saved).toEqual({ disk: `early-${id}` });
+    expect(ws.saved).toMatchObject({ disk: `early-${id}`, sha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
     expect(ws.notices).toContain('early shutdown-save signal acted on');
     await destroyAndCheck(stack, id);
     await stack.recordHistory(id, 'early-shutdown-save-signal');
