@@ -618,7 +618,13 @@ cmd_up() {
   fi
   # A skipped xen1 is retried on every up (the mirror may be back).
   if [[ "$prev" == "$n" && ! -e "$XEN1_SKIPPED" ]] && check_all >/dev/null 2>&1; then
-    step "testbed already up ($n hosts); nothing to do"
+    # The guest may have been rebuilt since (its script changed): hosts get the current kernel.
+    ensure_guest >/dev/null
+    mapfile -t hosts < <(configured_hosts)
+    for h in "${hosts[@]}"; do ensure_kernels "$h"; done
+    # xen1 syncs its kernel too, and restarts if its dom0 build changed.
+    VWS_TESTBED_DIR="$TB" "$XEN1" up >/dev/null || die "xen1 did not come up (testbed/xen/xen1.sh up)"
+    step "testbed already up ($n hosts); guest kernels current"
     return 0
   fi
   mkdir -p "$TB"

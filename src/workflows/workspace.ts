@@ -158,6 +158,8 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
   let grant: Grant | undefined;
   let rootDisk: string | undefined;
   let disks: ExtraDisk[] = [];
+  /** The repository copy on its way to a URL target, removed once copied out (or at cleanup). */
+  let intermediate: string | undefined;
   /** Staged-out copies of a serialized VM, from which `start` resumes it. */
   let savedFiles: { disk: ResolvedImage; state: ResolvedImage } | undefined;
   let destroyRequested = false;
@@ -332,12 +334,14 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     d.task = 'staging-out';
     const external = isUrl(target);
     // A URL target: the node stages out to the repository first, then the head copies it out.
+    if (external) intermediate = `out-${input.id}`;
     const staged = await n.long.stageOut({ name: external ? `out-${input.id}` : target, files });
     d.saved = { disk: staged.disk.name, sha256: staged.disk.sha256, sizeBytes: staged.disk.sizeBytes, ...(staged.state ? { state: staged.state.name } : {}) };
     if (external) {
       const out = await headImages.stageOutToUrl({ image: staged.disk, target, owner: input.owner });
       d.saved = { disk: out.url, sha256: out.sha256, sizeBytes: out.sizeBytes };
       await headImagesCleanup.removeRepositoryImage({ name: staged.disk.name });
+      intermediate = undefined;
     }
     if (staged.state) savedFiles = { disk: staged.disk, state: staged.state };
     await n.quick.removeDhcpEntry(dhcpEntry(input.id, grant!));
@@ -477,6 +481,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       }
       // An abandoned stage-in leaves a partial copy in the repository's staging area.
       if (toStage.length) await headImagesCleanup.removeStaging({ workspaceId: input.id });
+      if (intermediate) await headImagesCleanup.removeRepositoryImage({ name: intermediate });
       // Always release: a reserve whose answer was lost may still have granted.
       await head.release(holder);
       grant = undefined;

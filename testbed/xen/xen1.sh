@@ -161,6 +161,13 @@ wait_ready() {
   return 1
 }
 
+# The dom0 build directory the running QEMU booted (from its -kernel argument).
+running_base() {
+  local p
+  p="$(qemu_pid)" || return 0
+  tr '\0' '\n' < "/proc/$p/cmdline" | awk 'prev == "-kernel" { sub(/\/xen$/, ""); print; exit } { prev = $0 }'
+}
+
 is_up() {
   qemu_pid >/dev/null && ip -br link show dev "$TAP" 2>/dev/null | grep -q UP \
     && ssh_node xl list 0 >/dev/null 2>&1
@@ -171,7 +178,18 @@ cmd_up() {
   [[ "$(id -u)" == 0 ]] || die "must run as root"
   mkdir -p "$HD"
   pin_keys
-  if is_up; then step "already up"; return 0; fi
+  if is_up; then
+    # Up, but maybe from an older dom0 build (its tools changed) or with an older guest kernel.
+    base="$("$SCRIPT_DIR/build.sh")" || die "testbed/xen/build.sh failed"
+    if [[ "$(running_base)" == "$base" ]]; then
+      "$REPO_ROOT/testbed/guest/build.sh" >/dev/null
+      sync_kernels
+      step "already up"
+      return 0
+    fi
+    step "dom0 build changed ($(running_base) -> $base); restarting"
+    cmd_down
+  fi
   # Something half-up (QEMU without SSH, a stale tap): start from scratch.
   if qemu_pid >/dev/null; then step "QEMU runs but dom0 does not answer; restarting"; cmd_down; fi
   local rc=0

@@ -182,11 +182,16 @@ export function createImageActivities(deps: ImageDeps) {
     const { base } = cachePaths(deps.paths, image.sha256);
     const lock = await cache.lock(image.sha256, owner());
     try {
-      await cache.touch(image.sha256);
-      if (await cache.has(image.sha256, image.sizeBytes)) return { path: base, bytesCopied: 0, resumedFromBytes: 0 };
+      if (await cache.has(image.sha256, image.sizeBytes)) {
+        await cache.touch(image.sha256);
+        return { path: base, bytesCopied: 0, resumedFromBytes: 0 };
+      }
       await cache.evictFor(image.sizeBytes);
       const tagged = (p: Progress) => report({ ...p, image: image.name } as Progress);
-      return { path: base, ...(await downloadVerified(deps, image, base, tagged)) };
+      const copied = await downloadVerified(deps, image, base, tagged);
+      // Only a verified base gets a place in the LRU order.
+      await cache.touch(image.sha256);
+      return { path: base, ...copied };
     } finally {
       await lock.release();
     }
