@@ -1,7 +1,7 @@
 /**
  * Image URLs (stage-in sources, stage-out targets), the pure part: parsing, checking, prefix rules and
  * redaction. No I/O and no node-only imports, so request validation (`requests.ts`, zod refinements)
- * can use it; the transfers themselves live in `activities/images/urls.ts`.
+ * can use it; the transfers themselves live in `activities/images/urls/`.
  *
  * Accepted forms:
  *  - `file:///abs/path/file` (host empty or `localhost`)
