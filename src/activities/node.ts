@@ -10,7 +10,7 @@ import type { Executor } from '../exec/executor';
 import { createDriver } from './drivers';
 import { withHeartbeat } from './heartbeat';
 import type { ExtraDisk, HypervisorDriver, ShutdownResult, VmSpec } from './hypervisor';
-import { createImageActivities } from './images/propagate';
+import { createImageActivities, localRepositoryReader } from './images/propagate';
 import { createUnpropagateActivities } from './images/unpropagate';
 import { createDhcpActivities } from './network/dhcp';
 import { nodePaths, workspaceDir } from './node-paths';
@@ -22,6 +22,8 @@ export interface NodeActivityDeps {
   node: string;
   exec: Executor;
   repositoryToken: () => string;
+  /** Set when these activities run on the head (SSH mode): images are read from this directory, not over HTTP. */
+  localRepositoryDir?: string;
   /** Defaults to the driver the node's configuration names. */
   driver?: HypervisorDriver;
   /** Heartbeat function (the Temporal heartbeat inside an activity). */
@@ -79,6 +81,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
       repositoryToken: deps.repositoryToken,
       diskFormat: driver.diskFormat,
       cacheMaxBytes: deps.config.node.cacheMaxMiB * 1024 * 1024,
+      ...(deps.localRepositoryDir ? { openLocal: localRepositoryReader(deps.config.repository.url, deps.localRepositoryDir) } : {}),
     }),
     ...createUnpropagateActivities({
       exec: deps.exec,

@@ -33,7 +33,7 @@ export async function createSshNodeWorkers(o: { config: VwsConfig; connection: N
   for (const node of o.config.nodes.filter((n) => n.agent === 'ssh')) {
     const exec = sshExecutorFor(o.config, node);
     executors.push(exec);
-    workers.push(await createNodeWorker({ config: o.config, node: node.name, connection: o.connection, exec }));
+    workers.push(await createNodeWorker({ config: o.config, node: node.name, connection: o.connection, exec, localRepository: true }));
   }
   return { workers, close: () => executors.forEach((e) => e.close()) };
 }

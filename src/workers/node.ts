@@ -17,7 +17,14 @@ import { installRuntime } from './runtime';
  * Creates (does not run) the worker of node `node`. By default its activities run commands locally (a
  * node worker on its node); SSH mode passes an SSH executor and runs this on the head.
  */
-export function createNodeWorker(o: { config: VwsConfig; node: string; connection: NativeConnection; exec?: Executor }): Promise<Worker> {
+export function createNodeWorker(o: {
+  config: VwsConfig;
+  node: string;
+  connection: NativeConnection;
+  exec?: Executor;
+  /** SSH mode: the head reads images from its own repository directory instead of over HTTP from itself. */
+  localRepository?: boolean;
+}): Promise<Worker> {
   return Worker.create({
     connection: o.connection,
     namespace: o.config.temporal.namespace,
@@ -27,6 +34,7 @@ export function createNodeWorker(o: { config: VwsConfig; node: string; connectio
       node: o.node,
       exec: o.exec ?? new LocalExecutor(),
       repositoryToken: () => readToken(o.config.repository.nodeTokenFile),
+      ...(o.localRepository ? { localRepositoryDir: o.config.repository.dir } : {}),
     }),
     // A node boots a handful of VMs at once; more would only queue inside QEMU start-up.
     maxConcurrentActivityTaskExecutions: 8,

@@ -17,7 +17,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { stageLocalFile, sha256File } from '../../src/repository';
-import { eventually, exec, GUEST_DISK, startStack, TESTBED_DIR, type Stack } from '../helpers/stack';
+import { eventually, exec, GUEST_DISK, startStack, TESTBED_DIR, testNodes, type Stack } from '../helpers/stack';
 import { deploy, destroyAndCheck, operate, settled, show } from '../helpers/workspace';
 
 const VMM3 = '10.213.0.13';
@@ -190,10 +190,15 @@ describe('images on vmm1 (node worker)', () => {
   });
 });
 
-describe.each(['vmm1', 'vmm2'] as const)('node cache on %s', (node) => {
+const CACHE_RANGES = { vmm1: ['10.213.0.186', '10.213.0.188'], vmm2: ['10.213.0.189', '10.213.0.191'], xen1: ['10.213.0.250', '10.213.0.252'] } as const;
+
+describe.each(testNodes(['vmm1', 'vmm2', 'xen1']))('node cache on %s', (node) => {
   let stack: Stack;
+  /** The node's cache directory, through the executor that reaches it (local for namespaces, SSH for xen1). */
+  let cache: string;
   beforeAll(async () => {
-    stack = await startStack({ label: `cache-${node}`, first: node === 'vmm1' ? '10.213.0.186' : '10.213.0.189', last: node === 'vmm1' ? '10.213.0.188' : '10.213.0.191', node });
+    stack = await startStack({ label: `cache-${node}`, first: CACHE_RANGES[node][0], last: CACHE_RANGES[node][1], node });
+    cache = node === 'xen1' ? '/var/lib/vws/node/cache' : join(stack.nodeDir, 'cache');
   });
   afterAll(() => stack?.stop());
 
@@ -212,9 +217,9 @@ describe.each(['vmm1', 'vmm2'] as const)('node cache on %s', (node) => {
     expect(await stack.leftovers()).toEqual([]);
     expect(await stack.grants()).toEqual([]);
     // The shared base stays in the cache for the next workspace; only per-workspace files went.
-    expect(await exec.exists(join(stack.nodeDir, 'cache', `${image.sha256}.raw`))).toBe(true);
-    await exec.remove(join(stack.nodeDir, 'cache', `${image.sha256}.raw`));
-    await exec.remove(join(stack.nodeDir, 'cache', `${image.sha256}.used`));
+    expect(await stack.nodeExec.exists(join(cache, `${image.sha256}.raw`))).toBe(true);
+    await stack.nodeExec.remove(join(cache, `${image.sha256}.raw`));
+    await stack.nodeExec.remove(join(cache, `${image.sha256}.used`));
   });
 });
 
@@ -236,6 +241,12 @@ describe('resume after the node worker dies mid-copy', () => {
     const part = join(stack.nodeDir, 'cache', `${image.sha256}.raw.part`);
     try {
       const id = await deploy(stack, { image: name, targetState: 'Propagated' });
+      // The copy's progress (its heartbeat) is visible through the API while it runs.
+      const progress = await eventually(60, async () => {
+        const p = (await show(stack, id)).progress as { bytes: number; total: number } | undefined;
+        return p && p.bytes > 0 ? p : null;
+      }, 'copy progress in GET /workspaces/:id', 100);
+      expect(progress.total).toBe(size);
       const before = await eventually(120, async () => {
         const n = statSync(part, { throwIfNoEntry: false })?.size ?? 0;
         return n > size / 5 ? n : null;

@@ -97,14 +97,17 @@ export function createNodeCache(deps: CacheDeps) {
         await sleep(LOCK_POLL_MS);
       }
       let released = false;
+      let refreshing: Promise<void> = Promise.resolve();
       const timer = setInterval(() => {
-        if (!released) exec.writeFileAtomic(lock, body()).catch(() => undefined);
+        if (!released) refreshing = exec.writeFileAtomic(lock, body()).catch(() => undefined);
       }, LOCK_REFRESH_MS);
       return {
         async release() {
           if (released) return;
           released = true;
           clearInterval(timer);
+          // A refresh still in flight would recreate the lock after we removed it.
+          await refreshing;
           const held = await readLock(lock);
           if (held?.owner === owner) await exec.remove(lock);
         },

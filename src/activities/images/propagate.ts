@@ -13,6 +13,8 @@
  * what is there and asks the repository for the rest (HTTP Range), so it resumes rather than restarts.
  */
 import { createHash, type Hash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -39,6 +41,11 @@ export interface ImageDeps {
   cacheMaxBytes: number;
   /** Reports progress; the Temporal heartbeat inside an activity. */
   progress?: (p: Progress & { image?: string }) => void;
+  /**
+   * Opens an image from byte `start` without HTTP when it is in this process's own repository (SSH mode
+   * runs on the head); `null` for anything else.
+   */
+  openLocal?: (image: ResolvedImage, start: number) => Promise<Readable | null>;
   /** Who copies (lock owner); defaults to the activity's workflow and activity id, stable across retries. */
   owner?: () => string;
 }
@@ -83,7 +90,7 @@ async function hashPrefix(exec: Executor, path: string, hash: Hash): Promise<voi
  * rest fetched with a Range request); a digest mismatch removes it (typed, non-retryable).
  */
 export async function downloadVerified(
-  deps: Pick<ImageDeps, 'exec' | 'repositoryToken'>,
+  deps: Pick<ImageDeps, 'exec' | 'repositoryToken' | 'openLocal'>,
   source: ResolvedImage,
   dest: string,
   report: (p: Progress) => void,
@@ -93,6 +100,14 @@ export async function downloadVerified(
   let offset = (await deps.exec.fileSize(part)) ?? 0;
   if (offset > source.sizeBytes) offset = 0;
   if (offset > 0) await hashPrefix(deps.exec, part, hash);
+  const local = offset < source.sizeBytes ? await deps.openLocal?.(source, offset) : null;
+  if (local) {
+    const count = progressCounter(source.sizeBytes, report, (chunk) => hash.update(chunk), offset);
+    await pipeline(local, count, await deps.exec.writeStream(part, { append: offset > 0 }));
+    await finish(deps.exec, source, part, dest, hash.digest('hex'));
+    report({ bytes: source.sizeBytes, total: source.sizeBytes });
+    return { bytesCopied: count.bytes(), resumedFromBytes: offset };
+  }
   const headers: Record<string, string> = { authorization: `Bearer ${deps.repositoryToken()}` };
   if (offset > 0) headers.range = `bytes=${offset}-`;
   let res: Response | undefined;
@@ -132,6 +147,22 @@ async function downloadFresh(
   await pipeline(body, count, await deps.exec.writeStream(part));
   await finish(deps.exec, source, part, dest, hash.digest('hex'));
   return { bytesCopied: count.bytes(), resumedFromBytes: 0 };
+}
+
+/**
+ * Reads images of the repository at `url` straight from its directory `dir` (the head, in SSH mode):
+ * the same bytes the HTTP endpoint would serve, without a loopback HTTP hop through this process.
+ */
+export function localRepositoryReader(url: string, dir: string): (image: ResolvedImage, start: number) => Promise<Readable | null> {
+  const prefix = `${url}/`;
+  return async (image, start) => {
+    if (!image.url.startsWith(prefix)) return null;
+    const name = decodeURIComponent(image.url.slice(prefix.length));
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(name)) return null;
+    const path = join(dir, name);
+    if ((await stat(path).catch(() => null))?.size !== image.sizeBytes) return null;
+    return createReadStream(path, { start });
+  };
 }
 
 /** Verifies a finished `.part` and renames it into place; a mismatch removes it. */
