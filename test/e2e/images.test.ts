@@ -12,39 +12,19 @@
  * - killing the node worker in the middle of a large copy: the copy resumes where it stopped.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { stageLocalFile, sha256File } from '../../src/repository';
 import { eventually, exec, GUEST_DISK, startStack, TESTBED_DIR, testNodes, type Stack } from '../helpers/stack';
+import { fileServer, type FileServer } from '../helpers/file-server';
 import { deploy, destroyAndCheck, operate, settled, show } from '../helpers/workspace';
 
 const VMM3 = '10.213.0.13';
 /** vmm3's node directory as the head sees it (its /var/lib/vws/node is a bind mount of this). */
 const VMM3_DIR = join(TESTBED_DIR, 'hosts', 'vmm3', 'node');
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-
-/** A plain HTTP server for image sources, with Range support (as real image servers have). */
-async function fileServer(root: string): Promise<{ url: string; close: () => Promise<void> }> {
-  const server: Server = createServer((req, res) => {
-    const path = join(root, decodeURIComponent(new URL(req.url!, 'http://x').pathname.slice(1)));
-    let size: number;
-    try {
-      size = statSync(path).size;
-    } catch {
-      res.writeHead(404).end();
-      return;
-    }
-    const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
-    const start = m ? Number(m[1]) : 0;
-    res.writeHead(m ? 206 : 200, { 'content-length': String(size - start), ...(m ? { 'content-range': `bytes ${start}-${size - 1}/${size}` } : {}) });
-    if (req.method === 'HEAD') return res.end();
-    createReadStream(path, { start }).pipe(res);
-  });
-  await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => new Promise((ok) => server.close(() => ok())) };
-}
 
 /** A TCP port that was free a moment ago. */
 async function freePort(): Promise<number> {
@@ -67,7 +47,7 @@ function repositoryLeftovers(stack: Stack): string[] {
 
 describe('images on vmm1 (node worker)', () => {
   let stack: Stack;
-  let src: { url: string; close: () => Promise<void> };
+  let src: FileServer;
   let srcDir: string;
   /** A port where nothing listens (an unreachable source). */
   let closedPort: number;

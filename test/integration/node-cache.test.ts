@@ -5,22 +5,19 @@
  * the base. The executor is the real LocalExecutor on a temporary node directory.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createNodeCache, cachePaths } from '../../src/activities/images/cache';
 import { createImageActivities } from '../../src/activities/images/propagate';
 import { nodePaths } from '../../src/activities/node-paths';
 import type { ResolvedImage } from '../../src/domain/workspace';
 import { LocalExecutor } from '../../src/exec/local';
+import { fileServer, type FileServer } from '../helpers/file-server';
 
 const exec = new LocalExecutor();
 let dir: string;
-let server: Server;
+let server: FileServer;
 let base: string;
-/** Requests the server saw: path and Range header. */
-const seen: Array<{ path: string; range?: string }> = [];
 
 function image(name: string, bytes: Buffer): ResolvedImage {
   writeFileSync(join(dir, 'repo', name), bytes);
@@ -30,27 +27,12 @@ function image(name: string, bytes: Buffer): ResolvedImage {
 beforeAll(async () => {
   dir = mkdtempSync('/tmp/vws-cache-');
   await exec.mkdir(join(dir, 'repo'));
-  server = createServer((req, res) => {
-    const path = join(dir, 'repo', decodeURIComponent(new URL(req.url!, 'http://x').pathname.slice(1)));
-    seen.push({ path: req.url!, range: req.headers.range });
-    let size: number;
-    try {
-      size = statSync(path).size;
-    } catch {
-      res.writeHead(404).end();
-      return;
-    }
-    const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
-    const start = m ? Number(m[1]) : 0;
-    res.writeHead(m ? 206 : 200, { 'content-length': String(size - start), ...(m ? { 'content-range': `bytes ${start}-${size - 1}/${size}` } : {}) });
-    createReadStream(path, { start }).pipe(res);
-  });
-  await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
-  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  server = await fileServer(join(dir, 'repo'));
+  base = server.url;
 });
 
 afterAll(async () => {
-  await new Promise((ok) => server.close(ok));
+  await server.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -93,10 +75,10 @@ test('an interrupted copy resumes from its .part with a Range request instead of
   const { part } = cachePaths(paths, img.sha256);
   await exec.mkdir(paths.cache);
   writeFileSync(part, bytes.subarray(0, 1_500_000)); // what a killed worker left
-  seen.length = 0;
+  server.seen.length = 0;
   const r = await acts.propagateImage({ workspaceId: 'ws-000000000010', image: img });
   expect(r).toMatchObject({ resumedFromBytes: 1_500_000, bytesCopied: bytes.length - 1_500_000 });
-  expect(seen).toEqual([{ path: '/resume.raw', range: 'bytes=1500000-' }]);
+  expect(server.seen).toEqual([{ path: '/resume.raw', range: 'bytes=1500000-' }]);
   expect(createHash('sha256').update(readFileSync(cachePaths(paths, img.sha256).base)).digest('hex')).toBe(img.sha256);
 });
 
