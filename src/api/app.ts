@@ -36,7 +36,7 @@ import { refusalReason, type WorkspaceOperation } from '../domain/states';
 import type { z } from 'zod';
 import type { WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
 import { acceptUpload, resolveImage, UploadRefused } from '../repository';
-import { imageLabel } from '../domain/workspace';
+import { redactUrl } from '../domain/image-url';
 import { buildWorkspaceSpec, invalid, targetProblem } from './workspace-spec';
 import { log } from '../log';
 import { requireToken, type Principal, type TokenEntry } from './auth';
@@ -209,7 +209,7 @@ export function createApp(deps: ApiDeps): express.Express {
           { key: VwsState, value: state },
         ],
       });
-      log.info({ workspace: id, owner: principal.name, image: spec.image?.name ?? imageLabel(spec.imageSource!) }, 'workspace created');
+      log.info({ workspace: id, owner: principal.name, image: spec.image?.name ?? redactUrl(spec.imageSource!.url) }, 'workspace created');
       res.status(202).location(`/workspaces/${id}`).json({ id, state, links: { self: `/workspaces/${id}` } });
     }),
   );

@@ -4,31 +4,25 @@
  */
 import { z } from 'zod';
 import { checkImageUrl } from './image-url';
+import { isUrl } from './workspace';
 
 /** Image names in the site repository: a plain file-name-like token, never a path. */
 export const imageNameSchema = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be an image name from the site repository (letters, digits, . _ -)');
 
-const IMAGE_URL = /^[a-z][a-z0-9+.-]*:\/\//;
-
 /**
  * An image reference: a repository image name, or a URL of an image outside the repository
  * (file://, http(s)://, sftp://user@host/path) that stage-in copies in first.
  */
 export const imageRefSchema = z.string().superRefine((s, ctx) => {
-  if (IMAGE_URL.test(s)) {
+  if (isUrl(s)) {
     const reason = checkImageUrl(s);
     if (reason) ctx.addIssue({ code: 'custom', message: reason });
   } else if (!imageNameSchema.safeParse(s).success) {
     ctx.addIssue({ code: 'custom', message: 'must be a repository image name (letters, digits, . _ -) or a file://, http(s):// or sftp:// URL' });
   }
 });
-
-/** True when an image reference is a URL (staged in) rather than a repository name. */
-export function isImageUrl(ref: string): boolean {
-  return IMAGE_URL.test(ref);
-}
 
 const sha256Schema = z.string().regex(/^[0-9a-f]{64}$/, 'must be a sha256 digest: 64 lowercase hex digits');
 
@@ -48,7 +42,7 @@ export const partitionSchema = z
     if ((p.image === undefined) === (p.blankMiB === undefined)) {
       ctx.addIssue({ code: 'custom', message: 'give exactly one of image (a name or URL) and blankMiB (a blank partition)' });
     }
-    if (p.sha256 && (!p.image || !isImageUrl(p.image))) ctx.addIssue({ code: 'custom', path: ['sha256'], message: 'sha256 goes with an image URL' });
+    if (p.sha256 && (!p.image || !isUrl(p.image))) ctx.addIssue({ code: 'custom', path: ['sha256'], message: 'sha256 goes with an image URL' });
     if (p.filesystem && p.blankMiB === undefined) ctx.addIssue({ code: 'custom', path: ['filesystem'], message: 'filesystem goes with blankMiB' });
   });
 
@@ -84,7 +78,7 @@ export const createWorkspaceSchema = z
   })
   .strict()
   .superRefine((r, ctx) => {
-    if (r.imageSha256 && !isImageUrl(r.image)) ctx.addIssue({ code: 'custom', path: ['imageSha256'], message: 'imageSha256 goes with an image URL' });
+    if (r.imageSha256 && !isUrl(r.image)) ctx.addIssue({ code: 'custom', path: ['imageSha256'], message: 'imageSha256 goes with an image URL' });
     if (r.shutdownMechanism === 'Serialize' && r.partitions.length > 0) {
       ctx.addIssue({
         code: 'custom',

@@ -142,11 +142,6 @@ export function isUrl(ref: string): boolean {
   return /^[a-z][a-z0-9+.-]*:\/\//.test(ref);
 }
 
-/** A URL for display: any `user:password@` credentials removed. */
-export function imageLabel(source: ImageSource): string {
-  return source.url.replace(/\/\/[^/@]*:[^/@]*@/, '//');
-}
-
 /**
  * The unpropagation target of a group member (seed 002: members get their id appended to the target
  * name): `target-<index>`, before the extension of a URL's file name. A single workspace keeps it as is.

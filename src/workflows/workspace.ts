@@ -51,7 +51,8 @@ import {
 } from '../domain/messages';
 import { OPERATION_TARGET, refusalReason, VM_STATES, type WorkspaceOperation, type WorkspaceState, type WorkspaceTask } from '../domain/states';
 import type { ImageSource, ResolvedImage, WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
-import { imageLabel, isUrl, networkOf, targetForMember } from '../domain/workspace';
+import { redactUrl } from '../domain/image-url';
+import { isUrl, networkOf, targetForMember } from '../domain/workspace';
 
 /** The head's image activities (stage-in, stage-out to URLs), for `proxyActivities`. */
 type HeadImageActivities = ReturnType<typeof createHeadImageActivities>;
@@ -146,7 +147,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     // A repository image was resolved when the request was accepted; a URL image is staged in first.
     state: toStage.length ? 'Unstaged' : 'Unpropagated',
     task: toStage.length ? 'staging-in' : 'allocating',
-    image: spec.image ? spec.image.name : imageLabel(spec.imageSource!),
+    image: spec.image ? spec.image.name : redactUrl(spec.imageSource!.url),
     memoryMiB: spec.memoryMiB,
     vcpus: spec.vcpus,
     createdAt: input.createdAt,

@@ -15,14 +15,14 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { Context, heartbeat } from '@temporalio/activity';
+import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { VwsConfig } from '../../config/schema';
 import { FailureType } from '../../domain/errors';
 import { imageNameSchema } from '../../domain/requests';
 import type { ImageSource, ResolvedImage } from '../../domain/workspace';
 import { resolveImage } from '../../repository';
-import { progressCounter, type Progress } from '../images/progress';
+import { heartbeatProgress, inActivity, progressCounter, type Progress } from '../images/progress';
 import {
   isAllowed,
   openSource,
@@ -94,15 +94,6 @@ const running = new Map<string, { abort: AbortController; done: Promise<unknown>
 
 function invalid(message: string): ApplicationFailure {
   return ApplicationFailure.nonRetryable(message, FailureType.InvalidSpec);
-}
-
-/** True inside an activity (heartbeat needs one). */
-function inActivity(): boolean {
-  try {
-    return Context.current() !== undefined;
-  } catch {
-    return false;
-  }
 }
 
 /** The activity's cancellation signal, if running as an activity. */
@@ -210,7 +201,7 @@ export async function probeSource(config: VwsConfig, url: string): Promise<{ siz
 /** Creates the head's image activities. */
 export function createHeadImageActivities(deps: HeadImageDeps) {
   const { config } = deps;
-  const report = deps.progress ?? ((p: Progress) => (inActivity() ? heartbeat(p) : undefined));
+  const report = deps.progress ?? heartbeatProgress;
   const urlDeps: UrlDeps = { config, stallTimeoutMs: deps.stallTimeoutMs };
 
   /**

@@ -46,7 +46,6 @@ export interface CacheLock {
 interface Entry {
   sha256: string;
   sizeBytes: number;
-  lastUsed: number;
 }
 
 /** Paths of one cached base. */
@@ -140,7 +139,7 @@ export function createNodeCache(deps: CacheDeps) {
       return used;
     },
 
-    /** The cached bases with their sizes and last use. */
+    /** The cached bases with their sizes. */
     async entries(): Promise<Entry[]> {
       const out: Entry[] = [];
       for (const name of await exec.list(paths.cache)) {
@@ -149,8 +148,7 @@ export function createNodeCache(deps: CacheDeps) {
         const p = cachePaths(paths, m[1]);
         const sizeBytes = await exec.fileSize(p.base);
         if (sizeBytes === null) continue;
-        const lastUsed = Number((await exec.readFile(p.used)) ?? 0) || 0;
-        out.push({ sha256: m[1], sizeBytes, lastUsed });
+        out.push({ sha256: m[1], sizeBytes });
       }
       return out;
     },
@@ -164,9 +162,12 @@ export function createNodeCache(deps: CacheDeps) {
       const entries = await cache.entries();
       let total = entries.reduce((n, e) => n + e.sizeBytes, 0) + incomingBytes;
       if (total <= deps.maxBytes) return [];
+      // Only over the limit is the LRU order worth its reads (one file per base, over SSH a round trip each).
+      const lastUsed = new Map<string, number>();
+      for (const e of entries) lastUsed.set(e.sha256, Number((await exec.readFile(cachePaths(paths, e.sha256).used)) ?? 0) || 0);
       const keep = await cache.inUse();
       const evicted: string[] = [];
-      for (const e of entries.sort((a, b) => a.lastUsed - b.lastUsed)) {
+      for (const e of entries.sort((a, b) => lastUsed.get(a.sha256)! - lastUsed.get(b.sha256)!)) {
         if (total <= deps.maxBytes) break;
         if (keep.has(e.sha256)) continue;
         const p = cachePaths(paths, e.sha256);

@@ -1,5 +1,20 @@
 /** Progress of a long copy, reported as heartbeat details. */
 import { Transform } from 'node:stream';
+import { Context, heartbeat } from '@temporalio/activity';
+
+/** True inside an activity (heartbeat needs one; tests call the activities directly). */
+export function inActivity(): boolean {
+  try {
+    return Context.current() !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+/** The default progress reporter of copies: the activity's heartbeat, nothing outside an activity. */
+export function heartbeatProgress(p: Progress): void {
+  if (inActivity()) heartbeat(p);
+}
 
 /** Bytes done of a total, as heartbeats report it. */
 export interface Progress {

@@ -18,16 +18,17 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { activityInfo, Context, heartbeat } from '@temporalio/activity';
+import { activityInfo } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureType } from '../../domain/errors';
+import { imageNameSchema } from '../../domain/requests';
 import type { PartitionSpec, ResolvedImage } from '../../domain/workspace';
 import type { Executor } from '../../exec/executor';
 import type { ExtraDisk } from '../hypervisor';
 import { workspaceDir, type NodePaths } from '../node-paths';
 import { createBlankPartition } from './blank';
 import { cachePaths, createNodeCache } from './cache';
-import { progressCounter, type Progress } from './progress';
+import { heartbeatProgress, progressCounter, type Progress } from './progress';
 
 /** Dependencies of the image activities. */
 export interface ImageDeps {
@@ -96,57 +97,43 @@ export async function downloadVerified(
   report: (p: Progress) => void,
 ): Promise<DownloadResult> {
   const part = `${dest}.part`;
-  const hash = createHash('sha256');
+  let hash = createHash('sha256');
   let offset = (await deps.exec.fileSize(part)) ?? 0;
   if (offset > source.sizeBytes) offset = 0;
   if (offset > 0) await hashPrefix(deps.exec, part, hash);
-  const local = offset < source.sizeBytes ? await deps.openLocal?.(source, offset) : null;
-  if (local) {
-    const count = progressCounter(source.sizeBytes, report, (chunk) => hash.update(chunk), offset);
-    await pipeline(local, count, await deps.exec.writeStream(part, { append: offset > 0 }));
-    await finish(deps.exec, source, part, dest, hash.digest('hex'));
-    report({ bytes: source.sizeBytes, total: source.sizeBytes });
-    return { bytesCopied: count.bytes(), resumedFromBytes: offset };
-  }
-  const headers: Record<string, string> = { authorization: `Bearer ${deps.repositoryToken()}` };
-  if (offset > 0) headers.range = `bytes=${offset}-`;
-  let res: Response | undefined;
-  if (offset < source.sizeBytes) {
-    res = await fetch(source.url, { headers });
-    if (res.status === 404) {
-      throw ApplicationFailure.nonRetryable(`image ${source.name} is not in the repository`, FailureType.ImageNotFound);
-    }
-    if (offset > 0 && res.status === 200) {
-      // The server ignored the range: start over rather than append the whole file to the prefix.
-      return downloadFresh(deps, source, dest, report, res);
-    }
-    if (!res.ok || !res.body) throw new Error(`repository answered HTTP ${res.status} for image ${source.name}`);
+  const body = offset < source.sizeBytes ? await openImage(deps, source, offset) : null;
+  if (body && body.start !== offset) {
+    // The server ignored the range: start over rather than append the whole file to the prefix.
+    offset = 0;
+    hash = createHash('sha256');
   }
   const count = progressCounter(source.sizeBytes, report, (chunk) => hash.update(chunk), offset);
-  if (res?.body) {
-    const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
-    await pipeline(body, count, await deps.exec.writeStream(part, { append: offset > 0 }));
-  }
+  if (body) await pipeline(body.stream, count, await deps.exec.writeStream(part, { append: offset > 0 }));
   await finish(deps.exec, source, part, dest, hash.digest('hex'));
   report({ bytes: source.sizeBytes, total: source.sizeBytes });
   return { bytesCopied: count.bytes(), resumedFromBytes: offset };
 }
 
-/** A whole download from byte 0 over an answer already received. */
-async function downloadFresh(
-  deps: Pick<ImageDeps, 'exec'>,
+/**
+ * The image's bytes from `offset`: read from this process's own repository when it has one (SSH mode),
+ * else over HTTP with a Range request. `start` says where the bytes begin (0 if the range was ignored).
+ */
+async function openImage(
+  deps: Pick<ImageDeps, 'repositoryToken' | 'openLocal'>,
   source: ResolvedImage,
-  dest: string,
-  report: (p: Progress) => void,
-  res: Response,
-): Promise<DownloadResult> {
-  const part = `${dest}.part`;
-  const hash = createHash('sha256');
-  const count = progressCounter(source.sizeBytes, report, (chunk) => hash.update(chunk));
-  const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
-  await pipeline(body, count, await deps.exec.writeStream(part));
-  await finish(deps.exec, source, part, dest, hash.digest('hex'));
-  return { bytesCopied: count.bytes(), resumedFromBytes: 0 };
+  offset: number,
+): Promise<{ stream: Readable; start: number }> {
+  const local = await deps.openLocal?.(source, offset);
+  if (local) return { stream: local, start: offset };
+  const headers: Record<string, string> = { authorization: `Bearer ${deps.repositoryToken()}` };
+  if (offset > 0) headers.range = `bytes=${offset}-`;
+  const res = await fetch(source.url, { headers });
+  if (res.status === 404) {
+    throw ApplicationFailure.nonRetryable(`image ${source.name} is not in the repository`, FailureType.ImageNotFound);
+  }
+  if (!res.ok || !res.body) throw new Error(`repository answered HTTP ${res.status} for image ${source.name}`);
+  const stream = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+  return { stream, start: res.status === 206 ? offset : 0 };
 }
 
 /**
@@ -158,7 +145,7 @@ export function localRepositoryReader(url: string, dir: string): (image: Resolve
   return async (image, start) => {
     if (!image.url.startsWith(prefix)) return null;
     const name = decodeURIComponent(image.url.slice(prefix.length));
-    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(name)) return null;
+    if (!imageNameSchema.safeParse(name).success) return null;
     const path = join(dir, name);
     if ((await stat(path).catch(() => null))?.size !== image.sizeBytes) return null;
     return createReadStream(path, { start });
@@ -188,18 +175,9 @@ function activityOwner(): string {
   }
 }
 
-/** True inside an activity (heartbeat needs one). */
-function inActivity(): boolean {
-  try {
-    return Context.current() !== undefined;
-  } catch {
-    return false;
-  }
-}
-
 /** Creates the propagation activities over injected dependencies. */
 export function createImageActivities(deps: ImageDeps) {
-  const report = deps.progress ?? ((p: Progress) => (inActivity() ? heartbeat(p) : undefined));
+  const report = deps.progress ?? heartbeatProgress;
   const owner = deps.owner ?? activityOwner;
   const cache = createNodeCache({
     exec: deps.exec,

@@ -9,14 +9,13 @@
  * file) belong to the image issue.
  */
 import { join } from 'node:path';
-import { heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureType } from '../../domain/errors';
 import type { ResolvedImage } from '../../domain/workspace';
 import type { Executor } from '../../exec/executor';
 import { withHeartbeat } from '../heartbeat';
 import { workspaceDir, type NodePaths } from '../node-paths';
-import { progressCounter, type Progress } from './progress';
+import { heartbeatProgress, progressCounter, type Progress } from './progress';
 
 /** A file ready for transport: where it is on the node and its digest. */
 export interface TransportFile {
@@ -53,7 +52,7 @@ async function digestOnNode(exec: Executor, path: string): Promise<TransportFile
 
 /** Creates the unpropagation activities. */
 export function createUnpropagateActivities(deps: UnpropagateDeps) {
-  const report = deps.progress ?? ((p: Progress) => heartbeat(p));
+  const report = deps.progress ?? heartbeatProgress;
 
   /** Flattens the disk and takes the digests (see packageForTransport). */
   async function packageFiles(input: { workspaceId: string; rootDisk: string; includeState: boolean }): Promise<TransportFiles> {
