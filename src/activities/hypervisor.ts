@@ -28,7 +28,16 @@ export interface VmSpec {
   disks?: ExtraDisk[];
   /** Kernel and initrd provided by the site on the node. */
   kernel: { vmlinuz: string; initrd: string };
-  nic: { mac: string; bridge: string };
+  /** The VM's NICs in order (eth0, eth1, …): MAC, the bridge to join, and the host-side interface name. */
+  nics: VmNic[];
+}
+
+/** One NIC of a VM. */
+export interface VmNic {
+  mac: string;
+  bridge: string;
+  /** Host-side interface (tap or vif) name, from `nicInterfaceName`: the anti-spoofing rules match it. */
+  iface: string;
 }
 
 /** A disk attached after the root disk. */

@@ -10,8 +10,8 @@ export interface NodePaths {
   workspaces: string;
   /** Site-provided kernels: `<kernels>/<name>/{vmlinuz,initrd.gz}`. */
   kernels: string;
-  /** dnsmasq's `dhcp-hostsdir`, pid file and lease file. */
-  dhcp: { hostsDir: string; pidFile: string; leaseFile: string };
+  /** DHCP servers vws runs on this node, one directory per network: `<dhcp>/<network>/`. */
+  dhcp: string;
 }
 
 /** The layout below `dir`. */
@@ -21,11 +21,7 @@ export function nodePaths(dir: string): NodePaths {
     cache: join(dir, 'cache'),
     workspaces: join(dir, 'workspaces'),
     kernels: join(dir, 'kernels'),
-    dhcp: {
-      hostsDir: join(dir, 'dhcp', 'hosts.d'),
-      pidFile: join(dir, 'dhcp', 'dnsmasq.pid'),
-      leaseFile: join(dir, 'dhcp', 'leases'),
-    },
+    dhcp: join(dir, 'dhcp'),
   };
 }
 

@@ -12,7 +12,11 @@ import { withHeartbeat } from './heartbeat';
 import type { ExtraDisk, HypervisorDriver, ShutdownResult, VmSpec } from './hypervisor';
 import { createImageActivities, localRepositoryReader } from './images/propagate';
 import { createUnpropagateActivities } from './images/unpropagate';
+import { ApplicationFailure } from '@temporalio/common';
+import { FailureType } from '../domain/errors';
+import { createAntiSpoof } from './network/antispoof';
 import { createDhcpActivities } from './network/dhcp';
+import { nicInterfaceName, type GuardedNic } from './network/types';
 import { nodePaths, workspaceDir } from './node-paths';
 
 /** Dependencies of a node's activities. */
@@ -36,10 +40,18 @@ export interface BootInput {
   hostname: string;
   memoryMiB: number;
   vcpus: number;
-  mac: string;
+  /** The VM's NICs in order: network, the MAC bound to the address, and the address. */
+  nics: BootNic[];
   rootDisk: string;
   /** Disks after the root, in order (partitions). */
   disks?: ExtraDisk[];
+}
+
+/** One NIC of a VM to boot. */
+export interface BootNic {
+  network: string;
+  mac: string;
+  ip: string;
 }
 
 /** How long the driver's own commands took inside an activity (benchmarks split vws's time from the driver's). */
@@ -62,6 +74,33 @@ export function createNodeActivities(deps: NodeActivityDeps) {
   const driver = deps.driver ?? createDriver(deps.config, nodeConfig, deps.exec, paths);
   const kernelDir = join(paths.kernels, deps.config.node.kernel);
   const beat = deps.beat ?? ((d?: unknown) => heartbeat(d));
+  const antiSpoof = createAntiSpoof(deps.exec);
+  const bridgeFor = (network: string): string => {
+    const bridge = nodeConfig.bridges[network];
+    if (!bridge) {
+      throw ApplicationFailure.create({ type: FailureType.InvalidSpec, message: `node ${deps.node} has no bridge for network ${network} (nodes[].bridges)`, nonRetryable: true });
+    }
+    return bridge;
+  };
+  /** The anti-spoofing view of the VM's NICs: MAC and IP, and on isolated networks who they may reach. */
+  const guarded = (input: BootInput): GuardedNic[] =>
+    input.nics.map((nic, i) => {
+      const net = deps.config.networks.find((n) => n.name === nic.network);
+      return {
+        iface: nicInterfaceName(input.workspaceId, i),
+        mac: nic.mac,
+        ip: nic.ip,
+        ...(net?.isolated ? { isolate: { subnet: net.subnet, allowed: [net.gateway, ...net.dns] } } : {}),
+      };
+    });
+  /** Rules first: the VM must not send one frame unguarded. */
+  const guard = async (input: BootInput) => {
+    if (nodeConfig.antiSpoofing) await antiSpoof.apply(guarded(input));
+  };
+  /** After the VM is gone: its rules go with it. */
+  const unguard = async (workspaceId: string) => {
+    if (nodeConfig.antiSpoofing) await antiSpoof.removeFor(workspaceId);
+  };
   const vmSpec = (input: BootInput): VmSpec => ({
     name: input.workspaceId,
     hostname: input.hostname,
@@ -70,7 +109,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     rootDisk: input.rootDisk,
     ...(input.disks?.length ? { disks: input.disks } : {}),
     kernel: { vmlinuz: join(kernelDir, 'vmlinuz'), initrd: join(kernelDir, 'initrd.gz') },
-    nic: { mac: input.mac, bridge: nodeConfig.bridge },
+    nics: input.nics.map((nic, i) => ({ mac: nic.mac, bridge: bridgeFor(nic.network), iface: nicInterfaceName(input.workspaceId, i) })),
   });
   const stateFile = (workspaceId: string) => join(workspaceDir(paths, workspaceId), 'vmstate');
 
@@ -90,16 +129,20 @@ export function createNodeActivities(deps: NodeActivityDeps) {
       repositoryUrl: deps.config.repository.url,
       repositoryToken: deps.repositoryToken,
     }),
-    ...createDhcpActivities({ exec: deps.exec, paths, interface: nodeConfig.bridge }),
+    ...createDhcpActivities({ exec: deps.exec, dir: paths.dhcp }),
 
     /** Boots the workspace's VM; succeeds at once if it already runs. */
     async bootVm(input: BootInput): Promise<DriverTiming> {
-      return withHeartbeat(beat, 'boot', () => timed(() => driver.create(vmSpec(input))));
+      const spec = vmSpec(input); // an unknown network fails here, before anything is made
+      await guard(input);
+      return withHeartbeat(beat, 'boot', () => timed(() => driver.create(spec)));
     },
 
     /** Resumes the VM from its saved state (`vmstate` in the workspace dir); succeeds if it already runs. */
     async restoreVm(input: BootInput): Promise<DriverTiming> {
-      return withHeartbeat(beat, 'restore', () => timed(() => driver.restore(vmSpec(input), stateFile(input.workspaceId))));
+      const spec = vmSpec(input);
+      await guard(input);
+      return withHeartbeat(beat, 'restore', () => timed(() => driver.restore(spec, stateFile(input.workspaceId))));
     },
 
     /** Pauses the VM (seed 002 Paused: unscheduled, not serialized). Idempotent. */
@@ -119,17 +162,23 @@ export function createNodeActivities(deps: NodeActivityDeps) {
 
     /** Graceful shutdown with a timeout, then forced; returns how it ended. Idempotent (absent VM: graceful). */
     async shutdownVm(input: { workspaceId: string; timeoutSeconds: number }): Promise<ShutdownResult & DriverTiming> {
-      return withHeartbeat(beat, 'shutdown', () => timed(() => driver.shutdown(input.workspaceId, input.timeoutSeconds * 1000)));
+      const r = await withHeartbeat(beat, 'shutdown', () => timed(() => driver.shutdown(input.workspaceId, input.timeoutSeconds * 1000)));
+      await unguard(input.workspaceId);
+      return r;
     },
 
     /** Serializes the VM, RAM included, to `vmstate` in the workspace dir, ending it. Idempotent. */
     async saveVm(input: { workspaceId: string }): Promise<DriverTiming> {
-      return withHeartbeat(beat, 'save', () => timed(() => driver.save(input.workspaceId, stateFile(input.workspaceId))));
+      const r = await withHeartbeat(beat, 'save', () => timed(() => driver.save(input.workspaceId, stateFile(input.workspaceId))));
+      await unguard(input.workspaceId);
+      return r;
     },
 
     /** Destroys the VM and its interfaces; returns once it is confirmed gone. Idempotent. */
     async destroyVm(input: { workspaceId: string }): Promise<DriverTiming> {
-      return timed(() => driver.destroy(input.workspaceId));
+      const r = await timed(() => driver.destroy(input.workspaceId));
+      await unguard(input.workspaceId);
+      return r;
     },
 
     /** The VM's power state. */

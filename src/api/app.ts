@@ -8,7 +8,7 @@ import { resolve as resolvePath } from 'node:path';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { ServiceError, WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage, type Client } from '@temporalio/client';
 import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
-import { headTaskQueue, nodeTaskQueuePrefix, workspaceWorkflowId } from '../config/names';
+import { headTaskQueue, workspaceRouting, workspaceWorkflowId } from '../config/names';
 import type { VwsConfig } from '../config/schema';
 import { FailureType } from '../domain/errors';
 import {
@@ -190,12 +190,7 @@ export function createApp(deps: ApiDeps): express.Express {
         id,
         owner: principal.identity,
         spec,
-        routing: {
-          headTaskQueue: headTaskQueue(config),
-          nodeTaskQueuePrefix: nodeTaskQueuePrefix(config),
-          addressTimeoutSeconds: config.timeouts.addressSeconds,
-          shutdownTimeoutSeconds: config.timeouts.shutdownSeconds,
-        },
+        routing: workspaceRouting(config),
         createdAt: new Date().toISOString(),
       };
       const staging = !!spec.imageSource || (spec.partitions ?? []).some((p) => p.imageSource);

@@ -69,6 +69,12 @@ export async function buildWorkspaceSpec(config: VwsConfig, principal: Principal
       errors.push({ field: `partitions.${i}.blankMiB`, message: `${p.blankMiB} MiB is over the site's limit of ${config.images.maxBlankMiB} MiB` });
     }
   });
+  const networks = (body.nics ?? config.nics.defaultNetworks.map((network) => ({ network }))).map((n) => n.network);
+  if (networks.length > config.nics.max) errors.push({ field: 'nics', message: `${networks.length} NICs asked; this site allows at most ${config.nics.max}` });
+  const known = config.networks.map((n) => n.name);
+  networks.forEach((network, i) => {
+    if (!known.includes(network)) errors.push({ field: `nics.${i}.network`, message: `no network ${network} at this site (networks: ${known.join(', ')})` });
+  });
   if (body.unpropagationTarget) {
     const problem = targetProblem(config, principal, body.unpropagationTarget);
     if (problem) errors.push({ field: 'unpropagationTarget', message: problem });
@@ -89,6 +95,7 @@ export async function buildWorkspaceSpec(config: VwsConfig, principal: Principal
     ...(partitions.length ? { partitions } : {}),
     memoryMiB: body.memoryMiB,
     vcpus: body.vcpus,
+    networks,
     durationSeconds: body.durationSeconds,
     targetState: body.targetState,
     shutdownMechanism: body.shutdownMechanism,

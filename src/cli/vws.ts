@@ -53,11 +53,13 @@ function print(g: Globals, d: Record<string, unknown>): void {
     return;
   }
   const net = d.network as { ip?: string; hostname?: string } | undefined;
+  const nics = (d.nics as NicLine[] | undefined) ?? [];
   const lines = [
     `workspace  ${String(d.id)}`,
     `state      ${String(d.state)}${d.task ? ` (${String(d.task)})` : ''}`,
     d.node ? `node       ${String(d.node)}` : '',
-    net?.ip ? `address    ${net.ip} (${net.hostname ?? ''})` : '',
+    // One line per NIC: eth<i>, network, assigned IP, hostname, MAC, and the IP DHCP gave the VM.
+    ...(nics.length ? nics.map((n, i) => `eth${i}       ${nicLine(n, d.state !== 'Cancelled')}`) : [net?.ip ? `address    ${net.ip} (${net.hostname ?? ''})` : '']),
     d.obtainedIp && d.state !== 'Cancelled' ? `DHCP lease ${String(d.obtainedIp)}` : '',
     d.heading ? `heading    ${String(d.heading)}` : '',
     d.reason ? `reason     ${String(d.reason)}` : '',
@@ -68,6 +70,19 @@ function print(g: Globals, d: Record<string, unknown>): void {
     (d.links as { temporalUi?: string } | undefined)?.temporalUi ? `Temporal   ${(d.links as { temporalUi: string }).temporalUi}` : '',
   ];
   console.log(lines.filter(Boolean).join('\n'));
+}
+
+interface NicLine {
+  network: string;
+  ip: string;
+  hostname: string;
+  mac: string;
+  obtainedIp?: string;
+}
+
+function nicLine(n: NicLine, live: boolean): string {
+  const obtained = live && n.obtainedIp ? (n.obtainedIp === n.ip ? ', leased' : `, but DHCP gave ${n.obtainedIp}`) : '';
+  return `${n.network} ${n.ip} (${n.hostname}) ${n.mac}${obtained}`;
 }
 
 interface Progress {
@@ -124,18 +139,20 @@ program
   .addOption(new Option('--target-state <state>', 'how far to advance it').choices(['Propagated', 'Running']).default('Running'))
   .addOption(new Option('--shutdown-mechanism <m>', 'what happens when the time runs out').choices(['Normal', 'Serialize', 'Trash']).default('Normal'))
   .option('--trash-at-shutdown', 'discard the VM after use instead of unpropagating it')
+  .option('--nic <network>', 'a NIC on this network (repeatable, in order: eth0, eth1, …; default: the site default networks)', (v: string, all: string[]) => [...all, v], [] as string[])
   .option('--wait', 'wait until it reaches the target state (Running: with an address)')
   .option('--timeout <seconds>', 'how long --wait waits', (v) => Number(v), 300)
   .addHelpText(
     'after',
     '\nExamples:\n  vws deploy --image sample --memory 128 --wait\n  vws deploy --image https://example.org/img.raw --image-sha256 <hex> --partition blank:1024:ext4 --wait',
   )
-  .action(async (o: { image: string; imageSha256?: string; partition: string[]; saveTo?: string; memory: number; vcpus: number; duration: number; targetState: string; shutdownMechanism: string; trashAtShutdown?: boolean; wait?: boolean; timeout: number }) => {
+  .action(async (o: { image: string; imageSha256?: string; partition: string[]; nic: string[]; saveTo?: string; memory: number; vcpus: number; duration: number; targetState: string; shutdownMechanism: string; trashAtShutdown?: boolean; wait?: boolean; timeout: number }) => {
     const g = program.opts<Globals>();
     const created = await call(g, 'POST', '/workspaces', {
       image: o.image,
       ...(o.imageSha256 ? { imageSha256: o.imageSha256 } : {}),
       ...(o.partition.length ? { partitions: o.partition.map(partitionOption) } : {}),
+      ...(o.nic.length ? { nics: o.nic.map((network) => ({ network })) } : {}),
       ...(o.saveTo ? { unpropagationTarget: o.saveTo } : {}),
       memoryMiB: o.memory,
       vcpus: o.vcpus,

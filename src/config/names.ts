@@ -2,6 +2,7 @@
  * Names derived from the configuration: task queues and workflow ids. One place, so the API, the
  * workers and the tests agree, and a per-test prefix isolates everything a test starts.
  */
+import type { WorkspaceRouting } from '../domain/workspace';
 import type { VwsConfig } from './schema';
 
 /** Task queue of the head worker. */
@@ -19,12 +20,26 @@ export function nodeTaskQueue(config: VwsConfig, node: string): string {
   return `${nodeTaskQueuePrefix(config)}${node}`;
 }
 
-/** Workflow id of the allocator that owns the configured pool. */
+/** Workflow id of the allocator: the one writer of the site's slots and network pools. */
 export function allocatorWorkflowId(config: VwsConfig): string {
-  return `${config.temporal.prefix}-allocator-${config.network.name}`;
+  return `${config.temporal.prefix}-allocator`;
 }
 
 /** Workflow id of a workspace. */
 export function workspaceWorkflowId(config: VwsConfig, workspaceId: string): string {
   return `${config.temporal.prefix}-${workspaceId}`;
+}
+
+/** Where a new workspace workflow sends its work, fixed at its start (it travels in the workflow's input). */
+export function workspaceRouting(config: VwsConfig): WorkspaceRouting {
+  return {
+    headTaskQueue: headTaskQueue(config),
+    nodeTaskQueuePrefix: nodeTaskQueuePrefix(config),
+    addressTimeoutSeconds: config.timeouts.addressSeconds,
+    shutdownTimeoutSeconds: config.timeouts.shutdownSeconds,
+    networks: Object.fromEntries(
+      config.networks.map((n) => [n.name, { subnet: n.subnet, server: n.dhcp.server, on: n.dhcp.on, ...(n.dhcp.interface ? { interface: n.dhcp.interface } : {}) }]),
+    ),
+    bridges: Object.fromEntries(config.nodes.map((n) => [n.name, n.bridges])),
+  };
 }

@@ -4,16 +4,27 @@
  * single-machine set-up that `./run.sh start` brings up: the head on 10.213.0.1 and one VMM node, vmm1.
  */
 import { z } from 'zod';
+import type { PoolAddress } from '../domain/allocation';
 import { inSubnet, ipToInt } from '../domain/network';
+import { poolAddresses } from './pools';
 
-const ipv4 = z.string().refine((s) => {
+const ipv4 = z.string().refine((s) => validIp(s), 'must be an IPv4 address like 10.213.0.100');
+
+function validIp(s: string): boolean {
   try {
     ipToInt(s);
     return true;
   } catch {
     return false;
   }
-}, 'must be an IPv4 address like 10.213.0.100');
+}
+
+const mac = z
+  .string()
+  .regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, 'must be a MAC like 52:54:0a:d5:00:64 (lowercase hex)')
+  .refine((m) => (parseInt(m.slice(0, 2), 16) & 1) === 0, 'must be a unicast MAC (the first octet must be even)');
+
+const hostname = z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'must be a hostname label: lowercase letters, digits and -');
 
 const name = z.string().regex(/^[a-z][a-z0-9-]{0,30}$/, 'must be lowercase letters, digits and -, starting with a letter');
 
@@ -42,8 +53,13 @@ export const nodeSchema = z
     cpus: z.number().int().min(1),
     /** Hypervisor driver. `bench` does no hypervisor work: for benchmarks of vws itself, never a default. */
     driver: z.enum(['qemu', 'xen', 'bench']).default('qemu'),
-    /** Bridge on the node that VM interfaces join. */
-    bridge: z.string().min(1).max(15).default('br0'),
+    /**
+     * The bridge VM interfaces join on this node, per network (`{ public: br0, private: br1 }`). Every
+     * network the node carries needs one; with node-side DHCP the bridge must hold an address in the subnet.
+     */
+    bridges: z.record(z.string(), z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'must be an interface name')).default({ public: 'br0' }),
+    /** Anti-spoofing nft rules on every VM interface (needs nft and the kernel's bridge nf_tables). */
+    antiSpoofing: z.boolean().default(true),
     /**
      * How the node's activities run: `worker` = a node worker process on the node; `ssh` = the head serves
      * the node's task queue and runs the same activities over SSH (see `ssh`).
@@ -78,27 +94,99 @@ export const sshSchema = z
   })
   .strict();
 
-/** One network's address pool. */
+/** Addresses of a network pool given as a range: every IP from `first` to `last`, hostnames made from the IP. */
+export const addressRangeSchema = z
+  .object({
+    first: ipv4,
+    last: ipv4,
+    /** Hostnames are `<prefix><ip with dashes>`, e.g. `ws-10-213-0-100`: unique per address (seed 000). */
+    hostnamePrefix: z.string().regex(/^[a-z][a-z0-9-]{0,20}$/, 'must be lowercase letters, digits and -, starting with a letter').default('ws-'),
+  })
+  .strict();
+
+/** One explicit pool entry (Nimbus's pool file line): hostname, IP and, where they differ from the network's, its options. */
+export const poolEntrySchema = z
+  .object({
+    hostname: hostname,
+    ip: ipv4,
+    /** A MAC for this address; absent, one is generated from the IP and stays bound to it. */
+    mac: mac.optional(),
+    gateway: ipv4.optional(),
+    broadcast: ipv4.optional(),
+    netmask: ipv4.optional(),
+    dns: z.array(ipv4).optional(),
+  })
+  .strict();
+
+/**
+ * One network (seed 001: public, private, …): its subnet and options, its address pool, where its DHCP
+ * server runs, and whether its VMs may reach each other.
+ */
 export const networkSchema = z
   .object({
     name,
-    subnet: z.string().regex(/^\d+\.\d+\.\d+\.\d+\/\d{1,2}$/, 'must be a CIDR like 10.213.0.0/24'),
+    subnet: z.string().regex(/^\d+\.\d+\.\d+\.\d+\/(?:[0-9]|[12][0-9]|3[0-2])$/, 'must be a CIDR like 10.213.0.0/24'),
     gateway: ipv4,
-    first: ipv4,
-    last: ipv4,
-    hostnamePrefix: z.string().regex(/^[a-z][a-z0-9-]{0,20}$/).default('ws-'),
+    /** Defaults to the subnet's broadcast address. */
+    broadcast: ipv4.optional(),
+    dns: z.array(ipv4).default([]),
+    /** Pool addresses as ranges… */
+    ranges: z.array(addressRangeSchema).default([]),
+    /** …and as explicit entries (both may be given). */
+    entries: z.array(poolEntrySchema).default([]),
+    /**
+     * Where DHCP delivers the addresses: `node` = a server on each node, on the network's bridge there;
+     * `head` = one central server on the head, on `interface`. `server` picks dnsmasq or ISC dhcpd.
+     */
+    dhcp: z
+      .object({
+        server: z.enum(['dnsmasq', 'isc-dhcpd']).default('dnsmasq'),
+        on: z.enum(['node', 'head']).default('node'),
+        /** The head's interface on this network (required with `on: head`); it must hold an address in the subnet. */
+        interface: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'must be an interface name').optional(),
+      })
+      .strict()
+      .prefault({}),
+    /**
+     * When true, a VM on this network reaches only the gateway (and the DHCP server), never another VM
+     * on it: for networks shared by workspaces of different users.
+     */
+    isolated: z.boolean().default(false),
+    /** Nodes that carry this network (default: every node); each needs a bridge for it (`nodes[].bridges`). */
+    nodes: z.array(name).optional(),
   })
   .strict()
   .superRefine((n, ctx) => {
-    for (const key of ['gateway', 'first', 'last'] as const) {
-      if (!inSubnet(n[key], n.subnet)) {
-        ctx.addIssue({ code: 'custom', path: [key], message: `${n[key]} is outside subnet ${n.subnet}` });
+    const check = (path: Array<string | number>, ip: string | undefined) => {
+      if (ip !== undefined && validIp(ip) && !inSubnet(ip, n.subnet)) ctx.addIssue({ code: 'custom', path, message: `${ip} is outside subnet ${n.subnet}` });
+    };
+    check(['gateway'], n.gateway);
+    check(['broadcast'], n.broadcast);
+    n.ranges.forEach((r, i) => {
+      check(['ranges', i, 'first'], r.first);
+      check(['ranges', i, 'last'], r.last);
+      if (validIp(r.first) && validIp(r.last) && ipToInt(r.first) > ipToInt(r.last)) {
+        ctx.addIssue({ code: 'custom', path: ['ranges', i, 'last'], message: `last (${r.last}) comes before first (${r.first})` });
       }
-    }
-    if (ipToInt(n.first) > ipToInt(n.last)) {
-      ctx.addIssue({ code: 'custom', path: ['last'], message: `last (${n.last}) comes before first (${n.first})` });
+    });
+    n.entries.forEach((e, i) => {
+      check(['entries', i, 'ip'], e.ip);
+      check(['entries', i, 'gateway'], e.gateway);
+    });
+    if (n.ranges.length + n.entries.length === 0) ctx.addIssue({ code: 'custom', path: ['ranges'], message: `network ${n.name} has no addresses: give ranges or entries` });
+    if (n.dhcp.on === 'head' && !n.dhcp.interface) {
+      ctx.addIssue({ code: 'custom', path: ['dhcp', 'interface'], message: `network ${n.name} has DHCP on the head: name the head's interface on it (e.g. interface: vwsbr1)` });
     }
   });
+
+/** How many NICs a workspace may have, and on which networks when the request names none. */
+export const nicPolicySchema = z
+  .object({
+    max: z.number().int().min(1).max(8).default(4),
+    /** Networks of a request that names none: one NIC each. */
+    defaultNetworks: z.array(name).min(1).default(['public']),
+  })
+  .strict();
 
 /** Image policy: where images may come from and how big a workspace's disks may be. */
 export const imagesSchema = z
@@ -146,6 +234,62 @@ function uniqueNames(what: string) {
   };
 }
 
+/**
+ * Site-wide network checks, each naming the field to change: unique IPs, hostnames and MACs over every
+ * pool (generated MACs included), a bridge on every node for every network it carries, known networks.
+ */
+function checkNetworks(c: { networks: Array<z.infer<typeof networkSchema>>; nodes: Array<z.infer<typeof nodeSchema>>; nics: z.infer<typeof nicPolicySchema> }, ctx: z.RefinementCtx): void {
+  const networkNames = new Set(c.networks.map((n) => n.name));
+  const nodeNames = new Set(c.nodes.map((n) => n.name));
+  const seen = { ip: new Map<string, string>(), hostname: new Map<string, string>(), mac: new Map<string, string>() };
+  const claim = (kind: keyof typeof seen, value: string, where: string, path: Array<string | number>) => {
+    const first = seen[kind].get(value);
+    if (first) ctx.addIssue({ code: 'custom', path, message: `duplicate ${kind} ${value}: also at ${first}` });
+    else seen[kind].set(value, where);
+  };
+  c.networks.forEach((n, ni) => {
+    // Range or entry problems were reported by the network's own checks; skip what cannot be expanded.
+    let addresses: ReturnType<typeof poolAddresses>;
+    try {
+      addresses = poolAddresses(n);
+    } catch {
+      return;
+    }
+    if (addresses.length > 65_536) {
+      ctx.addIssue({ code: 'custom', path: ['networks', ni, 'ranges'], message: `network ${n.name} has ${addresses.length} addresses; at most 65536` });
+      return;
+    }
+    for (const a of addresses) {
+      const path = a.origin.kind === 'entry' ? ['networks', ni, 'entries', a.origin.index] : ['networks', ni, 'ranges', a.origin.index];
+      const where = `networks.${ni} (${n.name}) ${a.origin.kind === 'entry' ? `entries.${a.origin.index}` : `ranges.${a.origin.index}`}`;
+      claim('ip', a.ip, where, [...path, 'ip']);
+      claim('hostname', a.hostname, where, [...path, 'hostname']);
+      claim('mac', a.mac, `${where}${a.origin.kind === 'entry' && n.entries[a.origin.index].mac ? '' : ` (generated for ${a.ip})`}`, [...path, 'mac']);
+    }
+    for (const node of n.nodes ?? []) {
+      if (!nodeNames.has(node)) ctx.addIssue({ code: 'custom', path: ['networks', ni, 'nodes'], message: `network ${n.name} names node ${node}, which is not in nodes` });
+    }
+  });
+  c.nodes.forEach((node, i) => {
+    for (const n of c.networks) {
+      if ((n.nodes ?? [...nodeNames]).includes(node.name) && !node.bridges[n.name]) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['nodes', i, 'bridges'],
+          message: `node ${node.name} has no bridge for network ${n.name}: add bridges: { ${n.name}: <bridge> }${n.nodes ? '' : `, or list the nodes that carry it in networks.${n.name}.nodes`}`,
+        });
+      }
+    }
+    for (const net of Object.keys(node.bridges)) {
+      if (!networkNames.has(net)) ctx.addIssue({ code: 'custom', path: ['nodes', i, 'bridges', net], message: `network ${net} is not in networks (known: ${[...networkNames].join(', ')})` });
+    }
+  });
+  c.nics.defaultNetworks.forEach((net, i) => {
+    if (!networkNames.has(net)) ctx.addIssue({ code: 'custom', path: ['nics', 'defaultNetworks', i], message: `network ${net} is not in networks (known: ${[...networkNames].join(', ')})` });
+  });
+  if (c.nics.defaultNetworks.length > c.nics.max) ctx.addIssue({ code: 'custom', path: ['nics', 'defaultNetworks'], message: `more default networks than nics.max (${c.nics.max})` });
+}
+
 /** The whole configuration. */
 export const configSchema = z
   .object({
@@ -183,15 +327,17 @@ export const configSchema = z
       .min(1)
       .superRefine(uniqueNames('client'))
       .default([{ name: 'demo', identity: '/O=Grid/OU=vws/CN=demo', tokenFile: '/var/lib/vws/secrets/demo.token', admin: false, stageOutTargets: ['file:///var/lib/vws/exports/'] }]),
-    network: networkSchema.default({
-      name: 'public',
-      subnet: '10.213.0.0/24',
-      gateway: '10.213.0.1',
-      first: '10.213.0.100',
-      last: '10.213.0.199',
-      hostnamePrefix: 'ws-',
-    }),
-    nodes: z.array(nodeSchema).min(1).superRefine(uniqueNames('node')).default([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridge: 'br0', agent: 'worker' }]),
+    networks: z
+      .array(networkSchema)
+      .min(1)
+      .superRefine(uniqueNames('network'))
+      .default([{ name: 'public', subnet: '10.213.0.0/24', gateway: '10.213.0.1', ranges: [{ first: '10.213.0.100', last: '10.213.0.199', hostnamePrefix: 'ws-' }], dns: [], entries: [], dhcp: { server: 'dnsmasq', on: 'node' }, isolated: false }]),
+    nics: nicPolicySchema.prefault({}),
+    nodes: z
+      .array(nodeSchema)
+      .min(1)
+      .superRefine(uniqueNames('node'))
+      .default([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridges: { public: 'br0' }, antiSpoofing: true, agent: 'worker' }]),
     node: nodeSideSchema.prefault({}),
     images: imagesSchema.prefault({}),
     ssh: sshSchema.prefault({}),
@@ -205,7 +351,8 @@ export const configSchema = z
       .strict()
       .prefault({}),
   })
-  .strict();
+  .strict()
+  .superRefine(checkNetworks);
 
 /** A validated configuration with every default filled in. */
 export type VwsConfig = z.infer<typeof configSchema>;

@@ -4,7 +4,7 @@
  */
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type { Grant, SlotRequest } from './allocation';
+import type { Grant, NodeCapacity, PoolAddress, SlotRequest } from './allocation';
 import type { WorkspaceDescription } from './workspace';
 
 /** Allocator: grant a whole request atomically or fail with `NoCapacity`; repeats by the same holder return its grant. */
@@ -13,6 +13,11 @@ export const reserveUpdate = defineUpdate<Grant, [SlotRequest]>('reserve');
 export const releaseUpdate = defineUpdate<boolean, [string]>('release');
 /** Allocator: every live grant. */
 export const grantsQuery = defineQuery<Grant[]>('grants');
+/**
+ * Replaces the allocator's nodes and pools with the site configuration's (the head sends it at start).
+ * Live grants stay as they are, even on an address or node the configuration no longer has.
+ */
+export const configureUpdate = defineUpdate<void, [{ nodes: NodeCapacity[]; pools: Record<string, PoolAddress[]> }]>('configure');
 
 /** Workspace: its resource properties. */
 export const describeQuery = defineQuery<WorkspaceDescription>('describe');

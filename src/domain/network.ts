@@ -35,14 +35,21 @@ export function macForIp(ip: string): string {
   return octets.map((o) => o.toString(16).padStart(2, '0')).join(':');
 }
 
-/** Every address from `first` to `last` inclusive, with its bound MAC and a hostname `<prefix><last octet>`. */
-export function expandRange(first: string, last: string, hostnamePrefix: string): PoolAddress[] {
-  const a = ipToInt(first);
-  const b = ipToInt(last);
-  const out: PoolAddress[] = [];
-  for (let n = a; n <= b; n++) {
-    const ip = intToIp(n);
-    out.push({ ip, mac: macForIp(ip), hostname: `${hostnamePrefix}${ip.split('.').join('-')}` });
-  }
-  return out;
+/** The netmask of a CIDR, dotted (`/24` → `255.255.255.0`). */
+export function netmaskOf(cidr: string): string {
+  const bits = Number(cidr.split('/')[1]);
+  return intToIp(bits === 0 ? 0 : (2 ** 32 - 2 ** (32 - bits)));
+}
+
+/** The first address of a CIDR (the network address). */
+export function networkAddressOf(cidr: string): string {
+  const [base, bits] = cidr.split('/');
+  const size = 2 ** (32 - Number(bits));
+  return intToIp(Math.floor(ipToInt(base) / size) * size);
+}
+
+/** The broadcast address of a CIDR. */
+export function broadcastOf(cidr: string): string {
+  const size = 2 ** (32 - Number(cidr.split('/')[1]));
+  return intToIp(ipToInt(networkAddressOf(cidr)) + size - 1);
 }

@@ -57,6 +57,15 @@ export const createWorkspaceSchema = z
     imageSha256: sha256Schema.optional(),
     /** Partitions besides the root, attached in order (vdb, vdc, … / xvdb, …). */
     partitions: z.array(partitionSchema).max(8).default([]),
+    /**
+     * The VM's NICs, in order (eth0, eth1, …), each on a network of the site (seed 001 association).
+     * Absent: the site's default networks. How many are allowed and which networks exist is site policy.
+     */
+    nics: z
+      .array(z.object({ network: z.string().regex(/^[a-z][a-z0-9-]{0,30}$/, 'must be a network name') }).strict())
+      .min(1)
+      .max(8)
+      .optional(),
     memoryMiB: z.number().int().min(64).max(1024 * 1024).default(128),
     vcpus: z.number().int().min(1).max(256).default(1),
     durationSeconds: z

@@ -2,7 +2,7 @@
  * Workspace DTOs shared by the API, the workflows and the activities. Types only: the zod schemas that
  * produce them live in `requests.ts`, which workflow code never imports.
  */
-import type { Grant } from './allocation';
+import { grantNics, type Grant } from './allocation';
 import type { WorkspaceState, WorkspaceTask } from './states';
 
 /** An image resolved in the site repository: where a node fetches it and what its digest must be. */
@@ -64,6 +64,8 @@ export interface WorkspaceSpec {
   unpropagationTarget?: string;
   /** Group member index, appended to the target name (seed 002); set by the group issue. */
   memberIndex?: number;
+  /** The network of each NIC, in order. Absent only in workflows started before multi-NIC. */
+  networks?: string[];
 }
 
 /** Seed 002 ShutdownMechanism. */
@@ -90,6 +92,29 @@ export interface WorkspaceRouting {
   addressTimeoutSeconds: number;
   /** Seconds a guest has to power off on a graceful shutdown before it is destroyed. */
   shutdownTimeoutSeconds: number;
+  /** Each network's DHCP delivery, from the site configuration. Absent only in workflows started before pools. */
+  networks?: Record<string, NetworkRouting>;
+  /** Each node's bridge per network (the node-side DHCP server listens there). */
+  bridges?: Record<string, Record<string, string>>;
+}
+
+/** Where and how a network's addresses are delivered by DHCP. */
+export interface NetworkRouting {
+  subnet: string;
+  server: 'dnsmasq' | 'isc-dhcpd';
+  /** `node`: a server on the VM's node, on the network's bridge; `head`: one server on the head, on `interface`. */
+  on: 'node' | 'head';
+  interface?: string;
+}
+
+/** One NIC of a workspace as its resource properties show it (seed 001: network, MAC, IP, hostname). */
+export interface NicDescription {
+  network: string;
+  mac: string;
+  ip: string;
+  hostname: string;
+  /** The IP the VM actually obtained on this NIC by DHCP. */
+  obtainedIp?: string;
 }
 
 /** The workspace's resource properties, as the `describe` query answers. */
@@ -106,9 +131,12 @@ export interface WorkspaceDescription {
   memoryMiB: number;
   vcpus: number;
   node?: string;
+  /** The first NIC's network and address (the VM's primary address; every NIC is in `nics`). */
   network?: { name: string; ip: string; mac: string; hostname: string };
-  /** The address the VM actually obtained by DHCP (read from the node's lease). */
+  /** The address the VM actually obtained by DHCP on its first NIC. */
   obtainedIp?: string;
+  /** Every NIC: network, MAC, assigned IP and hostname, and the IP obtained by DHCP. */
+  nics?: NicDescription[];
   createdAt: string;
   firstStartedAt?: string;
   endedAt?: string;
@@ -154,7 +182,7 @@ export function targetForMember(target: string, memberIndex?: number): string {
   return dot > slash + 1 ? `${target.slice(0, dot)}-${memberIndex}${target.slice(dot)}` : `${target}-${memberIndex}`;
 }
 
-/** Convenience: the network part of a description from a grant. */
-export function networkOf(grant: Grant): NonNullable<WorkspaceDescription['network']> {
-  return { name: grant.network, ip: grant.address.ip, mac: grant.address.mac, hostname: grant.address.hostname };
+/** The NICs of a description from a grant (obtained IPs not yet known). */
+export function nicsOf(grant: Grant): NicDescription[] {
+  return grantNics(grant).map((n) => ({ network: n.network, mac: n.address.mac, ip: n.address.ip, hostname: n.address.hostname }));
 }

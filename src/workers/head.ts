@@ -5,10 +5,14 @@
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { createHeadActivities } from '../activities/head/allocator-client';
+import { join } from 'node:path';
 import { createHeadImageActivities } from '../activities/head/images';
+import { createDhcpActivities } from '../activities/network/dhcp';
+import { LocalExecutor } from '../exec/local';
 import { headTaskQueue } from '../config/names';
 import { loadConfig } from '../config/load';
 import type { VwsConfig } from '../config/schema';
+import type { Executor } from '../exec/executor';
 import { sshExecutorFor, type SshExecutor } from '../exec/ssh';
 import { log } from '../log';
 import { createNodeWorker } from './node';
@@ -27,12 +31,18 @@ export interface HeadWorkerOptions {
  * Creates (does not run) the workers of every SSH-mode node: each serves its node's task queue from the
  * head, running the same node activities over a pooled SSH connection. Workflows never know the mode.
  */
-export async function createSshNodeWorkers(o: { config: VwsConfig; connection: NativeConnection }): Promise<{ workers: Worker[]; close: () => void }> {
+export async function createSshNodeWorkers(o: {
+  config: VwsConfig;
+  connection: NativeConnection;
+  /** Tests only: wraps a node's executor (to inject a failure into a real node's commands). */
+  wrapExecutor?: (node: string, exec: Executor) => Executor;
+}): Promise<{ workers: Worker[]; close: () => void }> {
   const executors: SshExecutor[] = [];
   const workers: Worker[] = [];
   for (const node of o.config.nodes.filter((n) => n.agent === 'ssh')) {
-    const exec = sshExecutorFor(o.config, node);
-    executors.push(exec);
+    const ssh = sshExecutorFor(o.config, node);
+    executors.push(ssh);
+    const exec = o.wrapExecutor ? o.wrapExecutor(node.name, ssh) : ssh;
     workers.push(await createNodeWorker({ config: o.config, node: node.name, connection: o.connection, exec, localRepository: true }));
   }
   return { workers, close: () => executors.forEach((e) => e.close()) };
@@ -45,7 +55,12 @@ export function createHeadWorker(o: HeadWorkerOptions): Promise<Worker> {
     namespace: o.config.temporal.namespace,
     taskQueue: headTaskQueue(o.config),
     ...(o.workflowBundle ? { workflowBundle: o.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
-    activities: { ...createHeadActivities({ client: o.client, config: o.config }), ...createHeadImageActivities({ config: o.config }) },
+    activities: {
+      ...createHeadActivities({ client: o.client, config: o.config }),
+      ...createHeadImageActivities({ config: o.config }),
+      // Central DHCP delivery (networks with `dhcp.on: head`) runs these on the head itself.
+      ...createDhcpActivities({ exec: new LocalExecutor(), dir: join(o.config.stateDir, 'dhcp') }),
+    },
   });
 }
 
@@ -63,7 +78,13 @@ async function main(): Promise<void> {
   );
   // The SDK shuts the workers down on SIGTERM/SIGINT; then close the connections, or they keep the process alive.
   try {
-    await Promise.all([worker.run(), ...ssh.workers.map((w) => w.run())]);
+    const runs = [worker.run(), ...ssh.workers.map((w) => w.run())];
+    // The allocator learns this configuration's nodes and pools (it needs the running worker to answer).
+    createHeadActivities({ client, config })
+      .configureAllocator()
+      .then(() => log.info({ networks: config.networks.map((n) => n.name) }, 'allocator configured'))
+      .catch((e: Error) => log.error({ err: e }, 'could not configure the allocator'));
+    await Promise.all(runs);
   } finally {
     ssh.close();
     await clientConnection.close();

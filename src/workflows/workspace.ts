@@ -31,7 +31,9 @@ import type { createHeadImageActivities } from '../activities/head/images';
 import type { PropagatePartition } from '../activities/images/propagate';
 import type { ExtraDisk } from '../activities/hypervisor';
 import type { NodeActivities } from '../activities/node';
-import type { Grant } from '../domain/allocation';
+import type { DhcpEntry, DhcpServerSpec } from '../activities/network/types';
+import type { createDhcpActivities } from '../activities/network/dhcp';
+import { grantNics, type Grant, type NicGrant } from '../domain/allocation';
 import { FailureType, NON_RETRYABLE_FAILURES } from '../domain/errors';
 import {
   describeQuery,
@@ -52,7 +54,10 @@ import {
 import { OPERATION_TARGET, refusalReason, VM_STATES, type WorkspaceOperation, type WorkspaceState, type WorkspaceTask } from '../domain/states';
 import type { ImageSource, ResolvedImage, WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
 import { redactUrl } from '../domain/image-url';
-import { isUrl, networkOf, targetForMember } from '../domain/workspace';
+import { isUrl, nicsOf, targetForMember } from '../domain/workspace';
+
+/** The DHCP activities (served on a node's queue, or the head's for central delivery). */
+type DhcpActivities = ReturnType<typeof createDhcpActivities>;
 
 /** The head's image activities (stage-in, stage-out to URLs), for `proxyActivities`. */
 type HeadImageActivities = ReturnType<typeof createHeadImageActivities>;
@@ -74,9 +79,10 @@ function nodeActivities(taskQueue: string, retry: RetryPolicy) {
   };
 }
 
-/** The DHCP host entry of a workspace's grant. */
-function dhcpEntry(workspaceId: string, grant: Grant) {
-  return { workspaceId, mac: grant.address.mac, ip: grant.address.ip, hostname: grant.address.hostname };
+/** The DHCP host entry of one NIC's address. */
+function dhcpEntry(nic: NicGrant): DhcpEntry {
+  const a = nic.address;
+  return { mac: a.mac, ip: a.ip, hostname: a.hostname, gateway: a.gateway ?? '', netmask: a.netmask ?? '', broadcast: a.broadcast ?? '', dns: a.dns ?? [] };
 }
 
 /** The in-flight task each client operation shows while it runs. */
@@ -188,6 +194,42 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
   const describe = (): WorkspaceDescription => ({ ...d, runningTimeLeftSeconds: Math.max(0, Math.round(timeLeftMs() / 1000)) });
   const node = (retry: RetryPolicy) => nodeActivities(`${routing.nodeTaskQueuePrefix}${grant!.node}`, retry);
 
+  /**
+   * The DHCP server that delivers a NIC's address and the activities that reach it: the node's own, or
+   * the head's for a network with central delivery.
+   */
+  const dhcpFor = (nic: NicGrant, retry: RetryPolicy): { server: DhcpServerSpec; quick: DhcpActivities; long: DhcpActivities } => {
+    const net = routing.networks?.[nic.network];
+    const onHead = net?.on === 'head';
+    const server: DhcpServerSpec = {
+      network: nic.network,
+      subnet: net?.subnet ?? '',
+      interface: (onHead ? net?.interface : routing.bridges?.[grant!.node]?.[nic.network]) ?? '',
+      server: net?.server ?? 'dnsmasq',
+    };
+    if (!onHead) return { server, ...node(retry) };
+    const taskQueue = routing.headTaskQueue;
+    return {
+      server,
+      quick: proxyActivities<DhcpActivities>({ taskQueue, startToCloseTimeout: '30s', retry }),
+      long: proxyActivities<DhcpActivities>({ taskQueue, startToCloseTimeout: '30m', heartbeatTimeout: '20s', retry }),
+    };
+  };
+  const nics = () => (grant ? grantNics(grant) : []);
+  async function addDhcpEntries(): Promise<void> {
+    for (const nic of nics()) {
+      const { server, quick } = dhcpFor(nic, FORWARD_RETRY);
+      await quick.addDhcpEntry({ server, entry: dhcpEntry(nic) });
+    }
+  }
+  /** Removes every NIC's DHCP entry and lease; only after the VM is gone. */
+  async function removeDhcpEntries(retry: RetryPolicy): Promise<void> {
+    for (const nic of nics()) {
+      const { server, quick } = dhcpFor(nic, retry);
+      await quick.removeDhcpEntry({ server, entry: dhcpEntry(nic) });
+    }
+  }
+
   // ---- messages ---------------------------------------------------------------------------------
   setHandler(describeQuery, describe);
 
@@ -242,9 +284,11 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
   // ---- steps --------------------------------------------------------------------------------------
   async function allocate(): Promise<void> {
     d.task = 'allocating';
-    grant = await head.reserve({ holder, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus });
+    grant = await head.reserve({ holder, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, ...(spec.networks ? { networks: spec.networks } : {}) });
     d.node = grant.node;
-    d.network = networkOf(grant);
+    d.nics = nicsOf(grant);
+    const first = d.nics[0];
+    d.network = { name: first.network, ip: first.ip, mac: first.mac, hostname: first.hostname };
     d.allocation = { node: grant.node, memoryMiB: grant.memoryMiB, vcpus: grant.vcpus };
     upsertSearchAttributes([{ key: VwsNode, value: grant.node }]);
   }
@@ -274,10 +318,10 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
 
   const bootInput = () => ({
     workspaceId: input.id,
-    hostname: grant!.address.hostname,
+    hostname: nics()[0].address.hostname,
     memoryMiB: spec.memoryMiB,
     vcpus: spec.vcpus,
-    mac: grant!.address.mac,
+    nics: nics().map((n) => ({ network: n.network, mac: n.address.mac, ip: n.address.ip })),
     rootDisk: rootDisk!,
     ...(disks.length ? { disks } : {}),
   });
@@ -285,13 +329,24 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
   async function boot(): Promise<void> {
     const n = node(FORWARD_RETRY);
     d.task = 'starting';
-    d.obtainedIp = undefined;
-    await n.quick.addDhcpEntry(dhcpEntry(input.id, grant!));
+    forgetObtained();
+    await addDhcpEntries();
     await n.long.bootVm(bootInput());
     d.firstStartedAt ??= new Date().toISOString();
     setState('Running');
     d.task = 'awaiting-address';
-    d.obtainedIp = await n.long.waitForLease({ mac: grant!.address.mac, timeoutSeconds: routing.addressTimeoutSeconds });
+    for (const [i, nic] of nics().entries()) {
+      const { server, long } = dhcpFor(nic, FORWARD_RETRY);
+      const ip = await long.waitForLease({ server, mac: nic.address.mac, timeoutSeconds: routing.addressTimeoutSeconds });
+      if (d.nics?.[i]) d.nics[i].obtainedIp = ip;
+      if (i === 0) d.obtainedIp = ip;
+    }
+  }
+
+  /** The VM is gone (or booting again): the addresses it obtained no longer hold. */
+  function forgetObtained(): void {
+    d.obtainedIp = undefined;
+    d.nics?.forEach((n) => delete n.obtainedIp);
   }
 
   async function start(args: StartArgs): Promise<void> {
@@ -304,7 +359,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       const n = node(FORWARD_RETRY);
       await n.long.fetchSavedState({ workspaceId: input.id, state: saved.state });
       d.task = 'restoring';
-      await n.quick.addDhcpEntry(dhcpEntry(input.id, grant!));
+      await addDhcpEntries();
       await n.long.restoreVm(bootInput());
       savedFiles = undefined;
       d.saved = undefined;
@@ -321,8 +376,8 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     const r = await n.long.shutdownVm({ workspaceId: input.id, timeoutSeconds: routing.shutdownTimeoutSeconds });
     d.lastShutdown = r.graceful ? 'graceful' : 'forced';
     // The DHCP entry and lease follow the VM: a later boot then waits for a lease of its own.
-    await n.quick.removeDhcpEntry(dhcpEntry(input.id, grant!));
-    d.obtainedIp = undefined;
+    await removeDhcpEntries(FORWARD_RETRY);
+    forgetObtained();
     setState('Propagated');
   }
 
@@ -345,7 +400,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       intermediate = undefined;
     }
     if (staged.state) savedFiles = { disk: staged.disk, state: staged.state };
-    await n.quick.removeDhcpEntry(dhcpEntry(input.id, grant!));
+    await removeDhcpEntries(FORWARD_RETRY);
     await n.quick.removeWorkspaceFiles({ workspaceId: input.id });
     rootDisk = undefined;
     if (!savedFiles) {
@@ -476,8 +531,10 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       d.task = 'destroying';
       if (grant) {
         const n = node(CLEANUP_RETRY);
+        // The VM must be confirmed gone before its addresses go back (Nimbus bug 101): destroyVm
+        // retries until the node confirms, and only then do the entries go and the grant is released.
         await n.quick.destroyVm({ workspaceId: input.id });
-        await n.quick.removeDhcpEntry(dhcpEntry(input.id, grant));
+        await removeDhcpEntries(CLEANUP_RETRY);
         await n.quick.removeWorkspaceFiles({ workspaceId: input.id });
       }
       // An abandoned stage-in leaves a partial copy in the repository's staging area.

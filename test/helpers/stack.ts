@@ -55,12 +55,18 @@ export async function requireTestbed(): Promise<void> {
 /** The testbed nodes a stack can use, and how vws reaches each. */
 export const TEST_NODES = {
   /** A node worker inside vmm1's namespaces, QEMU. */
-  vmm1: { name: 'vmm1', memoryMiB: 1024, cpus: 4, agent: 'worker', driver: 'qemu', bridge: 'br0' },
+  vmm1: { name: 'vmm1', memoryMiB: 1024, cpus: 4, agent: 'worker', driver: 'qemu', bridges: { public: 'br0', private: 'br1' } },
   /** SSH mode from the head to vmm2, QEMU. */
-  vmm2: { name: 'vmm2', memoryMiB: 1024, cpus: 4, agent: 'ssh', driver: 'qemu', bridge: 'br0', ssh: { host: '10.213.0.12' } },
-  /** SSH mode to the nested Xen node's dom0, `xl`. */
-  xen1: { name: 'xen1', memoryMiB: 1024, cpus: 2, agent: 'ssh', driver: 'xen', bridge: 'xenbr0', ssh: { host: '10.213.0.21' } },
+  vmm2: { name: 'vmm2', memoryMiB: 1024, cpus: 4, agent: 'ssh', driver: 'qemu', bridges: { public: 'br0', private: 'br1' }, ssh: { host: '10.213.0.12' } },
+  /** SSH mode to the nested Xen node's dom0, `xl`; it carries only the public network. */
+  xen1: { name: 'xen1', memoryMiB: 1024, cpus: 2, agent: 'ssh', driver: 'xen', bridges: { public: 'xenbr0' }, ssh: { host: '10.213.0.21' } },
 } as const;
+
+/**
+ * The testbed's second network: `br1` in every vmm host (10.214.0.1x), joined to the head's `vwsbr1`
+ * (10.214.0.1). A stack adds it with {@link StackOptions.networks}.
+ */
+export const PRIVATE_NET = { name: 'private', subnet: '10.214.0.0/24', gateway: '10.214.0.1', headInterface: 'vwsbr1' } as const;
 
 /** A testbed node name. */
 export type TestNode = keyof typeof TEST_NODES;
@@ -73,8 +79,10 @@ export interface Stack {
   /** Bearer tokens of the two test clients. */
   tokens: { alice: string; bob: string };
   conn: TestConnections;
-  /** The node this stack deploys on. */
+  /** The (first) node this stack deploys on. */
   node: TestNode;
+  /** Every node of the stack. */
+  nodes: TestNode[];
   /** Host path of a namespace node's node directory (vmm1, vmm2). */
   nodeDir: string;
   /** An executor on the node (local on the head for namespace hosts' files; SSH for xen1). */
@@ -97,6 +105,11 @@ export interface Stack {
   /** kill -9 the head worker process (only with `headProcess`), and start it again. */
   killHead(): void;
   startHead(): Promise<void>;
+  /**
+   * Injects a failure into the SSH-mode nodes' real executors (in-process head only): while `fault`
+   * returns a message for a command's argv, that command throws it instead of running. `null` clears it.
+   */
+  injectFault(fault: ((node: string, argv: string[]) => string | null) | null): void;
   /** kill -9 the node worker (only for vmm1), and start it again. */
   killNodeWorker(): void;
   startNodeWorker(): Promise<void>;
@@ -112,6 +125,10 @@ export interface StackOptions {
   last: string;
   /** The node to deploy on (default vmm1). */
   node?: TestNode;
+  /** Several nodes (instead of `node`). */
+  nodes?: TestNode[];
+  /** Networks besides `public` (raw config); nodes get the bridges TEST_NODES names for them. */
+  networks?: Array<Record<string, unknown>>;
   /** Run the head worker as a separate process (so a test can kill -9 it) instead of in this process. */
   headProcess?: boolean;
   /** Extra configuration merged over the stack's. */
@@ -125,8 +142,9 @@ export interface StackOptions {
 /** Starts a stack with one node, with addresses from `first` to `last`. */
 export async function startStack(opts: StackOptions): Promise<Stack> {
   await requireTestbed();
-  const nodeName: TestNode = opts.node ?? 'vmm1';
-  if (nodeName === 'xen1') await requireXen();
+  const nodeNames: TestNode[] = opts.nodes ?? [opts.node ?? 'vmm1'];
+  const nodeName = nodeNames[0];
+  if (nodeNames.includes('xen1')) await requireXen();
   const prefix = uniquePrefix();
   const dir = mkdtempSync(`/tmp/vws-e2e-${prefix}-`);
   const secrets = join(dir, 'secrets');
@@ -147,8 +165,12 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       { name: 'alice', identity: '/O=Grid/OU=test/CN=alice', tokenFile: join(secrets, 'alice.token'), stageOutTargets: opts.aliceStageOutTargets ?? [] },
       { name: 'bob', identity: '/O=Grid/OU=test/CN=bob', tokenFile: join(secrets, 'bob.token') },
     ],
-    network: { name: 'public', subnet: '10.213.0.0/24', gateway: '10.213.0.1', first: opts.first, last: opts.last },
-    nodes: [TEST_NODES[nodeName]],
+    networks: [{ name: 'public', subnet: '10.213.0.0/24', gateway: '10.213.0.1', ranges: [{ first: opts.first, last: opts.last }] }, ...(opts.networks ?? [])],
+    nodes: nodeNames.map((n) => {
+      const wanted = ['public', ...(opts.networks ?? []).map((net) => String(net.name))];
+      const all: Record<string, string> = TEST_NODES[n].bridges;
+      return { ...TEST_NODES[n], bridges: Object.fromEntries(Object.entries(all).filter(([net]) => wanted.includes(net))) };
+    }),
     ssh: { keyFile: join(TESTBED_DIR, 'ssh/id_ed25519'), knownHostsFile: join(TESTBED_DIR, 'ssh/known_hosts') },
     timeouts: { addressSeconds: 60, shutdownSeconds: 20 },
     ...opts.config,
@@ -160,6 +182,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
   writeFileSync(configFile, stringify(raw));
   await stageLocalFile(config, 'sample', GUEST_DISK);
 
+  let fault: ((node: string, argv: string[]) => string | null) | null = null;
   // The head: in this process (quick), or as a real process that a kill test can kill -9.
   let headChild: ChildProcess | undefined;
   let inProcess: { workers: Worker[]; runs: Promise<void>[]; close: () => void } | undefined;
@@ -169,7 +192,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       return;
     }
     const head = await createHeadWorker({ config, connection: conn.native, client: conn.client, workflowBundle: await workflowBundle() });
-    const ssh = await createSshNodeWorkers({ config, connection: conn.native });
+    const ssh = await createSshNodeWorkers({ config, connection: conn.native, wrapExecutor: (node, x) => withInjectedFaults(x, (argv) => fault?.(node, argv) ?? null) });
     const workers = [head, ...ssh.workers];
     inProcess = { workers, runs: workers.map((w) => w.run()), close: ssh.close };
   };
@@ -177,17 +200,23 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
 
   const nodeTemporal = temporal.replace(/^(127\.0\.0\.1|localhost)/, '10.213.0.1');
   let nodeWorker: ChildProcess | undefined;
+  const workerNode = nodeNames.find((n) => TEST_NODES[n].agent === 'worker');
   const startNodeWorker = async () => {
-    if (TEST_NODES[nodeName].agent !== 'worker') return;
-    const argv = [join(ROOT, 'testbed/testbed.sh'), 'exec', nodeName, '--', process.execPath, join(ROOT, 'dist/workers/node.js')];
-    nodeWorker = await spawnWorker(nodeName, argv, configFile, nodeTemporal, join(dir, `node-worker-${nodeName}.log`), 'node worker running');
+    if (!workerNode) return;
+    const argv = [join(ROOT, 'testbed/testbed.sh'), 'exec', workerNode, '--', process.execPath, join(ROOT, 'dist/workers/node.js')];
+    nodeWorker = await spawnWorker(workerNode, argv, configFile, nodeTemporal, join(dir, `node-worker-${workerNode}.log`), 'node worker running');
   };
   await startNodeWorker();
 
   const sshExec = TEST_NODES[nodeName].agent === 'ssh' ? sshExecutorFor(config, config.nodes[0]) : undefined;
+  const xenExec = nodeNames.includes('xen1') ? (nodeName === 'xen1' ? sshExec! : sshExecutorFor(config, config.nodes.find((n) => n.name === 'xen1')!)) : undefined;
   const nodeExec: Executor = nodeName === 'xen1' ? sshExec! : exec;
   const hostNodeDir = join(TESTBED_DIR, 'hosts', nodeName, 'node');
-  const holdings = () => (nodeName === 'xen1' ? xenLeftovers(nodeExec) : nodeLeftovers(nodeName, hostNodeDir));
+  const holdings = async () => [
+    ...(await Promise.all(nodeNames.map((n) => (n === 'xen1' ? xenLeftovers(xenExec!) : nodeLeftovers(n, join(TESTBED_DIR, 'hosts', n, 'node')))))).flat(),
+    // Central DHCP servers run on the head, under the stack's state directory.
+    ...(await dhcpLeftovers(exec, join(dir, 'dhcp'), 'head')),
+  ];
   // Whatever the node held before (e.g. a demo started by ./run.sh start) is not this test's leak.
   const baseline = new Set(await holdings());
 
@@ -205,6 +234,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     tokens: tokenOf,
     conn,
     node: nodeName,
+    nodes: nodeNames,
     nodeDir: hostNodeDir,
     nodeExec,
     leftovers: async () => (await holdings()).filter((l) => !baseline.has(l)),
@@ -222,8 +252,15 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       return r.stdout.trim();
     },
     async console(id) {
-      if (nodeName === 'xen1') return (await nodeExec.readFile(`/var/log/xen/console/guest-${id}.log`)) ?? '';
-      return (await exec.readFile(join(hostNodeDir, 'workspaces', id, 'serial.log'))) ?? '';
+      if (xenExec) {
+        const xen = await xenExec.readFile(`/var/log/xen/console/guest-${id}.log`);
+        if (xen !== null) return xen;
+      }
+      for (const n of nodeNames.filter((x) => x !== 'xen1')) {
+        const log = await exec.readFile(join(TESTBED_DIR, 'hosts', n, 'node', 'workspaces', id, 'serial.log'));
+        if (log !== null) return log;
+      }
+      return '';
     },
     async call(who, method, path, body) {
       const res = await fetch(`${api}${path}`, {
@@ -242,6 +279,10 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       headChild.kill('SIGKILL');
     },
     startHead,
+    injectFault(f) {
+      if (opts.headProcess) throw new Error('injectFault needs the head in this process');
+      fault = f;
+    },
     killNodeWorker() {
       if (!nodeWorker) throw new Error(`${nodeName} has no node worker process`);
       nodeWorker.kill('SIGKILL');
@@ -257,6 +298,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
         inProcess.close();
       }
       await sshExec?.close();
+      if (xenExec !== sshExec) await xenExec?.close();
       await new Promise((ok) => server.close(ok));
       await conn.close();
     },
@@ -300,11 +342,50 @@ export async function xenLeftovers(x: Executor): Promise<string[]> {
   }
   for (const l of (await x.run(['losetup', '-a'])).stdout.split('\n').filter(Boolean)) left.push(`loop ${l}`);
   const ls = async (p: string) => (await x.run(['ls', '-1', p], { okCodes: [0, 1, 2] })).stdout.split('\n').filter(Boolean);
-  for (const e of await ls('/var/lib/vws/node/dhcp/hosts.d')) left.push(`DHCP host entry ${e}`);
-  for (const l of ((await x.readFile('/var/lib/vws/node/dhcp/leases')) ?? '').split('\n').filter(Boolean)) left.push(`DHCP lease ${l}`);
+  left.push(...(await dhcpLeftovers(x, '/var/lib/vws/node/dhcp', 'xen1')));
+  left.push(...(await nftLeftovers(x, [], 'xen1')));
   for (const w of await ls('/var/lib/vws/node/workspaces')) left.push(`workspace directory ${w}`);
   for (const c of await ls('/var/lib/vws/node/cache')) if (/\.(part|lock)$/.test(c)) left.push(`cache ${c}`);
   return left;
+}
+
+/**
+ * What vws's DHCP servers under `dir` (one directory per network) still hold: a running server (vws stops
+ * it with its last entry), host entries, leases.
+ */
+export async function dhcpLeftovers(x: Executor, dir: string, where: string): Promise<string[]> {
+  const left: string[] = [];
+  const nets = (await x.run(['ls', '-1', dir], { okCodes: [0, 1, 2] })).stdout.split('\n').filter(Boolean);
+  for (const net of nets) {
+    const pid = (await x.readFile(join(dir, net, 'server.pid')))?.trim();
+    if (pid && (await x.run(['kill', '-0', pid], { okCodes: [0, 1] })).code === 0) left.push(`${where} DHCP server of ${net} (pid ${pid})`);
+    for (const l of ((await x.readFile(join(dir, net, 'hosts'))) ?? '').split('\n').filter((l) => l.trim() && !l.startsWith('#'))) left.push(`${where} DHCP host entry ${net}: ${l}`);
+    for (const l of ((await x.readFile(join(dir, net, 'leases'))) ?? '').split('\n').filter((l) => /^\d+ /.test(l))) left.push(`${where} DHCP lease ${net}: ${l}`);
+  }
+  return left;
+}
+
+/** Anti-spoofing tables (`bridge vws_*`) still in the kernel of a host; `prefix` runs nft there. */
+export async function nftLeftovers(x: Executor, prefix: string[], where: string): Promise<string[]> {
+  const r = await x.run([...prefix, 'nft', 'list', 'tables', 'bridge'], { okCodes: [0, 1] });
+  return [...r.stdout.matchAll(/^table bridge (vws_\S+)/gm)].map((m) => `${where} nft table ${m[1]}`);
+}
+
+/**
+ * FAULT INJECTION for tests: an executor that runs every command on the real one, except that while
+ * `fault(argv)` returns a message the command fails with it (the node never sees it).
+ */
+function withInjectedFaults(x: Executor, fault: (argv: string[]) => string | null): Executor {
+  return new Proxy(x, {
+    get(target, prop, receiver) {
+      if (prop !== 'run') return Reflect.get(target, prop, receiver);
+      return async (argv: string[], options?: unknown) => {
+        const message = fault(argv);
+        if (message) throw new Error(`injected failure: ${message} (${argv.join(' ')})`);
+        return (target.run as (a: string[], o?: unknown) => Promise<unknown>).call(target, argv, options);
+      };
+    },
+  });
 }
 
 /** Starts a worker process (`argv`) and waits until it logs `ready`. */
@@ -374,11 +455,9 @@ export async function nodeLeftovers(host: string, nodeDir: string): Promise<stri
     if (/qemu-system/.test(argv0)) left.push(`qemu process ${pid}`);
   }
   const links = (await exec.run(['ip', '-n', host, '-o', 'link', 'show'])).stdout;
-  for (const m of links.matchAll(/^\d+: (vw[0-9a-f]{12})[:@]/gm)) left.push(`tap ${m[1]}`);
-  const entries = (await exec.run(['ls', '-1', join(nodeDir, 'dhcp/hosts.d')], { okCodes: [0, 2] })).stdout.split('\n').filter(Boolean);
-  for (const e of entries) left.push(`DHCP host entry ${e}`);
-  const leases = ((await exec.readFile(join(nodeDir, 'dhcp/leases'))) ?? '').split('\n').filter(Boolean);
-  for (const l of leases) left.push(`DHCP lease ${l}`);
+  for (const m of links.matchAll(/^\d+: (vw[0-9a-f]{12,13})[:@]/gm)) left.push(`tap ${m[1]}`);
+  left.push(...(await dhcpLeftovers(exec, join(nodeDir, 'dhcp'), host)));
+  left.push(...(await nftLeftovers(exec, ['ip', 'netns', 'exec', host], host)));
   const wsDirs = (await exec.run(['ls', '-1', join(nodeDir, 'workspaces')], { okCodes: [0, 2] })).stdout.split('\n').filter(Boolean);
   for (const w of wsDirs) left.push(`workspace directory ${w}`);
   // A partial copy or a copy lock in the image cache outlives nothing that ended cleanly.

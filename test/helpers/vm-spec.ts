@@ -9,5 +9,5 @@ export const sampleVmSpec: VmSpec = {
   vcpus: 1,
   rootDisk: '/n/workspaces/ws-0123456789ab/root.qcow2',
   kernel: { vmlinuz: '/n/kernels/default/vmlinuz', initrd: '/n/kernels/default/initrd.gz' },
-  nic: { mac: '52:54:0a:d5:00:64', bridge: 'br0' },
+  nics: [{ mac: '52:54:0a:d5:00:64', bridge: 'br0', iface: 'vw0123456789ab0' }],
 };

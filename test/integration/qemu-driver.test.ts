@@ -13,7 +13,8 @@ import { pipeline } from 'node:stream/promises';
 import type { VmSpec } from '../../src/activities/hypervisor';
 import { createBlankPartition } from '../../src/activities/images/blank';
 import { nodePaths, workspaceDir } from '../../src/activities/node-paths';
-import { QemuDriver, saveUri, tapName, vmFiles } from '../../src/activities/qemu/driver';
+import { nicInterfaceName } from '../../src/activities/network/types';
+import { QemuDriver, saveUri, vmFiles } from '../../src/activities/qemu/driver';
 import { QmpSession } from '../../src/activities/qemu/qmp';
 import { LocalExecutor } from '../../src/exec/local';
 import { KnownHosts, SshExecutor } from '../../src/exec/ssh';
@@ -34,7 +35,7 @@ const maybe = haveBridge ? describe : describe.skip;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const tapExists = () => {
   try {
-    execFileSync('ip', ['link', 'show', 'dev', tapName(NAME)], { stdio: 'ignore' });
+    execFileSync('ip', ['link', 'show', 'dev', nicInterfaceName(NAME, 0)], { stdio: 'ignore' });
     return true;
   } catch {
     return false;
@@ -64,7 +65,7 @@ maybe('QemuDriver on a real VM', () => {
     vcpus: 1,
     rootDisk: join(wsDir, 'root.qcow2'),
     kernel: { vmlinuz: join(guestDir, 'vmlinuz'), initrd: join(guestDir, 'initrd.gz') },
-    nic: { mac: '52:54:00:aa:bb:01', bridge: BRIDGE },
+    nics: [{ mac: '52:54:00:aa:bb:01', bridge: BRIDGE, iface: nicInterfaceName(NAME, 0) }],
   };
 
   async function timed<T>(op: string, work: () => Promise<T>): Promise<T> {
@@ -260,7 +261,7 @@ if (noVmm1) console.warn(`SKIPPING the extra-disk test on vmm1: ${noVmm1}`);
       { path: `${wsDir}/part2.raw`, format: 'raw' },
     ],
     kernel: { vmlinuz: `${paths.kernels}/default/vmlinuz`, initrd: `${paths.kernels}/default/initrd.gz` },
-    nic: { mac: '52:54:00:aa:bb:c2', bridge: 'br0' },
+    nics: [{ mac: '52:54:00:aa:bb:c2', bridge: 'br0', iface: nicInterfaceName(DISKS_NAME, 0) }],
   };
   const times: Record<string, number> = {};
   async function timed<T>(op: string, work: () => Promise<T>): Promise<T> {
@@ -280,7 +281,7 @@ if (noVmm1) console.warn(`SKIPPING the extra-disk test on vmm1: ${noVmm1}`);
       await sleep(250);
     }
   }
-  const nodeTapExists = async () => (await exec.run(['ip', 'link', 'show', 'dev', tapName(DISKS_NAME)], { okCodes: [0, 1] })).code === 0;
+  const nodeTapExists = async () => (await exec.run(['ip', 'link', 'show', 'dev', nicInterfaceName(DISKS_NAME, 0)], { okCodes: [0, 1] })).code === 0;
   const EXT4_LINE = 'VWS-GUEST: disk vdb sectors=131072 fs=ext4';
   const SWAP_LINE = 'VWS-GUEST: disk vdc sectors=131072 fs=swap';
 

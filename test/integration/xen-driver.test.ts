@@ -3,6 +3,7 @@
  * life, idempotency of every step, dom0 ballooning, and a second guest with extra disks. Skipped, with the reason printed, when xen1 is
  * not up. Run: `npx jest --runInBand test/integration/xen-driver.test.ts`.
  */
+import { nicInterfaceName } from '../../src/activities/network/types';
 import { execFileSync } from 'node:child_process';
 import { createWriteStream, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -58,7 +59,7 @@ describeIfXen('XenDriver on xen1', () => {
     vcpus: 1,
     rootDisk: `${dir}/root.raw`,
     kernel: { vmlinuz: `${paths.kernels}/default/vmlinuz`, initrd: `${paths.kernels}/default/initrd.gz` },
-    nic: { mac: '52:54:00:e1:00:01', bridge: 'xenbr0' },
+    nics: [{ mac: '52:54:00:e1:00:01', bridge: 'xenbr0', iface: nicInterfaceName(NAME, 0) }],
   };
   const stateFile = `${dir}/state.xl`;
 
@@ -214,7 +215,7 @@ describeIfXen('XenDriver with extra disks on xen1', () => {
       { path: `${wsDir}/part2.raw`, format: 'raw' },
     ],
     kernel: { vmlinuz: `${paths.kernels}/default/vmlinuz`, initrd: `${paths.kernels}/default/initrd.gz` },
-    nic: { mac: '52:54:00:e2:00:01', bridge: 'xenbr0' },
+    nics: [{ mac: '52:54:00:e2:00:01', bridge: 'xenbr0', iface: nicInterfaceName(DISKS_NAME, 0) }],
   };
   const EXT4_LINE = 'VWS-GUEST: disk xvdb sectors=131072 fs=ext4';
   const SWAP_LINE = 'VWS-GUEST: disk xvdc sectors=131072 fs=swap';

@@ -8,7 +8,7 @@ const spec = {
   vcpus: 1,
   rootDisk: '/n/workspaces/ws-0000000000b1/root.qcow2',
   kernel: { vmlinuz: '/k/vmlinuz', initrd: '/k/initrd.gz' },
-  nic: { mac: '52:54:00:aa:bb:b1', bridge: 'br0' },
+  nics: [{ mac: '52:54:00:aa:bb:b1', bridge: 'br0', iface: 'vw0000000000b10' }],
 };
 const state = '/n/workspaces/ws-0000000000b1/vmstate';
 

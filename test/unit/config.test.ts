@@ -6,8 +6,11 @@ import { ConfigError, loadConfig, parseConfig } from '../../src/config/load';
 describe('the configuration', () => {
   it('has embedded defaults: one qemu node vmm1 and the testbed network', () => {
     const c = parseConfig({});
-    expect(c.nodes).toEqual([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridge: 'br0', agent: 'worker' }]);
-    expect(c.network).toMatchObject({ subnet: '10.213.0.0/24', first: '10.213.0.100', last: '10.213.0.199' });
+    expect(c.nodes).toEqual([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridges: { public: 'br0' }, antiSpoofing: true, agent: 'worker' }]);
+    expect(c.networks).toEqual([
+      expect.objectContaining({ name: 'public', subnet: '10.213.0.0/24', ranges: [{ first: '10.213.0.100', last: '10.213.0.199', hostnamePrefix: 'ws-' }], dhcp: { server: 'dnsmasq', on: 'node' } }),
+    ]);
+    expect(c.nics).toEqual({ max: 4, defaultNetworks: ['public'] });
     expect(c.temporal.prefix).toBe('vws');
     expect(c.node.accel).toBe('tcg');
     expect(c.timeouts.shutdownSeconds).toBe(30);
@@ -16,7 +19,7 @@ describe('the configuration', () => {
   it('names every bad field with its path', () => {
     const bad = () =>
       parseConfig({
-        network: { name: 'public', subnet: '10.213.0.0/24', gateway: '10.213.0.1', first: '10.9.0.1', last: '10.213.0.5' },
+        networks: [{ name: 'public', subnet: '10.213.0.0/24', gateway: '10.213.0.1', ranges: [{ first: '10.9.0.1', last: '10.213.0.5' }] }],
         nodes: [
           { name: 'vmm1', memoryMiB: 1024, cpus: 1 },
           { name: 'vmm1', memoryMiB: 1024, cpus: 1 },
@@ -24,13 +27,77 @@ describe('the configuration', () => {
         api: { port: 'eighty' },
       });
     expect(bad).toThrow(ConfigError);
-    expect(bad).toThrow(/network\.first: 10\.9\.0\.1 is outside subnet 10\.213\.0\.0\/24/);
+    expect(bad).toThrow(/networks\.0\.ranges\.0\.first: 10\.9\.0\.1 is outside subnet 10\.213\.0\.0\/24/);
     expect(bad).toThrow(/nodes\.1\.name: duplicate node name vmm1/);
     expect(bad).toThrow(/api\.port:/);
     const sshWithoutHost = () => parseConfig({ nodes: [{ name: 'vmm2', memoryMiB: 1024, cpus: 2, agent: 'ssh' }] });
     expect(sshWithoutHost).toThrow(/nodes\.0\.ssh: node vmm2 has agent ssh but no ssh\.host/);
     const badDriver = () => parseConfig({ nodes: [{ name: 'vmm2', memoryMiB: 1024, cpus: 2, driver: 'kvmtool' }] });
     expect(badDriver).toThrow(/nodes\.0\.driver:/);
+  });
+
+  describe('network pools', () => {
+    const node = (name: string, bridges: Record<string, string>) => ({ name, memoryMiB: 1024, cpus: 2, bridges });
+    const net = (name: string, subnet: string, extra: Record<string, unknown>) => ({ name, subnet, gateway: subnet.replace(/0\/\d+$/, '1'), ...extra });
+    const problems = (raw: Record<string, unknown>): string => {
+      try {
+        parseConfig(raw);
+        return '';
+      } catch (e) {
+        return (e as Error).message;
+      }
+    };
+
+    it('accepts two networks with ranges and entries, each node bridged to what it carries', () => {
+      const c = parseConfig({
+        networks: [
+          net('public', '10.213.0.0/24', { ranges: [{ first: '10.213.0.100', last: '10.213.0.101' }], dns: ['10.213.0.1'] }),
+          net('private', '10.214.0.0/24', { entries: [{ hostname: 'db', ip: '10.214.0.5', mac: '02:00:00:00:00:05' }], nodes: ['vmm1'], dhcp: { on: 'head', interface: 'vwsbr1', server: 'isc-dhcpd' } }),
+        ],
+        nodes: [node('vmm1', { public: 'br0', private: 'br1' }), node('vmm2', { public: 'br0' })],
+      });
+      expect(c.networks.map((n) => n.name)).toEqual(['public', 'private']);
+    });
+
+    it('refuses duplicate IPs, hostnames and MACs across pools, naming both places', () => {
+      const msg = problems({
+        networks: [
+          net('public', '10.213.0.0/24', { ranges: [{ first: '10.213.0.100', last: '10.213.0.102' }] }),
+          net('other', '10.213.0.0/24', {
+            entries: [
+              { hostname: 'a', ip: '10.213.0.101' },
+              { hostname: 'ws-10-213-0-100', ip: '10.213.0.150' },
+              { hostname: 'c', ip: '10.213.0.151', mac: '52:54:0a:d5:00:66' },
+            ],
+          }),
+        ],
+        nodes: [node('vmm1', { public: 'br0', other: 'br0' })],
+      });
+      expect(msg).toMatch(/networks\.1\.entries\.0\.ip: duplicate ip 10\.213\.0\.101: also at networks\.0 \(public\) ranges\.0/);
+      expect(msg).toMatch(/networks\.1\.entries\.1\.hostname: duplicate hostname ws-10-213-0-100/);
+      expect(msg).toMatch(/networks\.1\.entries\.2\.mac: duplicate mac 52:54:0a:d5:00:66: also at .*generated for 10\.213\.0\.102/);
+    });
+
+    it('refuses an IP outside its subnet and a node without the bridge a network needs', () => {
+      const msg = problems({
+        networks: [net('public', '10.213.0.0/24', { ranges: [{ first: '10.213.0.100', last: '10.213.0.101' }], entries: [{ hostname: 'x', ip: '10.9.9.9' }] }), net('private', '10.214.0.0/24', { ranges: [{ first: '10.214.0.10', last: '10.214.0.10' }] })],
+        nodes: [node('vmm1', { public: 'br0', private: 'br1' }), node('vmm2', { public: 'br0' })],
+      });
+      expect(msg).toMatch(/networks\.0\.entries\.0\.ip: 10\.9\.9\.9 is outside subnet 10\.213\.0\.0\/24/);
+      expect(msg).toMatch(/nodes\.1\.bridges: node vmm2 has no bridge for network private: add bridges: \{ private: <bridge> \}/);
+    });
+
+    it('refuses central DHCP without the head interface, unknown networks, and bad MACs', () => {
+      const msg = problems({
+        networks: [net('public', '10.213.0.0/24', { ranges: [{ first: '10.213.0.100', last: '10.213.0.101' }], dhcp: { on: 'head' }, entries: [{ hostname: 'm', ip: '10.213.0.9', mac: '01:00:00:00:00:01' }] })],
+        nodes: [node('vmm1', { public: 'br0', dmz: 'br2' })],
+        nics: { defaultNetworks: ['dmz'] },
+      });
+      expect(msg).toMatch(/networks\.0\.dhcp\.interface: network public has DHCP on the head: name the head's interface/);
+      expect(msg).toMatch(/nodes\.0\.bridges\.dmz: network dmz is not in networks/);
+      expect(msg).toMatch(/nics\.defaultNetworks\.0: network dmz is not in networks/);
+      expect(msg).toMatch(/networks\.0\.entries\.0\.mac: must be a unicast MAC/);
+    });
   });
 
   it('refuses unknown settings by name', () => {

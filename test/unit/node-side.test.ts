@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { hostLine, leasedIp } from '../../src/activities/network/dhcp';
 import { nodePaths, workspaceDir } from '../../src/activities/node-paths';
-import { qemuArgv, tapName } from '../../src/activities/qemu/driver';
+import { qemuArgv } from '../../src/activities/qemu/driver';
+import { nicInterfaceName } from '../../src/activities/network/types';
 import { SEARCH_ATTRIBUTES } from '../../src/domain/messages';
 import { sampleVmSpec } from '../helpers/vm-spec';
 
@@ -15,13 +15,17 @@ describe('the qemu driver command line', () => {
     expect(argv[0]).toBe('qemu-system-x86_64');
     expect(argv.slice(argv.indexOf('-accel'), argv.indexOf('-accel') + 2)).toEqual(['-accel', 'tcg']);
     expect(argv).toContain('file=/n/workspaces/ws-0123456789ab/root.qcow2,if=virtio,format=qcow2');
-    expect(argv).toContain('tap,id=n0,ifname=vw0123456789ab,script=no,downscript=no');
+    expect(argv).toContain('tap,id=n0,ifname=vw0123456789ab0,script=no,downscript=no');
     expect(argv).toContain('virtio-net-pci,netdev=n0,mac=52:54:0a:d5:00:64');
     expect(argv).toContain('-daemonize');
   });
 
-  it('uses tap names within IFNAMSIZ', () => {
-    expect(tapName('ws-0123456789ab').length).toBeLessThanOrEqual(15);
+  it('uses interface names within IFNAMSIZ, one per NIC', () => {
+    expect(nicInterfaceName('ws-0123456789ab', 9)).toBe('vw0123456789ab9');
+    expect(() => nicInterfaceName('ws-0123456789ab', 10)).toThrow(/NIC index/);
+    const two = qemuArgv('q', 'tcg', { ...spec, nics: [...spec.nics, { mac: '52:54:0a:d6:00:64', bridge: 'br1', iface: 'vw0123456789ab1' }] }, { dir: '/d', qmp: '/d/q', pid: '/d/p', serial: '/d/s' });
+    expect(two).toContain('tap,id=n1,ifname=vw0123456789ab1,script=no,downscript=no');
+    expect(two).toContain('virtio-net-pci,netdev=n1,mac=52:54:0a:d6:00:64');
   });
 });
 
@@ -30,20 +34,6 @@ describe('node paths', () => {
     const p = nodePaths('/var/lib/vws/node');
     expect(workspaceDir(p, 'ws-0123456789ab')).toBe('/var/lib/vws/node/workspaces/ws-0123456789ab');
     expect(() => workspaceDir(p, '../../etc')).toThrow(/refusing/);
-  });
-});
-
-describe('dnsmasq host entries and leases', () => {
-  it('writes one dhcp-hostsdir line per VM', () => {
-    expect(hostLine({ workspaceId: 'ws-0123456789ab', mac: '52:54:0a:d5:00:64', ip: '10.213.0.100', hostname: 'ws-a' })).toBe(
-      '52:54:0a:d5:00:64,10.213.0.100,ws-a\n',
-    );
-  });
-
-  it('finds the IP leased to a MAC', () => {
-    const leases = '1790000000 52:54:0a:d5:00:65 10.213.0.101 ws-b *\n1790000000 52:54:0a:d5:00:64 10.213.0.100 ws-a 01:52:54\n';
-    expect(leasedIp(leases, '52:54:0A:D5:00:64')).toBe('10.213.0.100');
-    expect(leasedIp(leases, '52:54:0a:d5:00:99')).toBeNull();
   });
 });
 

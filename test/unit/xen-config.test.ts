@@ -28,7 +28,7 @@ const spec: VmSpec = {
   vcpus: 2,
   rootDisk: '/var/lib/vws/node/workspaces/ws-0000000000e1/root.raw',
   kernel: { vmlinuz: '/var/lib/vws/node/kernels/default/vmlinuz', initrd: '/var/lib/vws/node/kernels/default/initrd.gz' },
-  nic: { mac: '52:54:00:e1:00:01', bridge: 'xenbr0' },
+  nics: [{ mac: '52:54:00:e1:00:01', bridge: 'xenbr0', iface: 'vw0000000000e10' }],
 };
 
 describe('renderDomainConfig', () => {
@@ -109,8 +109,8 @@ describe('renderDomainConfig', () => {
     ['a newline in the root disk', { rootDisk: '/x\nmemory=9999' }],
     ['a backslash', { kernel: { ...spec.kernel, initrd: '/i\\"' } }],
     ['a space in the hostname (extra kernel args)', { hostname: 'h init=/bin/sh' }],
-    ['a comma in the bridge (extra vif keys)', { nic: { mac: spec.nic.mac, bridge: 'br0,script=/evil' } }],
-    ['a malformed MAC', { nic: { mac: '52:54:00:e1:00', bridge: 'xenbr0' } }],
+    ['a comma in the bridge (extra vif keys)', { nics: [{ ...spec.nics[0], bridge: 'br0,script=/evil' }] }],
+    ['a malformed MAC', { nics: [{ ...spec.nics[0], mac: '52:54:00:e1:00' }] }],
     ['a quote in the name', { name: 'ws-"x' }],
     ['zero memory', { memoryMiB: 0 }],
     ['fractional vcpus', { vcpus: 1.5 }],

@@ -6,17 +6,21 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { WithStartWorkflowOperation, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import type { Grant, Ledger, SlotRequest } from '../../domain/allocation';
-import { releaseUpdate, reserveUpdate } from '../../domain/messages';
-import { expandRange } from '../../domain/network';
+import { configureUpdate, releaseUpdate, reserveUpdate } from '../../domain/messages';
+import { configuredPools } from '../../config/pools';
 import type { VwsConfig } from '../../config/schema';
 import { allocatorWorkflowId, headTaskQueue } from '../../config/names';
 
 /** The allocator's initial ledger, from the configuration. */
 export function initialLedger(config: VwsConfig): Ledger {
   return {
-    network: config.network.name,
-    nodes: config.nodes.map((n) => ({ name: n.name, memoryMiB: n.memoryMiB, cpus: n.cpus })),
-    addresses: expandRange(config.network.first, config.network.last, config.network.hostnamePrefix),
+    nodes: config.nodes.map((n) => ({
+      name: n.name,
+      memoryMiB: n.memoryMiB,
+      cpus: n.cpus,
+      networks: config.networks.filter((net) => !net.nodes || net.nodes.includes(n.name)).map((net) => net.name),
+    })),
+    pools: configuredPools(config),
     grants: {},
   };
 }
@@ -50,6 +54,17 @@ export function createHeadActivities(deps: { client: Client; config: VwsConfig }
         }
         throw e;
       }
+    },
+
+    /**
+     * Gives the allocator this configuration's nodes and pools (the head calls it at start), so a
+     * changed configuration takes effect for new grants; live grants are kept.
+     */
+    async configureAllocator(): Promise<void> {
+      await deps.client.workflow.executeUpdateWithStart(configureUpdate, {
+        args: [{ nodes: ledger.nodes, pools: ledger.pools }],
+        startWorkflowOperation: startOp(),
+      });
     },
 
     /** Releases the holder's grant. Idempotent. */

@@ -53,9 +53,21 @@ export function vmFiles(paths: NodePaths, name: string): VmFiles {
   return { dir, qmp: join(dir, 'qmp.sock'), pid: join(dir, 'qemu.pid'), serial: join(dir, 'serial.log') };
 }
 
-/** Tap device name for a VM: `vw` + the 12 hex digits of its id (15 characters at most, IFNAMSIZ). */
-export function tapName(name: string): string {
+/** The prefix every tap of VM `name` starts with (`nicInterfaceName` adds the NIC index). */
+export function tapPrefix(name: string): string {
   return `vw${name.replace(/^ws-/, '')}`;
+}
+
+/** Refuses an interface name that is not one (it goes into qemu's option string). */
+function checkIface(iface: string): string {
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(iface)) throw new Error(`nics: bad interface name ${JSON.stringify(iface)}`);
+  return iface;
+}
+
+/** Refuses a MAC that is not one. */
+function checkMac(mac: string): string {
+  if (!/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(mac)) throw new Error(`nics: bad MAC ${JSON.stringify(mac)}`);
+  return mac;
 }
 
 /** Escapes a value inside a QEMU `key=value,...` option: a comma is written as two. */
@@ -121,8 +133,10 @@ export function qemuArgv(binary: string, accel: string, spec: VmSpec, files: VmF
     // `quiet`: every console character is slow under TCG. panic=-1: a panicking guest reboots at once.
     '-append', `console=ttyS0 quiet panic=-1 vmname=${spec.hostname}`,
     ...driveArgs(spec),
-    '-netdev', `tap,id=n0,ifname=${tapName(spec.name)},script=no,downscript=no`,
-    '-device', `virtio-net-pci,netdev=n0,mac=${spec.nic.mac}`,
+    ...spec.nics.flatMap((nic, i) => [
+      '-netdev', `tap,id=n${i},ifname=${v(checkIface(nic.iface))},script=no,downscript=no`,
+      '-device', `virtio-net-pci,netdev=n${i},mac=${checkMac(nic.mac)}`,
+    ]),
     // `-serial file:` truncates the log when qemu starts; append=on keeps the console of the boot before
     // a save (and before a host-side restart) in one file.
     '-chardev', `file,id=s0,path=${v(files.serial)},append=on`,
@@ -264,6 +278,13 @@ export class QemuDriver implements HypervisorDriver {
     return r.code === 0;
   }
 
+  /** The VM's taps that exist on the node (any NIC count, so cleanup needs nothing but the name). */
+  private async tapsOf(name: string): Promise<string[]> {
+    const prefix = tapPrefix(name);
+    const out = (await this.o.exec.run(['ip', '-o', 'link', 'show'])).stdout;
+    return [...out.matchAll(/^\d+: ([^:@\s]+)/gm)].map((m) => m[1]).filter((n) => n.startsWith(prefix));
+  }
+
   /** SIGKILLs the VM's qemu if it runs and waits until it is gone. */
   private async kill(name: string): Promise<void> {
     const pid = await this.livePid(name);
@@ -276,8 +297,7 @@ export class QemuDriver implements HypervisorDriver {
   /** Removes what a VM leaves behind once its qemu is gone: tap, QMP socket, pid file. */
   private async cleanup(name: string): Promise<void> {
     const files = vmFiles(this.o.paths, name);
-    const tap = tapName(name);
-    if (await this.tapExists(tap)) await this.o.exec.run(['ip', 'link', 'del', 'dev', tap]);
+    for (const tap of await this.tapsOf(name)) await this.o.exec.run(['ip', 'link', 'del', 'dev', tap], { okCodes: [0, 1] });
     await this.o.exec.remove(files.qmp);
     await this.o.exec.remove(files.pid);
   }
@@ -285,14 +305,13 @@ export class QemuDriver implements HypervisorDriver {
   /** Creates the tap on the bridge and starts a daemonized qemu (`-daemonize` returns once QMP listens). */
   private async launch(spec: VmSpec, incoming: boolean): Promise<void> {
     const files = vmFiles(this.o.paths, spec.name);
-    const tap = tapName(spec.name);
     // Built first: an invalid spec (a relative disk path) must fail before anything is made on the node.
     const argv = qemuArgv(this.o.binary, this.o.accel, spec, files, { incoming });
-    if (!(await this.tapExists(tap))) {
-      await this.o.exec.run(['ip', 'tuntap', 'add', 'dev', tap, 'mode', 'tap']);
+    for (const nic of spec.nics) {
+      if (!(await this.tapExists(nic.iface))) await this.o.exec.run(['ip', 'tuntap', 'add', 'dev', nic.iface, 'mode', 'tap']);
+      await this.o.exec.run(['ip', 'link', 'set', 'dev', nic.iface, 'master', nic.bridge]);
+      await this.o.exec.run(['ip', 'link', 'set', 'dev', nic.iface, 'up']);
     }
-    await this.o.exec.run(['ip', 'link', 'set', 'dev', tap, 'master', spec.nic.bridge]);
-    await this.o.exec.run(['ip', 'link', 'set', 'dev', tap, 'up']);
     await this.o.exec.remove(files.qmp);
     await this.o.exec.remove(files.pid);
     // -daemonize returns once the VM is set up (about 0.1 s), so the timeout only guards a hang.

@@ -81,8 +81,13 @@ export function renderDomainConfig(spec: VmSpec, loopDevice: string, diskLoops: 
   // Space-separated kernel arguments: a space or quote in the hostname would add arguments.
   const hostname = token('hostname', spec.hostname, /^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/);
   // vif and disk items are comma/equals-separated lists inside a quoted string.
-  const mac = token('nic.mac', spec.nic.mac, /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/);
-  const bridge = token('nic.bridge', spec.nic.bridge, /^[A-Za-z0-9_.-]{1,15}$/);
+  const vifs = spec.nics.map((nic, i) => {
+    const mac = token(`nics[${i}].mac`, nic.mac, /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/);
+    const bridge = token(`nics[${i}].bridge`, nic.bridge, /^[A-Za-z0-9_.-]{1,15}$/);
+    // vifname: the backend interface gets the name the anti-spoofing rules match (not vif<domid>.<n>).
+    const iface = token(`nics[${i}].iface`, nic.iface, /^[A-Za-z0-9_.-]{1,15}$/);
+    return xlString('vif', `mac=${mac},bridge=${bridge},vifname=${iface}`);
+  });
   const loop = token('loop device', loopDevice, /^\/dev\/loop[0-9]+$/);
   const extra = spec.disks ?? [];
   if (diskLoops.length !== extra.length) throw new Error(`${extra.length} extra disks but ${diskLoops.length} loop devices`);
@@ -102,7 +107,7 @@ export function renderDomainConfig(spec: VmSpec, loopDevice: string, diskLoops: 
     `kernel = ${xlString('kernel.vmlinuz', spec.kernel.vmlinuz)}`,
     `ramdisk = ${xlString('kernel.initrd', spec.kernel.initrd)}`,
     `extra = ${xlString('extra', `console=hvc0 quiet vmname=${hostname}`)}`,
-    `vif = [ ${xlString('vif', `mac=${mac},bridge=${bridge}`)} ]`,
+    `vif = [ ${vifs.join(', ')} ]`,
     `disk = [ ${[xlString('disk', `phy:${loop},xvda,w`), ...disks.map((d) => xlString('disk', `phy:${d.loop},${d.vdev},w`))].join(', ')} ]`,
     `on_poweroff = "destroy"`,
     `on_reboot = "restart"`,
