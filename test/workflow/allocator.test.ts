@@ -6,6 +6,7 @@ import type { Worker } from '@temporalio/worker';
 import { createHeadActivities } from '../../src/activities/head/allocator-client';
 import { allocatorWorkflowId } from '../../src/config/names';
 import type { VwsConfig } from '../../src/config/schema';
+import type { Grant } from '../../src/domain/allocation';
 import { grantsQuery } from '../../src/domain/messages';
 import { createHeadWorker } from '../../src/workers/head';
 import { connect, testConfig, workflowBundle, type TestConnections } from '../helpers/temporal';
@@ -28,7 +29,7 @@ function smallSite(): VwsConfig {
       { name: 'vmm1', memoryMiB: 256, cpus: 2 },
       { name: 'vmm2', memoryMiB: 256, cpus: 2 },
     ],
-    network: { name: 'public', subnet: '10.213.0.0/24', gateway: '10.213.0.1', first: '10.213.0.100', last: '10.213.0.102' },
+    networks: [{ name: 'public', subnet: '10.213.0.0/24', gateway: '10.213.0.1', ranges: [{ first: '10.213.0.100', last: '10.213.0.102' }] }],
   });
 }
 
@@ -40,10 +41,10 @@ describe('the allocator workflow', () => {
     const head = createHeadActivities({ client: conn.client, config });
     await withHeadWorker(config, async () => {
       const a = await head.reserve({ holder: 'wf-a', memoryMiB: 200, vcpus: 1 });
-      expect(a).toMatchObject({ holder: 'wf-a', node: 'vmm1', memoryMiB: 200, address: { ip: '10.213.0.100', mac: '52:54:0a:d5:00:64' } });
+      expect(a).toMatchObject({ holder: 'wf-a', node: 'vmm1', memoryMiB: 200, nics: [{ network: 'public', address: { ip: '10.213.0.100', mac: '52:54:0a:d5:00:64', gateway: '10.213.0.1' } }] });
       // A retried reserve by the same holder gets the same grant, not a second one.
       expect(await head.reserve({ holder: 'wf-a', memoryMiB: 200, vcpus: 1 })).toEqual(a);
-      expect(await head.reserve({ holder: 'wf-b', memoryMiB: 200, vcpus: 1 })).toMatchObject({ node: 'vmm2', address: { ip: '10.213.0.101' } });
+      expect(await head.reserve({ holder: 'wf-b', memoryMiB: 200, vcpus: 1 })).toMatchObject({ node: 'vmm2', nics: [{ address: { ip: '10.213.0.101' } }] });
 
       await expect(head.reserve({ holder: 'wf-c', memoryMiB: 200, vcpus: 1 })).rejects.toMatchObject({
         type: 'NoCapacity',
@@ -69,16 +70,35 @@ describe('the allocator workflow', () => {
       const results = await Promise.allSettled(
         Array.from({ length: 10 }, (_, i) => head.reserve({ holder: `wf-${i}`, memoryMiB: 64, vcpus: 1 })),
       );
-      const granted = results.filter((r) => r.status === 'fulfilled').map((r) => (r as PromiseFulfilledResult<{ address: { ip: string }; node: string }>).value);
+      const granted = results.filter((r) => r.status === 'fulfilled').map((r) => (r as PromiseFulfilledResult<Grant>).value);
       const refused = results.filter((r) => r.status === 'rejected');
       // Three addresses in the pool: exactly three grants, all distinct; the rest refused for addresses.
       expect(granted).toHaveLength(3);
-      expect(new Set(granted.map((g) => g.address.ip)).size).toBe(3);
+      expect(new Set(granted.map((g) => g.nics![0].address.ip)).size).toBe(3);
       expect(refused).toHaveLength(7);
       for (const r of refused) expect((r as PromiseRejectedResult).reason).toMatchObject({ type: 'NoCapacity', message: expect.stringContaining('no free address') });
       expect(await grants(config)).toHaveLength(3);
       for (let i = 0; i < 10; i++) await head.release(`wf-${i}`);
       expect(await grants(config)).toEqual([]);
+    });
+  });
+
+  it('takes a changed configuration for new grants and keeps live ones', async () => {
+    const config = smallSite();
+    const head = createHeadActivities({ client: conn.client, config });
+    await withHeadWorker(config, async () => {
+      await head.reserve({ holder: 'wf-live', memoryMiB: 64, vcpus: 1 });
+      const bigger = testConfig({
+        temporal: config.temporal,
+        nodes: [{ name: 'vmm1', memoryMiB: 256, cpus: 2 }],
+        networks: [{ name: 'public', subnet: '10.213.0.0/24', gateway: '10.213.0.1', ranges: [{ first: '10.213.0.120', last: '10.213.0.121' }] }],
+      });
+      await createHeadActivities({ client: conn.client, config: bigger }).configureAllocator();
+      // The live grant keeps its old address; a new one comes from the new pool.
+      expect((await grants(config)).map((g) => g.nics![0].address.ip)).toEqual(['10.213.0.100']);
+      expect((await head.reserve({ holder: 'wf-new', memoryMiB: 64, vcpus: 1 })).nics![0].address.ip).toBe('10.213.0.120');
+      await head.release('wf-live');
+      await head.release('wf-new');
     });
   });
 
