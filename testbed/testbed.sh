@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # vws testbed: N fake "VMM hosts" on this machine, each a network + UTS + mount
-# namespace with its own sshd, slurmd and dnsmasq, plus munged and slurmctld on
-# the head (root namespace). See testbed/README.md.
+# namespace with its own sshd and slurmd, plus munged and slurmctld on the head
+# (root namespace). Two networks: "default" (vwsbr0/br0) and "private"
+# (vwsbr1/br1). The DHCP servers are vws's own (it starts them under the node
+# dir's dhcp/<network>/); down stops any it left running. See testbed/README.md.
 #
 #   testbed.sh up [--hosts N]        start (idempotent; starts what is missing)
 #   testbed.sh status                one line per component; exit 0 if all up
@@ -19,9 +21,13 @@ GUEST_DIR="${VWS_CACHE_DIR:-$REPO_ROOT/.cache}/guest"
 XEN1="$SCRIPT_DIR/xen/xen1.sh"      # the Xen node (QEMU running Xen + dom0), see testbed/xen/
 XEN1_SKIPPED="$TB/xen1.skipped"     # why the last up went on without xen1 (no Xen packages)
 NODE_MNT=/var/lib/vws/node          # each host sees its own node dir here
-HEAD_BR=vwsbr0
+HEAD_BR=vwsbr0                      # network "default": head vwsbr0, hosts' br0 (eth0)
 NET_PREFIX=10.213.0
 HEAD_IP="$NET_PREFIX.1"
+PRIV_BR=vwsbr1                      # network "private": head vwsbr1, hosts' br1 (eth1)
+PRIV_PREFIX=10.214.0
+PRIV_IP="$PRIV_PREFIX.1"
+DHCP_COMMS=dnsmasq,dhcpd            # the DHCP servers vws may leave running in a host
 SLURM_CONF_FILE="$TB/slurm/slurm.conf"
 MUNGE_SOCKET="$TB/munge/run/munge.socket.2"
 IDLE_TIMEOUT=30                     # seconds for all slurmd to register idle
@@ -44,6 +50,7 @@ elapsed() {
 step() { printf '[%6ss] %s\n' "$(elapsed)" "$*" 2>/dev/null || true; }
 
 host_ip() { printf '%s.%d' "$NET_PREFIX" $((10 + ${1#vmm})); }
+host_priv_ip() { printf '%s.%d' "$PRIV_PREFIX" $((10 + ${1#vmm})); }
 host_dir() { printf '%s/hosts/%s' "$TB" "$1"; }
 
 # poll SECONDS CMD...: run CMD every 0.1 s until it succeeds; false on timeout.
@@ -65,13 +72,14 @@ read_pid() { # read_pid FILE: prints the PID in FILE, or nothing
 
 # A PID counts as running if it exists, is not a zombie, and (if given) its
 # command name matches: a stale PID file must not make us signal a stranger.
-pid_alive() { # pid_alive PID [COMM]
+# COMM may list several names, comma-separated (dnsmasq,dhcpd).
+pid_alive() { # pid_alive PID [COMM[,COMM...]]
   local pid="$1" comm="${2:-}" stat state
   [[ -n "$pid" && -r "/proc/$pid/stat" ]] || return 1
   stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
   state="${stat##*) }"; state="${state%% *}"
   [[ "$state" != Z && "$state" != X ]] || return 1
-  [[ -z "$comm" || "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]]
+  [[ -z "$comm" || ",$comm," == *",$(cat "/proc/$pid/comm" 2>/dev/null),"* ]]
 }
 
 pidfile_alive() { # pidfile_alive FILE COMM: prints the PID if it runs
@@ -160,14 +168,19 @@ anything_up() {
   pidfile_alive "$TB/slurm/slurmctld.pid" slurmctld >/dev/null && return 0
   pidfile_alive "$TB/munge/munged.pid" munged >/dev/null && return 0
   ip link show dev "$HEAD_BR" >/dev/null 2>&1 && return 0
+  ip link show dev "$PRIV_BR" >/dev/null 2>&1 && return 0
   pidfile_alive "$TB/hosts/xen1/qemu.pid" qemu-system-x86 >/dev/null && return 0
   ip link show dev xen1-tap >/dev/null 2>&1 && return 0
   for h in "$@"; do
     hd="$(host_dir "$h")"
     [[ -e "/run/netns/$h" ]] && return 0
     ip link show dev "$h-h" >/dev/null 2>&1 && return 0
-    for l in "anchor.pid sleep" "sshd.pid sshd" "slurmd.pid slurmd" "node/dhcp/dnsmasq.pid dnsmasq"; do
+    ip link show dev "$h-p" >/dev/null 2>&1 && return 0
+    for l in "anchor.pid sleep" "sshd.pid sshd" "slurmd.pid slurmd"; do
       pidfile_alive "$hd/${l% *}" "${l#* }" >/dev/null && return 0
+    done
+    for l in "$hd"/node/dhcp/*/server.pid; do
+      pidfile_alive "$l" "$DHCP_COMMS" >/dev/null && return 0
     done
   done
   return 1
@@ -177,23 +190,28 @@ anything_up() {
 
 # Prints "NAME STATE DETAIL" lines; returns 0 only if every component is up.
 check_all() {
-  local ok=0 hosts h hd ip pid n idle upn
+  local ok=0 hosts h hd ip pip pid n idle upn
   mapfile -t hosts < <(configured_hosts)
   if (( ${#hosts[@]} == 0 )); then
     echo "testbed      down  (never brought up in $TB)"
     return 1
   fi
   if ip -br addr show dev "$HEAD_BR" 2>/dev/null | grep -q "$HEAD_IP/24"; then
-    echo "bridge       up    $HEAD_BR $HEAD_IP/24"
+    echo "bridge       up    $HEAD_BR $HEAD_IP/24 (network default)"
   else
     echo "bridge       DOWN  $HEAD_BR"; ok=1
+  fi
+  if ip -br addr show dev "$PRIV_BR" 2>/dev/null | grep -q "$PRIV_IP/24"; then
+    echo "bridge1      up    $PRIV_BR $PRIV_IP/24 (network private)"
+  else
+    echo "bridge1      DOWN  $PRIV_BR"; ok=1
   fi
   pid="$(pidfile_alive "$TB/munge/munged.pid" munged)" \
     && echo "munged       up    pid $pid" || { echo "munged       DOWN"; ok=1; }
   pid="$(pidfile_alive "$TB/slurm/slurmctld.pid" slurmctld)" \
     && echo "slurmctld    up    pid $pid" || { echo "slurmctld    DOWN"; ok=1; }
   for h in "${hosts[@]}"; do
-    hd="$(host_dir "$h")"; ip="$(host_ip "$h")"
+    hd="$(host_dir "$h")"; ip="$(host_ip "$h")"; pip="$(host_priv_ip "$h")"
     if pid="$(anchor_pid "$h")" \
         && ip -n "$h" -br addr show dev br0 2>/dev/null | grep -q "$ip/24" \
         && ip -br link show dev "$h-h" 2>/dev/null | grep -q UP; then
@@ -201,12 +219,16 @@ check_all() {
     else
       echo "$h/anchor  DOWN  (namespace, veth or anchor missing)"; ok=1
     fi
+    if ip -n "$h" -br addr show dev br1 2>/dev/null | grep -q "$pip/24" \
+        && ip -br link show dev "$h-p" 2>/dev/null | grep -q UP; then
+      echo "$h/br1     up    br1 $pip, veth $h-p in $PRIV_BR"
+    else
+      echo "$h/br1     DOWN  (br1, $pip or veth $h-p missing)"; ok=1
+    fi
     pid="$(pidfile_alive "$hd/sshd.pid" sshd)" \
       && echo "$h/sshd    up    pid $pid $ip:22" || { echo "$h/sshd    DOWN"; ok=1; }
     pid="$(pidfile_alive "$hd/slurmd.pid" slurmd)" \
       && echo "$h/slurmd  up    pid $pid" || { echo "$h/slurmd  DOWN"; ok=1; }
-    pid="$(pidfile_alive "$hd/node/dhcp/dnsmasq.pid" dnsmasq)" \
-      && echo "$h/dnsmasq up    pid $pid" || { echo "$h/dnsmasq DOWN"; ok=1; }
     if [[ -s "$hd/node/kernels/default/vmlinuz" && -s "$hd/node/kernels/default/initrd.gz" ]]; then
       echo "$h/kernel  ok    $NODE_MNT/kernels/default"
     else
@@ -238,7 +260,7 @@ preflight() {
   [[ "$(id -u)" == 0 ]] || die "must run as root"
   local c missing=()
   for c in ip nsenter unshare munged slurmctld slurmd sinfo squeue scancel \
-           dnsmasq ssh ssh-keygen ssh-keyscan /usr/sbin/sshd flock; do
+           dnsmasq dhcp_release dhcpd nft ssh ssh-keygen ssh-keyscan /usr/sbin/sshd flock; do
     command -v "$c" >/dev/null 2>&1 || missing+=("$c")
   done
   (( ${#missing[@]} == 0 )) || die "missing commands: ${missing[*]} (install testbed/debian-packages.txt)"
@@ -256,7 +278,7 @@ ensure_dirs() {
   chmod 700 "$TB/ssh"
   for h in "$@"; do
     hd="$(host_dir "$h")"
-    mkdir -p "$hd"/{log,home,slurmd-spool} "$hd/node/dhcp/hosts.d" "$hd/node/kernels/default"
+    mkdir -p "$hd"/{log,home,slurmd-spool} "$hd/node/dhcp" "$hd/node/kernels/default"
   done
   # sshd's privilege-separation dir, normally made by its service unit.
   mkdir -p -m 0755 /run/sshd
@@ -387,27 +409,6 @@ Subsystem sftp internal-sftp
 EOF
 }
 
-write_dnsmasq_conf() {
-  local h="$1"
-  # Paths are as seen inside the host (its node dir is mounted at $NODE_MNT).
-  # No dhcp-authoritative: every host's dnsmasq shares one L2 segment and must
-  # stay silent for MACs it has no dhcp-host entry for.
-  write_if_changed "$(host_dir "$h")/dnsmasq.conf" <<EOF
-# Generated by testbed/testbed.sh for $h
-port=0
-interface=br0
-bind-interfaces
-dhcp-range=$NET_PREFIX.0,static,255.255.255.0,12h
-dhcp-option=option:router,$HEAD_IP
-dhcp-hostsdir=$NODE_MNT/dhcp/hosts.d
-dhcp-leasefile=$NODE_MNT/dhcp/leases
-pid-file=$NODE_MNT/dhcp/dnsmasq.pid
-log-dhcp
-log-facility=$NODE_MNT/dhcp/dnsmasq.log
-user=root
-EOF
-}
-
 ensure_munged() {
   if pidfile_alive "$TB/munge/munged.pid" munged >/dev/null; then return 0; fi
   rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
@@ -419,14 +420,20 @@ ensure_munged() {
   step "munged started (pid $(read_pid "$TB/munge/munged.pid"))"
 }
 
+# The head bridges of both networks. IP forwarding is left as it is (off on this machine), so the
+# head does not route between them: a VM on one network cannot reach the other through the head.
 ensure_head_bridge() {
-  if ! ip link show dev "$HEAD_BR" >/dev/null 2>&1; then
-    # No STP: ports forward at once instead of after the forward delay.
-    ip link add "$HEAD_BR" type bridge stp_state 0 forward_delay 0
-    step "bridge $HEAD_BR created"
-  fi
-  ip addr replace "$HEAD_IP/24" dev "$HEAD_BR"
-  ip link set "$HEAD_BR" up
+  local br ip
+  for br in "$HEAD_BR:$HEAD_IP" "$PRIV_BR:$PRIV_IP"; do
+    ip="${br#*:}"; br="${br%%:*}"
+    if ! ip link show dev "$br" >/dev/null 2>&1; then
+      # No STP: ports forward at once instead of after the forward delay.
+      ip link add "$br" type bridge stp_state 0 forward_delay 0
+      step "bridge $br created"
+    fi
+    ip addr replace "$ip/24" dev "$br"
+    ip link set "$br" up
+  done
 }
 
 # Remember whether /run/netns was a mount point before our first `ip netns add`
@@ -440,26 +447,34 @@ note_run_netns() {
   fi
 }
 
+# ensure_host_bridge HOST BRIDGE HOST_IF HEAD_VETH HEAD_BRIDGE IP: BRIDGE in the host with IP/24,
+# joined to HEAD_BRIDGE on the head by the veth pair HEAD_VETH (head) / HOST_IF (host).
+ensure_host_bridge() {
+  local h="$1" br="$2" hif="$3" veth="$4" headbr="$5" ip="$6"
+  if ! ip -n "$h" link show dev "$br" >/dev/null 2>&1; then
+    ip -n "$h" link add "$br" type bridge stp_state 0 forward_delay 0
+  fi
+  if ! ip link show dev "$veth" >/dev/null 2>&1; then
+    ip -n "$h" link del "$hif" 2>/dev/null || true
+    ip link add "$veth" type veth peer name "$hif" netns "$h"
+  fi
+  ip -n "$h" link set "$hif" master "$br" up
+  ip -n "$h" addr replace "$ip/24" dev "$br"
+  ip -n "$h" link set "$br" up
+  ip link set "$veth" master "$headbr" up
+}
+
 ensure_host_net() {
-  local h="$1" ip
-  ip="$(host_ip "$h")"
+  local h="$1"
   if [[ ! -e "/run/netns/$h" ]]; then
     note_run_netns
     ip netns add "$h"
   fi
   ip -n "$h" link set lo up
-  if ! ip -n "$h" link show dev br0 >/dev/null 2>&1; then
-    ip -n "$h" link add br0 type bridge stp_state 0 forward_delay 0
-  fi
-  if ! ip link show dev "$h-h" >/dev/null 2>&1; then
-    ip -n "$h" link del eth0 2>/dev/null || true
-    ip link add "$h-h" type veth peer name eth0 netns "$h"
-  fi
-  ip -n "$h" link set eth0 master br0 up
-  ip -n "$h" addr replace "$ip/24" dev br0
-  ip -n "$h" link set br0 up
+  ensure_host_bridge "$h" br0 eth0 "$h-h" "$HEAD_BR" "$(host_ip "$h")"
+  ensure_host_bridge "$h" br1 eth1 "$h-p" "$PRIV_BR" "$(host_priv_ip "$h")"
+  # The default route is on the default network only.
   ip -n "$h" route replace default via "$HEAD_IP" dev br0
-  ip link set "$h-h" master "$HEAD_BR" up
 }
 
 # Stop the per-host daemons by PID file (used by down, and by up when a
@@ -468,13 +483,45 @@ host_daemon_specs() { # "FILE|COMM|NAME" of each per-host daemon, for HOSTS
   local h hd
   for h in "$@"; do
     hd="$(host_dir "$h")"
-    printf '%s\n' "$hd/sshd.pid|sshd|$h sshd" "$hd/slurmd.pid|slurmd|$h slurmd" \
-      "$hd/node/dhcp/dnsmasq.pid|dnsmasq|$h dnsmasq"
+    printf '%s\n' "$hd/sshd.pid|sshd|$h sshd" "$hd/slurmd.pid|slurmd|$h slurmd"
   done
+}
+
+# The DHCP servers vws started in HOSTS (one per network: node/dhcp/<network>/server.pid, dnsmasq or
+# ISC dhcpd), plus the pid file of the testbed's own dnsmasq of old (node/dhcp/dnsmasq.pid).
+dhcp_server_specs() { # "FILE|COMM|NAME" lines, for HOSTS
+  local h hd f n
+  for h in "$@"; do
+    hd="$(host_dir "$h")"
+    for f in "$hd"/node/dhcp/*/server.pid "$hd/node/dhcp/dnsmasq.pid"; do
+      [[ -e "$f" ]] || continue
+      n="${f%/server.pid}"; n="${n##*/}"
+      [[ "$f" == */dnsmasq.pid ]] && n="(old testbed dnsmasq)"
+      printf '%s\n' "$f|$DHCP_COMMS|$h DHCP server $n"
+    done
+  done
+}
+
+# Stops the DHCP servers by PID file, then, as a safety net, every dnsmasq or dhcpd still in the
+# hosts' network namespaces (a server whose PID file was lost or overwritten).
+stop_dhcp_servers() { # stop_dhcp_servers HOST...
+  local specs h p pids=()
+  mapfile -t specs < <(dhcp_server_specs "$@")
+  (( ${#specs[@]} == 0 )) || stop_pidfiles "${specs[@]}"
+  for h in "$@"; do
+    [[ -e "/run/netns/$h" ]] || continue
+    for p in $(ip netns pids "$h" 2>/dev/null); do
+      pid_alive "$p" "$DHCP_COMMS" && pids+=("$p")
+    done
+  done
+  (( ${#pids[@]} )) || return 0
+  kill_wait "${pids[@]}" || true
+  step "stopped ${#pids[@]} DHCP server(s) without a PID file in the hosts' namespaces (pid ${pids[*]})"
 }
 
 stop_host_daemons() { # stop_host_daemons HOST...
   local specs
+  stop_dhcp_servers "$@"
   mapfile -t specs < <(host_daemon_specs "$@")
   stop_pidfiles "${specs[@]}"
 }
@@ -517,16 +564,6 @@ ensure_sshd() {
   start_in_host "$h" sshd "$hd/sshd.pid" "$hd/log/sshd.log" \
     /usr/sbin/sshd -f "$hd/sshd_config" -E "$hd/log/sshd.log"
   step "$h sshd started (pid $(read_pid "$hd/sshd.pid"), $(host_ip "$h"):22)"
-}
-
-ensure_dnsmasq() {
-  local h="$1" hd
-  hd="$(host_dir "$h")"
-  pidfile_alive "$hd/node/dhcp/dnsmasq.pid" dnsmasq >/dev/null && return 0
-  write_dnsmasq_conf "$h"
-  start_in_host "$h" dnsmasq "$hd/node/dhcp/dnsmasq.pid" "$hd/log/dnsmasq.err" \
-    dnsmasq --conf-file="$hd/dnsmasq.conf"
-  step "$h dnsmasq started (pid $(read_pid "$hd/node/dhcp/dnsmasq.pid"), DHCP on br0)"
 }
 
 ensure_slurmd() {
@@ -642,13 +679,12 @@ cmd_up() {
   for h in "${hosts[@]}"; do
     ensure_host_net "$h"
   done
-  step "network ready: $HEAD_BR $HEAD_IP/24, hosts ${hosts[*]} on br0 .11-.$((10 + n))"
+  step "network ready: $HEAD_BR $HEAD_IP/24 + $PRIV_BR $PRIV_IP/24, hosts ${hosts[*]} on br0/br1 .11-.$((10 + n))"
   ensure_slurmctld
   for h in "${hosts[@]}"; do
     ensure_anchor "$h"
     ensure_kernels "$h"
     ensure_sshd "$h"
-    ensure_dnsmasq "$h"
     ensure_slurmd "$h"
   done
   for h in "${hosts[@]}"; do wait_sshd_port "$h"; done
@@ -693,14 +729,15 @@ kill_host_strays() { # kill_host_strays HOST...
   local h hd keep=() pids=() p k skip what
   for h in "$@"; do
     hd="$(host_dir "$h")"
-    keep+=("$(read_pid "$hd/anchor.pid")" "$(read_pid "$hd/sshd.pid")" \
-           "$(read_pid "$hd/slurmd.pid")" "$(read_pid "$hd/node/dhcp/dnsmasq.pid")")
+    keep+=("$(read_pid "$hd/anchor.pid")" "$(read_pid "$hd/sshd.pid")" "$(read_pid "$hd/slurmd.pid")")
   done
   for h in "$@"; do
     [[ -e "/run/netns/$h" ]] || continue
     for p in $(ip netns pids "$h" 2>/dev/null); do
       skip=0
       for k in "${keep[@]}"; do [[ "$p" == "$k" ]] && skip=1; done
+      # DHCP servers are stopped next, by stop_host_daemons (by PID file, with their names).
+      pid_alive "$p" "$DHCP_COMMS" && skip=1
       (( skip )) || { pid_alive "$p" && pids+=("$p"); }
     done
   done
@@ -735,7 +772,7 @@ procs_in_ns() { # procs_in_ns TYPE INODE...
 }
 
 cmd_down() {
-  local hosts h net_inos=() mnt_inos=() left=() pid l specs
+  local hosts h hd net_inos=() mnt_inos=() left=() pid l specs
   # A reader that goes away (e.g. `down | head`) must not abort the teardown
   # half-way. (Only here: up would pass the ignored SIGPIPE on to daemons.)
   trap '' PIPE
@@ -764,11 +801,16 @@ cmd_down() {
   for h in "${hosts[@]}"; do specs+=("$(host_dir "$h")/anchor.pid|sleep|$h anchor"); done
   (( ${#specs[@]} == 0 )) || stop_pidfiles "${specs[@]}"
   for h in "${hosts[@]}"; do kill_netns_rest "$h"; done
-  # The hosts' VMs are gone, so their records go too: per-VM files, DHCP host entries and leases.
-  # (The image cache and the site kernels stay: they are node state, not leftovers of a VM.)
+  # The hosts' VMs are gone, so their records go too: per-VM files, DHCP host entries (hosts, options)
+  # and leases of every network (dhcpd also keeps leases~). server.conf, server.log and lock stay: vws
+  # rewrites the configuration before it starts a server. The old layout (hosts.d/, leases and
+  # dnsmasq.pid directly in dhcp/) goes entirely. (The image cache and the site kernels stay: they
+  # are node state, not leftovers of a VM.)
   for h in "${hosts[@]}"; do
-    rm -rf "$(host_dir "$h")/node/workspaces" "$(host_dir "$h")/node/dhcp/leases"
-    rm -f "$(host_dir "$h")"/node/dhcp/hosts.d/*
+    hd="$(host_dir "$h")"
+    rm -rf "$hd/node/workspaces" "$hd/node/dhcp/hosts.d" "$hd/node/dhcp/leases" "$hd/node/dhcp/dnsmasq.pid" \
+      "$hd/node/dhcp/dnsmasq.log" "$hd/dnsmasq.conf"
+    rm -f "$hd"/node/dhcp/*/{leases,leases~,hosts,options,server.pid}
   done
   stop_pidfiles "$TB/slurm/slurmctld.pid|slurmctld|slurmctld"
   stop_pidfiles "$TB/munge/munged.pid|munged|munged"
@@ -779,15 +821,17 @@ cmd_down() {
   for h in "${hosts[@]}"; do
     if [[ -e "/run/netns/$h" ]]; then ip netns del "$h"; fi
     ip link del "$h-h" 2>/dev/null || true
+    ip link del "$h-p" 2>/dev/null || true
   done
   ip link del "$HEAD_BR" 2>/dev/null || true
+  ip link del "$PRIV_BR" 2>/dev/null || true
   if [[ -e "$TB/run-netns-ours" ]] && mountpoint -q /run/netns \
       && [[ -z "$(ls -A /run/netns 2>/dev/null)" ]]; then
     umount /run/netns 2>/dev/null || true
     rm -f "$TB/run-netns-ours"
   fi
   # veths vanish asynchronously once their namespace is gone.
-  no_links() { ! ip -br link 2>/dev/null | grep -Eq "^($HEAD_BR|vmm[1-9]-h|vws-[^ ]*)[ @]"; }
+  no_links() { ! ip -br link 2>/dev/null | grep -Eq "^($HEAD_BR|$PRIV_BR|vmm[1-9]-[hp]|vws-[^ ]*)[ @]"; }
   poll 5 no_links || true
   step "network removed"
 
@@ -797,7 +841,7 @@ cmd_down() {
   for h in "${hosts[@]}"; do
     [[ -e "/run/netns/$h" ]] && left+=("netns $h")
   done
-  l="$(ip -br link 2>/dev/null | awk '{print $1}' | grep -E "^($HEAD_BR|vmm[1-9]-h|vws-.*|xen1-tap)(@.*)?$" | tr '\n' ' ' || true)"
+  l="$(ip -br link 2>/dev/null | awk '{print $1}' | grep -E "^($HEAD_BR|$PRIV_BR|vmm[1-9]-[hp]|vws-.*|xen1-tap)(@.*)?$" | tr '\n' ' ' || true)"
   [[ -z "$l" ]] || left+=("links: $l")
   l="$(findmnt -rn -o TARGET 2>/dev/null | grep -E "^($NODE_MNT|/run/netns/vmm[1-9])$" | tr '\n' ' ' || true)"
   [[ -z "$l" ]] || left+=("mounts: $l")

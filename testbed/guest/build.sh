@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the tiny test guest used by the vws testbed, from Debian packages only:
 #   vmlinuz          Debian cloud kernel (small, boots fast under TCG)
-#   initrd.gz        busybox-static initramfs with the virtio/acpi modules and /init
+#   initrd.gz        busybox-static initramfs with the virtio/acpi modules and /init (DHCP on
+#                    eth0..eth3; TESTBED ONLY: an unauthenticated root shell on TCP port 7000)
 #   disk.raw         sample workspace image: 16 MiB ext4 holding /vws-image
 #   disk.raw.sha256  hex digest of disk.raw
 #   stamp            hash of this script + kernel/busybox package versions
@@ -168,10 +169,28 @@ for d in $DISKS; do
     swap) swapon "/dev/$d" ;;
   esac
 done
-ip link set eth0 up 2>/dev/null
-udhcpc -f -i eth0 -s /etc/udhcpc.script -x hostname:"$HN" -t 30 -T 1 -A 1 -S &
+# DHCP on every NIC: eth0 (default route) and up to three more (other networks). Xen's netfront
+# NICs appear asynchronously (xenbus): wait briefly until there are as many ethN as vif devices.
+if [ -n "$XEN" ]; then
+  NVIF=$(ls -d /sys/bus/xen/devices/vif-* 2>/dev/null | wc -l)
+  for i in $(seq 50); do [ "$(ls -d /sys/class/net/eth* 2>/dev/null | wc -l)" -ge "$NVIF" ] && break; sleep 0.1; done
+fi
+for nic in eth0 eth1 eth2 eth3; do
+  [ -e "/sys/class/net/$nic" ] || continue
+  ip link set "$nic" up 2>/dev/null
+  udhcpc -f -i "$nic" -s /etc/udhcpc.script -x hostname:"$HN" -t 30 -T 1 -A 1 -S &
+done
+# TESTBED ONLY: an unauthenticated root shell on TCP 7000, so tests can drive pings and address
+# changes from inside the guest. Each connection gets a fresh sh (stderr into the connection too);
+# the client sends commands, half-closes, and reads the output until EOF. Never use as a real image.
+nc -ll -p 7000 -e /sbin/vws-control-shell &
 # "sleep & wait": the shell runs traps only after a foreground child exits.
 while true; do sleep 3600 & wait $!; done
+EOF
+  cat > "$root/sbin/vws-control-shell" <<'EOF'
+#!/bin/sh
+# One connection of the testbed control port (7000): a root shell, stdout and stderr to the client.
+exec /bin/sh 2>&1
 EOF
   cat > "$root/sbin/vws-poweroff" <<'EOF'
 #!/bin/sh
@@ -197,7 +216,8 @@ EOF
   printf '#!/bin/sh\nsync; /sbin/vws-poweroff\n' > "$root/etc/acpi/PWRF/00000080"
   cat > "$root/etc/udhcpc.script" <<'EOF'
 #!/bin/sh
-# busybox udhcpc hook: $1 = event; $interface $ip $mask $router from udhcpc.
+# busybox udhcpc hook: $1 = event; $interface $ip $mask $router from udhcpc. One udhcpc per NIC;
+# only eth0 (the first network) sets the default route.
 case "$1" in
   deconfig)
     ip addr flush dev "$interface"
@@ -206,17 +226,17 @@ case "$1" in
   bound|renew)
     [ "$1" = bound ] && ip addr flush dev "$interface"
     ip addr replace "$ip/${mask:-24}" dev "$interface"
-    if [ -n "$router" ]; then
+    if [ -n "$router" ] && [ "$interface" = eth0 ]; then
       set -- $router
       ip route replace default via "$1" dev "$interface"
     fi
-    echo "VWS-GUEST-READY host=$(hostname) ip=$ip mac=$(cat /sys/class/net/$interface/address) up=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
+    echo "VWS-GUEST-READY host=$(hostname) ip=$ip mac=$(cat /sys/class/net/$interface/address) iface=$interface up=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
     ;;
 esac
 exit 0
 EOF
   chmod 755 "$root/init" "$root/sbin/vws-poweroff" "$root/sbin/reboot" "$root/etc/acpi/PWRF/00000080" \
-    "$root/etc/udhcpc.script"
+    "$root/etc/udhcpc.script" "$root/sbin/vws-control-shell"
 }
 
 build_initrd() {

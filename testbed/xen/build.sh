@@ -4,7 +4,8 @@
 #   xen         Xen 4.17 hypervisor, plain ELF (QEMU's multiboot loader takes it as -kernel)
 #   vmlinuz     Debian's generic kernel for the PV dom0 (the cloud kernel lacks CONFIG_XEN_DOM0)
 #   initrd.gz   dom0 initramfs: busybox, the real xl toolstack (xl, xenstored, xenconsoled, hotplug
-#               scripts), sshd, dnsmasq + dhcp_release, util-linux losetup, coreutils timeout and
+#               scripts), sshd, dnsmasq + dhcp_release (vws starts its DHCP servers itself), nft (vws's
+#               anti-spoofing rules, bridge family), util-linux losetup, coreutils timeout and
 #               sha256sum, bash + flock (hotplug scripts), e2fsprogs mkfs.ext4, kernel modules, and /init
 #   stamp       the cache key
 # Nothing is installed: the .debs are fetched with `apt-get download` and extracted; the other
@@ -30,15 +31,17 @@ XEN_PKGS=(xen-hypervisor-$XENV-amd64 xen-utils-$XENV xen-utils-common xenstore-u
   libxenstore4 libxentoolcore1 libxentoollog1 libyajl2)
 # Host packages whose binaries are copied in (their versions are part of the key).
 HOST_PKGS=(busybox-static openssh-server dnsmasq-base dnsmasq-utils util-linux mount coreutils bash libc6
-  e2fsprogs)
+  e2fsprogs nftables libnftables1 libnftnl11 libmnl0 libjansson4 libxtables12)
 # Host programs copied into dom0 (with their ldd closure). mkfs.ext4 (a copy of mke2fs, which picks ext4
 # by its name) makes blank ext4 partitions: busybox's mke2fs makes ext2 only.
 HOST_BINS=(/usr/sbin/sshd /usr/sbin/dnsmasq /usr/bin/dhcp_release /usr/sbin/losetup /usr/bin/flock
-  /usr/bin/timeout /usr/bin/sha256sum /bin/bash /usr/sbin/mkfs.ext4)
+  /usr/bin/timeout /usr/bin/sha256sum /bin/bash /usr/sbin/mkfs.ext4 /usr/sbin/nft)
 # Loaded by /init; their dependencies are added from modules.dep. crc32c_generic is a soft
-# dependency of ext4 (crypto API), so modules.dep does not name it.
+# dependency of ext4 (crypto API), so modules.dep does not name it. nf_tables holds the bridge
+# family's filter chain type (with bridge loaded, `nft add table bridge t` works); nft_meta_bridge
+# adds the bridge meta keys (ibrname, obrname). br_netfilter is not needed (no iptables on bridges).
 MODULES=(xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback loop bridge tun
-  virtio_pci virtio_net virtio_blk ext4 crc32c_generic)
+  virtio_pci virtio_net virtio_blk ext4 crc32c_generic nf_tables nft_meta_bridge)
 
 log() { printf 'xen-build: %s\n' "$*" >&2; }
 die() { printf 'xen-build: error: %s\n' "$*" >&2; exit 1; }
@@ -194,7 +197,8 @@ write_init() {
   local root="$1"
   cat > "$root/init" <<'EOF'
 #!/bin/busybox sh
-# xen1 dom0: PID 1. Does what Debian's /etc/init.d/xen does, then network, node disk, dnsmasq, sshd.
+# xen1 dom0: PID 1. Does what Debian's /etc/init.d/xen does, then network, node disk, sshd.
+# No DHCP server: vws starts one per network under /var/lib/vws/node/dhcp/<network>/.
 # Parameters from the kernel command line: vws.ip=A.B.C.D/NN vws.gw=A.B.C.D vws.hostname=NAME
 /bin/busybox mkdir -p /proc /sys /dev /sbin /usr/bin /usr/sbin /var /tmp /run
 /bin/busybox --install -s
@@ -212,7 +216,7 @@ arg() { sed -n "s/.*[ ]$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 IP=$(arg vws.ip); GW=$(arg vws.gw); HN=$(arg vws.hostname)
 hostname "${HN:-xen-dom0}"
 for m in xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback loop bridge tun \
-         virtio_pci virtio_net virtio_blk crc32c_generic ext4; do
+         virtio_pci virtio_net virtio_blk crc32c_generic ext4 nf_tables nft_meta_bridge; do
   modprobe "$m" || echo "VWS-DOM0: modprobe $m failed"
 done
 mount -t xenfs xenfs /proc/xen
@@ -220,14 +224,18 @@ XENSTORED_ROOTDIR=/run/xenstored /usr/lib/xen-4.17/bin/xenstored --pid-file /run
 until xenstore-read -s / >/dev/null 2>&1; do sleep 0.1; done
 /usr/lib/xen-4.17/bin/xen-init-dom0
 /usr/lib/xen-4.17/bin/xenconsoled --pid-file=/run/xen/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
-# Node disk (virtio) at the node dir. No domain survives a reboot, so their records go.
+# Node disk (virtio) at the node dir. No domain survives a reboot, so their records go: per-VM files,
+# and the DHCP host entries and leases of every network (no DHCP server runs yet; vws starts them).
+# server.conf, server.log and lock stay. The old layout (hosts.d/, leases, dnsmasq.pid in dhcp/) goes.
 for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
 if mount -t ext4 /dev/vda /var/lib/vws/node; then
-  rm -rf /var/lib/vws/node/workspaces /var/lib/vws/node/dhcp/leases /var/lib/vws/node/dhcp/hosts.d
+  D=/var/lib/vws/node/dhcp
+  rm -rf /var/lib/vws/node/workspaces $D/hosts.d $D/leases $D/dnsmasq.pid $D/dnsmasq.log
+  rm -f $D/*/leases $D/*/leases~ $D/*/hosts $D/*/options $D/*/server.pid
 else
   echo "VWS-DOM0: no node disk; /var/lib/vws/node is in RAM"
 fi
-mkdir -p /var/lib/vws/node/dhcp/hosts.d /var/lib/vws/node/workspaces /var/lib/vws/node/kernels/default
+mkdir -p /var/lib/vws/node/dhcp /var/lib/vws/node/workspaces /var/lib/vws/node/kernels/default
 # xenbr0 carries eth0 (the head's L2), so guest vifs share the testbed segment.
 ip link set lo up
 ip link add xenbr0 type bridge stp_state 0 forward_delay 0
@@ -236,22 +244,6 @@ ip link set eth0 up
 ip link set xenbr0 up
 [ -n "$IP" ] && ip addr add "$IP" dev xenbr0
 [ -n "$GW" ] && ip route add default via "$GW" dev xenbr0
-# DHCP only, exactly like the vmm hosts' dnsmasq: static entries from hosts.d, not authoritative.
-NET=$(echo "${IP%/*}" | sed 's/\.[0-9]*$/.0/')
-cat > /etc/dnsmasq.conf <<CONF
-port=0
-interface=xenbr0
-bind-interfaces
-dhcp-range=$NET,static,255.255.255.0,12h
-dhcp-option=option:router,$GW
-dhcp-hostsdir=/var/lib/vws/node/dhcp/hosts.d
-dhcp-leasefile=/var/lib/vws/node/dhcp/leases
-pid-file=/var/lib/vws/node/dhcp/dnsmasq.pid
-log-dhcp
-log-facility=/var/lib/vws/node/dhcp/dnsmasq.log
-user=root
-CONF
-dnsmasq --conf-file=/etc/dnsmasq.conf || echo "VWS-DOM0: dnsmasq failed"
 /usr/sbin/sshd -E /var/log/sshd.log || echo "VWS-DOM0: sshd failed"
 echo "VWS-DOM0-READY host=$(hostname) ip=$IP up=$(cut -d' ' -f1 /proc/uptime)"
 # Reap orphans; never exit (the kernel panics if PID 1 does, and Xen then reboots forever).

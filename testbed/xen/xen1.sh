@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# xen1: the testbed's real Xen 4.17 node. Xen + a PV dom0 (xl, xenstored, xenconsoled, sshd,
-# dnsmasq) run in QEMU (TCG), attached by a tap to the head bridge vwsbr0. See testbed/README.md.
+# xen1: the testbed's real Xen 4.17 node. Xen + a PV dom0 (xl, xenstored, xenconsoled, sshd; dnsmasq
+# and nft for vws to use) run in QEMU (TCG), attached by a tap to the head bridge vwsbr0. See
+# testbed/README.md.
 #
 #   xen1.sh up       build (cached), boot, wait for dom0 and SSH; idempotent
 #   xen1.sh status   one line per component; exit 0 iff QEMU runs, the tap is up and ssh xl works
@@ -91,7 +92,7 @@ make_initrd() {
 ensure_data_disk() {
   [[ -s "$HD/node.img" ]] && return 0
   local st="$HD/node.staging"
-  rm -rf "$st"; mkdir -p "$st/dhcp/hosts.d" "$st/workspaces" "$st/cache" "$st/kernels/default"
+  rm -rf "$st"; mkdir -p "$st/dhcp" "$st/workspaces" "$st/cache" "$st/kernels/default"
   cp "$GUEST_DIR/vmlinuz" "$GUEST_DIR/initrd.gz" "$st/kernels/default/"
   truncate -s "$DATA_SIZE" "$HD/node.img.tmp"
   mkfs.ext4 -q -F -L vws-node -d "$st" "$HD/node.img.tmp"
