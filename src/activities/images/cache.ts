@@ -14,6 +14,7 @@
  */
 import { join } from 'node:path';
 import type { Executor } from '../../exec/executor';
+import { acquireFileLock, type FileLock } from '../file-lock';
 import { workspaceDir, type NodePaths } from '../node-paths';
 
 /** A lock not refreshed for this long belongs to a dead copier and may be taken over. */
@@ -38,9 +39,7 @@ export interface CacheDeps {
 }
 
 /** A held lock; `release` is idempotent. */
-export interface CacheLock {
-  release(): Promise<void>;
-}
+export type CacheLock = FileLock;
 
 /** One cached base as eviction sees it. */
 interface Entry {
@@ -55,24 +54,10 @@ export function cachePaths(paths: NodePaths, sha256: string) {
   return { base, part: `${base}.part`, lock: join(paths.cache, `${sha256}.lock`), used: join(paths.cache, `${sha256}.used`) };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 /** Creates the cache operations over an executor. */
 export function createNodeCache(deps: CacheDeps) {
   const now = deps.now ?? Date.now;
   const { exec, paths } = deps;
-
-  async function readLock(path: string): Promise<{ owner: string; at: number } | null> {
-    const text = await exec.readFile(path);
-    if (text === null) return null;
-    try {
-      const v = JSON.parse(text) as { owner?: unknown; at?: unknown };
-      if (typeof v.owner === 'string' && typeof v.at === 'number') return { owner: v.owner, at: v.at };
-    } catch {
-      // A lock file cut short by a crash between create and write: treat it as stale.
-    }
-    return { owner: '', at: 0 };
-  }
 
   const cache = {
     /**
@@ -81,36 +66,14 @@ export function createNodeCache(deps: CacheDeps) {
      * over once stale. The lock is refreshed until released.
      */
     async lock(sha256: string, owner: string): Promise<CacheLock> {
-      const { lock } = cachePaths(paths, sha256);
       await exec.mkdir(paths.cache);
-      const body = () => JSON.stringify({ owner, at: now() });
-      for (;;) {
-        if (await exec.createExclusive(lock, body())) break;
-        const held = await readLock(lock);
-        if (held === null) continue; // released between our two calls
-        if (held.owner === owner || now() - held.at > LOCK_STALE_MS) {
-          await exec.writeFileAtomic(lock, body());
-          break;
-        }
-        deps.waiting?.();
-        await sleep(LOCK_POLL_MS);
-      }
-      let released = false;
-      let refreshing: Promise<void> = Promise.resolve();
-      const timer = setInterval(() => {
-        if (!released) refreshing = exec.writeFileAtomic(lock, body()).catch(() => undefined);
-      }, LOCK_REFRESH_MS);
-      return {
-        async release() {
-          if (released) return;
-          released = true;
-          clearInterval(timer);
-          // A refresh still in flight would recreate the lock after we removed it.
-          await refreshing;
-          const held = await readLock(lock);
-          if (held?.owner === owner) await exec.remove(lock);
-        },
-      };
+      return acquireFileLock(exec, cachePaths(paths, sha256).lock, owner, {
+        staleMs: LOCK_STALE_MS,
+        refreshMs: LOCK_REFRESH_MS,
+        pollMs: LOCK_POLL_MS,
+        now,
+        ...(deps.waiting ? { waiting: deps.waiting } : {}),
+      });
     },
 
     /** True when the verified base is in the cache with the expected size. */

@@ -1,110 +1,237 @@
 /**
- * DHCP delivery with dnsmasq on the node: one host entry file per workspace in dnsmasq's
- * `dhcp-hostsdir` (read by inotify when added), removed with a SIGHUP (dnsmasq forgets removed entries
- * only on reload) and a `dhcp_release` of the lease, so nothing of the VM stays in the DHCP server.
+ * DHCP delivery: the activities that give a VM its address from the DHCP server of its network on one
+ * host (a node, or the head for central delivery). vws owns that server: per network it keeps the
+ * entries in `<dir>/<network>/entries.json`, renders the server's files from them, starts the server
+ * with its first entry, restarts it on every change (see ./dhcp-server for why not a reload) and stops it
+ * with its last, so a clean host runs no DHCP server. Backends: dnsmasq and ISC dhcpd.
+ *
+ * Every change runs under the network's lock file (`<dir>/<network>/lock`): the activities of several
+ * VMs on one host run concurrently, and read-modify-write of the entries must not interleave. Only
+ * executor operations are used, so the same code runs locally and over SSH.
  */
-import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureType } from '../../domain/errors';
 import type { Executor } from '../../exec/executor';
-import type { NodePaths } from '../node-paths';
+import { withFileLock } from '../file-lock';
+import {
+  ackedIp,
+  dhcpdConf,
+  dhcpFiles,
+  dnsmasqConf,
+  dnsmasqHosts,
+  dnsmasqOptions,
+  leasedIp,
+  parseLeases,
+  parseState,
+  withEntry,
+  withoutLeases,
+  type DhcpFiles,
+  type DhcpState,
+  type DnsmasqLease,
+} from './dhcp-config';
+import { readFrom, serverControl } from './dhcp-server';
+import type { DhcpEntry, DhcpServerSpec } from './types';
+import { checkDir, checkEntry, checkMac, checkServer, invalid, type Subnet } from './validate';
 
 /** Dependencies of the DHCP activities. */
 export interface DhcpDeps {
   exec: Executor;
-  paths: NodePaths;
-  /** Interface dnsmasq serves (the node bridge), for `dhcp_release`. */
-  interface: string;
+  /** The DHCP root: `<node.dir>/dhcp` on a node, `<stateDir>/dhcp` on the head. */
+  dir: string;
   sleep?: (ms: number) => Promise<void>;
+  /** Heartbeat (the Temporal heartbeat inside an activity). */
   beat?: (details: unknown) => void;
+  /** Clock (ms since the epoch). */
+  now?: () => number;
+  /** Lock owner of one call; every call needs its own (default: random). */
+  owner?: () => string;
 }
 
-/** A DHCP host entry: the MAC that may have the IP, and the hostname sent with it. */
-export interface DhcpEntry {
-  workspaceId: string;
+/** Input of {@link createDhcpActivities}' add and remove. */
+export interface DhcpEntryInput {
+  server: DhcpServerSpec;
+  entry: DhcpEntry;
+}
+
+/** Input of `waitForLease`. */
+export interface WaitForLeaseInput {
+  server: DhcpServerSpec;
   mac: string;
-  ip: string;
-  hostname: string;
+  timeoutSeconds: number;
 }
 
-/** The dnsmasq host line for an entry (`dhcp-hostsdir` file format). */
-export function hostLine(e: DhcpEntry): string {
-  return `${e.mac},${e.ip},${e.hostname}\n`;
-}
+/** How often `waitForLease` looks. */
+const LEASE_POLL_MS = 500;
+/** dnsmasq's log (`log-dhcp` is verbose) is rotated at a restart once it is this big. */
+const LOG_ROTATE_BYTES = 8 * 1024 * 1024;
+/**
+ * The network lock: changes take a second or two (a server restart), so a holder that stopped refreshing
+ * for 15 s is dead. Short, because a retried activity's fresh attempt has to wait that long for the lock
+ * its dead attempt left (attempts do not share an owner: a timed-out attempt may still be running).
+ */
+const LOCK = { staleMs: 15_000, refreshMs: 3_000, pollMs: 200 };
 
-/** The IP leased to `mac` in a dnsmasq lease file (`expiry mac ip hostname client-id` per line). */
-export function leasedIp(leases: string, mac: string): string | null {
-  for (const line of leases.split('\n')) {
-    const f = line.trim().split(/\s+/);
-    if (f.length >= 3 && f[1].toLowerCase() === mac.toLowerCase()) return f[2];
-  }
-  return null;
-}
-
-/** Creates the DHCP activities. */
+/** Creates the DHCP activities over one host's DHCP root. */
 export function createDhcpActivities(deps: DhcpDeps) {
+  const { exec } = deps;
+  const dir = checkDir(deps.dir, 'DHCP directory');
   const sleep = deps.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
   const beat = deps.beat ?? ((d: unknown) => heartbeat(d));
-  const entryFile = (id: string) => {
-    if (!/^ws-[0-9a-f]{12}$/.test(id)) throw new Error(`bad workspace id ${JSON.stringify(id)}`);
-    return join(deps.paths.dhcp.hostsDir, id);
-  };
+  const now = deps.now ?? Date.now;
+  const owner = deps.owner ?? (() => `pid-${process.pid}-${randomBytes(6).toString('hex')}`);
 
-  const currentLease = async (mac: string) => leasedIp((await deps.exec.readFile(deps.paths.dhcp.leaseFile)) ?? '', mac);
+  type Server = DhcpServerSpec & { net: Subnet };
 
-  /** Releases the MAC's lease if dnsmasq has one on file; answers whether it had. */
-  async function releaseLease(e: DhcpEntry): Promise<boolean> {
-    const ip = await currentLease(e.mac);
-    if (ip === null) return false;
-    // dhcp_release sends a DHCPRELEASE on the client's behalf; dnsmasq then drops the lease.
-    await deps.exec.run(['dhcp_release', deps.interface, ip, e.mac]);
+  const readState = async (f: DhcpFiles): Promise<DhcpState> => parseState(await exec.readFile(f.state));
+
+  /** Runs `fn` under the network's lock, with its directory in place. */
+  async function locked<T>(f: DhcpFiles, fn: () => Promise<T>): Promise<T> {
+    await exec.mkdir(f.dir);
+    return withFileLock(exec, f.lock, owner(), { ...LOCK, now, sleep, waiting: () => beat({ waitingForLock: f.lock }) }, fn);
+  }
+
+  /** Writes `content` unless the file already holds it; answers whether it wrote. */
+  async function writeIfChanged(path: string, content: string): Promise<boolean> {
+    if ((await exec.readFile(path)) === content) return false;
+    await exec.writeFileAtomic(path, content);
     return true;
   }
 
-  async function reloadDnsmasq(): Promise<void> {
-    const pid = Number((await deps.exec.readFile(deps.paths.dhcp.pidFile))?.trim());
-    if (!Number.isInteger(pid) || pid <= 0) throw new Error(`dnsmasq pid file ${deps.paths.dhcp.pidFile} missing: is dnsmasq running on this node?`);
-    await deps.exec.run(['kill', '-HUP', String(pid)]);
+  /** Writes the backend's files for `entries`; answers whether any of them changed. */
+  async function writeServerFiles(s: Server, f: DhcpFiles, entries: DhcpEntry[]): Promise<boolean> {
+    // Sorted, so the same entries always render the same files whatever order they were added in.
+    const sorted = [...entries].sort((a, b) => a.mac.localeCompare(b.mac));
+    if (s.server === 'isc-dhcpd') return writeIfChanged(f.dhcpdConf, dhcpdConf(s, s.net, sorted));
+    const changed = [
+      await writeIfChanged(f.hosts, dnsmasqHosts(sorted)),
+      await writeIfChanged(f.options, dnsmasqOptions(sorted)),
+      await writeIfChanged(f.dnsmasqConf, dnsmasqConf(s, s.net, f)),
+    ];
+    return changed.includes(true);
+  }
+
+  async function rotateLog(f: DhcpFiles): Promise<void> {
+    if (await exec.exists(f.log)) await exec.rename(f.log, `${f.log}.1`);
+  }
+
+  /**
+   * Records `after` and brings the server in line with it: stopped and its files removed when it has no
+   * entries; otherwise (re)started when one of its files changed, when a lease `staleLease` selects is on
+   * file (dropped while the server is down) or when it is not running; else left alone, so an
+   * idempotent re-run costs no restart.
+   */
+  async function commit(s: Server, f: DhcpFiles, after: DhcpState, staleLease: (l: DnsmasqLease) => boolean): Promise<void> {
+    const ctl = serverControl(exec, s, f, { sleep, now });
+    await exec.writeFileAtomic(f.state, JSON.stringify(after, null, 1) + '\n');
+    if (after.entries.length === 0) {
+      await ctl.stop();
+      // Nothing of the server stays but its last log (and vws's empty record).
+      for (const p of [f.leases, `${f.leases}~`, f.hosts, f.options, f.dnsmasqConf, f.dhcpdConf]) await exec.remove(p);
+      await rotateLog(f);
+      return;
+    }
+    const changed = await writeServerFiles(s, f, after.entries);
+    const stale = s.server === 'dnsmasq' && parseLeases((await exec.readFile(f.leases)) ?? '').some(staleLease);
+    if (!changed && !stale && (await ctl.live())?.server === s.server) return;
+    await ctl.stop();
+    if (s.server === 'dnsmasq') {
+      // Read again now that it is down: dnsmasq may have written the file until it exited.
+      const text = await exec.readFile(f.leases);
+      if (text !== null && parseLeases(text).some(staleLease)) await exec.writeFileAtomic(f.leases, withoutLeases(text, staleLease));
+      // Its log has no offsets to keep (waitForLease reads the lease file), so it may rotate at any restart.
+      if (((await exec.fileSize(f.log)) ?? 0) > LOG_ROTATE_BYTES) await rotateLog(f);
+    }
+    await ctl.start();
+  }
+
+  /** The IP `mac` obtained from the server, or null. */
+  async function obtained(s: Server, f: DhcpFiles, mac: string): Promise<string | null> {
+    const state = await readState(f);
+    if (!state.entries.some((e) => e.mac === mac)) return null;
+    if (s.server === 'dnsmasq') return leasedIp((await exec.readFile(f.leases)) ?? '', mac);
+    // dhcpd: only ACKs logged after the entry was added count (an earlier VM may have had this MAC).
+    const mark = state.marks[mac] ?? 0;
+    const size = (await exec.fileSize(f.log)) ?? 0;
+    return ackedIp(await readFrom(exec, f.log, size < mark ? 0 : mark), mac);
   }
 
   return {
     /**
-     * Adds the host entry before the VM boots. Idempotent (rewrites the same line). A lease for the MAC
-     * still on file (a VM that vanished without its cleanup: a crash, a kill) is released first, so
-     * `waitForLease` waits for this boot's own lease rather than return a stale one at once.
+     * Adds (or replaces) a VM's host entry on its network's server and makes the server serve it: any
+     * entry with the same MAC, IP or hostname is dropped first, so no duplicate can arise. A lease on file
+     * for this MAC or IP (an earlier VM that vanished without its cleanup) is dropped, so `waitForLease`
+     * waits for this boot's own lease. Idempotent.
      */
-    async addDhcpEntry(e: DhcpEntry): Promise<void> {
-      await deps.exec.writeFileAtomic(entryFile(e.workspaceId), hostLine(e));
-      if (await releaseLease(e)) {
-        for (let i = 0; i < 40 && (await currentLease(e.mac)) !== null; i++) await sleep(250);
-      }
+    async addDhcpEntry(input: DhcpEntryInput): Promise<void> {
+      const s = checkServer(input.server);
+      const entry = checkEntry(input.entry, s.net);
+      const f = dhcpFiles(dir, s.network);
+      await locked(f, async () => {
+        const before = await readState(f);
+        const { entries, replaced } = withEntry(before.entries, entry);
+        const marks = { ...before.marks };
+        for (const r of replaced) delete marks[r.mac];
+        if (s.server === 'isc-dhcpd') marks[entry.mac] = (await exec.fileSize(f.log)) ?? 0;
+        const stale = (l: DnsmasqLease) => l.mac === entry.mac || l.ip === entry.ip || replaced.some((r) => r.mac === l.mac);
+        await commit(s, f, { entries, marks }, stale);
+      });
     },
 
-    /** Removes the host entry and the lease. Idempotent. */
-    async removeDhcpEntry(e: DhcpEntry): Promise<void> {
-      const file = entryFile(e.workspaceId);
-      const existed = await deps.exec.exists(file);
-      await deps.exec.remove(file);
-      await releaseLease(e);
-      if (existed) await reloadDnsmasq();
+    /**
+     * Removes a VM's host entry (by MAC) and its lease; the server stops with its last entry. Idempotent:
+     * removing an absent entry succeeds (and still makes sure the server matches the entries).
+     */
+    async removeDhcpEntry(input: DhcpEntryInput): Promise<void> {
+      const s = checkServer(input.server);
+      const entry = checkEntry(input.entry, s.net);
+      const f = dhcpFiles(dir, s.network);
+      await locked(f, async () => {
+        const before = await readState(f);
+        const gone = before.entries.filter((e) => e.mac === entry.mac);
+        const entries = before.entries.filter((e) => e.mac !== entry.mac);
+        const marks = { ...before.marks };
+        delete marks[entry.mac];
+        const stale = (l: DnsmasqLease) => l.mac === entry.mac || gone.some((g) => g.ip === l.ip);
+        await commit(s, f, { entries, marks }, stale);
+      });
     },
 
-    /** Waits until the VM has a lease; returns the IP it actually obtained. */
-    async waitForLease(input: { mac: string; timeoutSeconds: number }): Promise<string> {
-      const deadline = Date.now() + input.timeoutSeconds * 1000;
+    /**
+     * Waits until the VM with `mac` has obtained its address and returns the IP it actually got
+     * (dnsmasq: its lease; dhcpd: the newest `DHCPACK` logged since its entry was added). Heartbeats
+     * while waiting; a timeout fails with `AddressTimeout`, non-retryable.
+     */
+    async waitForLease(input: WaitForLeaseInput): Promise<string> {
+      const s = checkServer(input.server);
+      const mac = checkMac(input.mac);
+      if (!(Number.isFinite(input.timeoutSeconds) && input.timeoutSeconds >= 0)) throw invalid(`timeoutSeconds ${input.timeoutSeconds} is not a duration`);
+      const f = dhcpFiles(dir, s.network);
+      const deadline = now() + input.timeoutSeconds * 1000;
       for (;;) {
-        const ip = await currentLease(input.mac);
+        const ip = await obtained(s, f, mac);
         if (ip) return ip;
-        if (Date.now() > deadline) {
+        if (now() >= deadline) {
+          const known = (await readState(f)).entries.some((e) => e.mac === mac);
           throw ApplicationFailure.nonRetryable(
-            `no DHCP lease for ${input.mac} after ${input.timeoutSeconds} s`,
+            `no DHCP lease for ${mac} from ${s.server} of network ${s.network} on ${exec.where} after ${input.timeoutSeconds} s` +
+              (known ? '' : ' (the server has no entry for it)'),
             FailureType.AddressTimeout,
           );
         }
-        beat({ waitingFor: input.mac });
-        await sleep(250);
+        beat({ waitingForLease: mac });
+        await sleep(LEASE_POLL_MS);
       }
+    },
+
+    /** The entries of a network's server (for leak checks: a clean host has none). */
+    async dhcpEntries(input: { server: DhcpServerSpec }): Promise<DhcpEntry[]> {
+      const s = checkServer(input.server);
+      return (await readState(dhcpFiles(dir, s.network))).entries;
     },
   };
 }
+
+/** The DHCP activities' type. */
+export type DhcpActivities = ReturnType<typeof createDhcpActivities>;
