@@ -22,6 +22,7 @@ import { LocalExecutor } from '../../src/exec/local';
 import { stageLocalFile } from '../../src/repository';
 import type { Executor } from '../../src/exec/executor';
 import { createDriver } from '../../src/activities/drivers';
+import { parseState } from '../../src/activities/network/dhcp-config';
 import { nodePaths } from '../../src/activities/node-paths';
 import { sshExecutorFor } from '../../src/exec/ssh';
 import { createHeadWorker, createSshNodeWorkers } from '../../src/workers/head';
@@ -359,7 +360,7 @@ export async function dhcpLeftovers(x: Executor, dir: string, where: string): Pr
   for (const net of nets) {
     const pid = (await x.readFile(join(dir, net, 'server.pid')))?.trim();
     if (pid && (await x.run(['kill', '-0', pid], { okCodes: [0, 1] })).code === 0) left.push(`${where} DHCP server of ${net} (pid ${pid})`);
-    for (const l of ((await x.readFile(join(dir, net, 'hosts'))) ?? '').split('\n').filter((l) => l.trim() && !l.startsWith('#'))) left.push(`${where} DHCP host entry ${net}: ${l}`);
+    for (const e of parseState(await x.readFile(join(dir, net, 'entries.json'))).entries) left.push(`${where} DHCP host entry ${net}: ${e.mac} ${e.ip} ${e.hostname}`);
     for (const l of ((await x.readFile(join(dir, net, 'leases'))) ?? '').split('\n').filter((l) => /^\d+ /.test(l))) left.push(`${where} DHCP lease ${net}: ${l}`);
   }
   return left;
