@@ -356,7 +356,8 @@ export async function xenLeftovers(x: Executor): Promise<string[]> {
  */
 export async function dhcpLeftovers(x: Executor, dir: string, where: string): Promise<string[]> {
   const left: string[] = [];
-  const nets = (await x.run(['ls', '-1', dir], { okCodes: [0, 1, 2] })).stdout.split('\n').filter(Boolean);
+  // Directories only (`-p` marks them with a slash): one per network.
+  const nets = (await x.run(['ls', '-1', '-p', dir], { okCodes: [0, 1, 2] })).stdout.split('\n').filter((n) => n.endsWith('/')).map((n) => n.slice(0, -1));
   for (const net of nets) {
     const pid = (await x.readFile(join(dir, net, 'server.pid')))?.trim();
     if (pid && (await x.run(['kill', '-0', pid], { okCodes: [0, 1] })).code === 0) left.push(`${where} DHCP server of ${net} (pid ${pid})`);

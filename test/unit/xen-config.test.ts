@@ -43,7 +43,7 @@ describe('renderDomainConfig', () => {
         'kernel = "/var/lib/vws/node/kernels/default/vmlinuz"',
         'ramdisk = "/var/lib/vws/node/kernels/default/initrd.gz"',
         'extra = "console=hvc0 quiet vmname=xen-e1"',
-        'vif = [ "mac=52:54:00:e1:00:01,bridge=xenbr0" ]',
+        `vif = [ "mac=52:54:00:e1:00:01,bridge=xenbr0,vifname=vw0000000000e10" ]`,
         'disk = [ "phy:/dev/loop3,xvda,w" ]',
         'on_poweroff = "destroy"',
         'on_reboot = "restart"',
