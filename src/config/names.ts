@@ -20,9 +20,13 @@ export function nodeTaskQueue(config: VwsConfig, node: string): string {
   return `${nodeTaskQueuePrefix(config)}${node}`;
 }
 
-/** Workflow id of the allocator: the one writer of the site's slots and network pools. */
+/**
+ * Workflow id of the allocator: the one writer of the site's slots and every network pool. It keeps the
+ * id it had when a site had a single network (`public`), so an upgraded head finds the allocator that
+ * holds the live grants (and sends it the new pools) instead of starting an empty one beside it.
+ */
 export function allocatorWorkflowId(config: VwsConfig): string {
-  return `${config.temporal.prefix}-allocator`;
+  return `${config.temporal.prefix}-allocator-public`;
 }
 
 /** Workflow id of a workspace. */
