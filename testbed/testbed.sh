@@ -801,7 +801,7 @@ cmd_down() {
   for h in "${hosts[@]}"; do specs+=("$(host_dir "$h")/anchor.pid|sleep|$h anchor"); done
   (( ${#specs[@]} == 0 )) || stop_pidfiles "${specs[@]}"
   for h in "${hosts[@]}"; do kill_netns_rest "$h"; done
-  # The hosts' VMs are gone, so their records go too: per-VM files, DHCP host entries (hosts, options)
+  # The hosts' VMs are gone, so their records go too: per-VM files, DHCP host entries (entries.json, hosts, options)
   # and leases of every network (dhcpd also keeps leases~). server.conf, server.log and lock stay: vws
   # rewrites the configuration before it starts a server. The old layout (hosts.d/, leases and
   # dnsmasq.pid directly in dhcp/) goes entirely. (The image cache and the site kernels stay: they
@@ -810,7 +810,7 @@ cmd_down() {
     hd="$(host_dir "$h")"
     rm -rf "$hd/node/workspaces" "$hd/node/dhcp/hosts.d" "$hd/node/dhcp/leases" "$hd/node/dhcp/dnsmasq.pid" \
       "$hd/node/dhcp/dnsmasq.log" "$hd/dnsmasq.conf"
-    rm -f "$hd"/node/dhcp/*/{leases,leases~,hosts,options,server.pid}
+    rm -f "$hd"/node/dhcp/*/{leases,leases~,hosts,options,server.pid,entries.json}
   done
   stop_pidfiles "$TB/slurm/slurmctld.pid|slurmctld|slurmctld"
   stop_pidfiles "$TB/munge/munged.pid|munged|munged"

@@ -49,11 +49,13 @@ describe('networks, DHCP and anti-spoofing on two nodes', () => {
 
   it('gives three VMs on two nodes exactly their assigned addresses by DHCP, and they reach each other', async () => {
     // 400 MiB each: two fit on vmm1 (1024 MiB), the third goes to vmm2.
-    const ids = [
-      await deploy(stack, { memoryMiB: 400, nics: [{ network: 'public' }, { network: 'private' }] }),
-      await deploy(stack, { memoryMiB: 400, nics: [{ network: 'public' }, { network: 'private' }] }),
-      await deploy(stack, { memoryMiB: 400 }),
-    ];
+    // Each is allocated before the next is asked for, so placement is greedy in this order.
+    const ids: string[] = [];
+    for (const body of [{ nics: [{ network: 'public' }, { network: 'private' }] }, { nics: [{ network: 'public' }, { network: 'private' }] }, {}]) {
+      const id = await deploy(stack, { memoryMiB: 400, ...body });
+      await eventually(60, async () => (await show(stack, id)).node, `${id} allocated`);
+      ids.push(id);
+    }
     [a, b, c] = await Promise.all(ids.map((id) => settled(stack, id, 'Running', 180)));
     expect([a.node, b.node, c.node]).toEqual(['vmm1', 'vmm1', 'vmm2']);
     for (const ws of [a, b, c]) {

@@ -72,8 +72,10 @@ describe('the walking skeleton', () => {
     expect(serial).toContain(`VWS-GUEST-READY host=${running.network!.hostname} ip=${running.network!.ip}`);
     const left = await stack.leftovers();
     expect(left.filter((l) => l.startsWith('qemu process'))).toHaveLength(1);
-    expect(left).toContain(`tap vw${id.slice(3)}`);
-    expect(left).toContain(`DHCP host entry ${id}`);
+    const net = running.network!;
+    expect(left).toContain(`tap vw${id.slice(3)}0`);
+    expect(left).toContain(`vmm1 DHCP host entry public: ${net.mac} ${net.ip} ${net.hostname}`);
+    expect(left).toContain(`vmm1 nft table vws_vw${id.slice(3)}0`);
     expect(await stack.grants()).toHaveLength(1);
     const view = await driverView(id);
     expect(view.status).toBe('running');
