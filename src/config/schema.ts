@@ -42,6 +42,16 @@ export const clientSchema = z
      * `file:///dir/`, `https://host/dir/`). Repository image names are always allowed; nothing else is.
      */
     stageOutTargets: z.array(z.string().min(1)).default([]),
+    /** Limits the allocator enforces when it grants (absent: only the site's capacity limits the client). */
+    quota: z
+      .object({
+        /** Most workspaces (slots) the client may hold at once; group and ensemble members each count. */
+        maxWorkspaces: z.number().int().min(0).optional(),
+        /** Most running time the client may hold reserved at once, over its live workspaces, in minutes. */
+        maxReservedMinutes: z.number().int().min(0).optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 
@@ -60,6 +70,8 @@ export const nodeSchema = z
     bridges: z.record(z.string(), z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, 'must be an interface name')).default({ public: 'br0' }),
     /** Anti-spoofing nft rules on every VM interface (needs nft and the kernel's bridge nf_tables). */
     antiSpoofing: z.boolean().default(true),
+    /** Properties (node pools) a request may require with `nodeProperties`, e.g. `[pool-a, bigmem]`. */
+    properties: z.array(name).default([]),
     /**
      * How the node's activities run: `worker` = a node worker process on the node; `ssh` = the head serves
      * the node's task queue and runs the same activities over SSH (see `ssh`).
@@ -337,10 +349,56 @@ export const configSchema = z
       .array(nodeSchema)
       .min(1)
       .superRefine(uniqueNames('node'))
-      .default([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridges: { public: 'br0' }, antiSpoofing: true, agent: 'worker' }]),
+      .default([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridges: { public: 'br0' }, antiSpoofing: true, properties: [], agent: 'worker' }]),
     node: nodeSideSchema.prefault({}),
     images: imagesSchema.prefault({}),
     ssh: sshSchema.prefault({}),
+    /** How the allocator places workspaces on nodes. */
+    allocator: z
+      .object({
+        /** `greedy` fills the first node that fits before the next; `round-robin` rotates over the nodes. */
+        placement: z.enum(['greedy', 'round-robin']).default('greedy'),
+      })
+      .strict()
+      .prefault({}),
+    /** Site policy the factory applies to every request: ranges become exact values within these. */
+    policies: z
+      .object({
+        /** Longest DeploymentTime a request may get, in seconds. */
+        maxDurationSeconds: z.number().int().min(1).default(7 * 24 * 3600),
+        /** Most memory one workspace may get, in MiB (also never more than the largest node). */
+        maxMemoryMiB: z.number().int().min(64).default(65_536),
+        /** Most vCPUs one workspace may get. */
+        maxVcpus: z.number().int().min(1).default(64),
+        /** Seed 002 NodeNumber: most workspaces one request (a group) may ask for. */
+        maxNodesPerRequest: z.number().int().min(1).default(64),
+        /** How long an ensemble may wait for capacity after `done` before it gives up, in seconds. */
+        ensembleDeadlineSeconds: z.number().int().min(1).default(600),
+      })
+      .strict()
+      .prefault({}),
+    /** Accounting for the status service. */
+    accounting: z
+      .object({
+        /** Used and reserved time are charged in whole units of this many seconds, rounded up. */
+        chargeGranularitySeconds: z.number().int().min(1).default(60),
+      })
+      .strict()
+      .prefault({}),
+    /** The reconciler: a Temporal Schedule comparing grants, workflows and what the nodes really run. */
+    reconciler: z
+      .object({
+        enabled: z.boolean().default(true),
+        /** Seconds between two runs; a lost slot is never kept longer than this (plus one run). */
+        periodSeconds: z.number().int().min(5).default(60),
+        /**
+         * A VM no workspace owns is reported at once and destroyed only after it has been seen unowned
+         * for this long; a grant no live workflow holds is released once it is this old.
+         */
+        graceSeconds: z.number().int().min(0).default(120),
+      })
+      .strict()
+      .prefault({}),
     timeouts: z
       .object({
         /** Seconds a booted VM has to obtain its DHCP address. */

@@ -10,6 +10,10 @@ export interface NodeCapacity {
   cpus: number;
   /** Networks the node carries (has a bridge for); absent in ledgers from before networks had pools: all. */
   networks?: string[];
+  /** Site-defined properties (node pools), e.g. `pool-a`, `bigmem`; a request may require some. */
+  properties?: string[];
+  /** Drained: no new grants on this node; live grants are untouched. Kept across `configure`. */
+  drained?: boolean;
 }
 
 /** One address of a network pool with its DHCP options; the MAC stays bound to its IP for good. */
@@ -43,6 +47,12 @@ export interface Grant {
   network?: string;
   address?: PoolAddress;
   grantedAt: string;
+  /** Identity of the client the grant is charged to (quotas, accounting); absent in old grants. */
+  owner?: string;
+  /** Running time reserved with the grant, in seconds (the quota of reserved minutes counts it). */
+  reservedSeconds?: number;
+  /** The group or ensemble workflow id that reserved this grant with others (see {@link GangRequest}). */
+  gang?: string;
 }
 
 /** What a workspace asks the allocator for. */
@@ -52,6 +62,53 @@ export interface SlotRequest {
   vcpus: number;
   /** The network of each NIC, in order (the same network may appear twice). Absent: one NIC on the first pool. */
   networks?: string[];
+  /** Identity of the client to charge (quotas, accounting). */
+  owner?: string;
+  /** Running time reserved, in seconds (counted against the owner's reserved-minutes quota). */
+  reservedSeconds?: number;
+  /** Properties the node must have (every one of them), e.g. a node pool. */
+  nodeProperties?: string[];
+}
+
+/**
+ * Several members granted at once (a group, or every member of an ensemble): all of them fit, or none
+ * is held. Each member keeps its own holder (the member workspace's workflow id, which releases it);
+ * every grant records `gang`, so the gang's workflow can release them all at once on backout.
+ */
+export interface GangRequest {
+  /** Workflow id of the group or ensemble. */
+  gang: string;
+  members: SlotRequest[];
+}
+
+/** How the allocator picks among nodes that fit: pack the first (greedy) or rotate (round-robin). */
+export type Placement = 'greedy' | 'round-robin';
+
+/** A client's limits, enforced by the allocator at grant time (the single writer, so never raced). */
+export interface ClientQuota {
+  /** Most slots (workspaces) the client may hold at once. */
+  maxWorkspaces?: number;
+  /** Most running time the client may hold reserved at once, summed over its live grants, in minutes. */
+  maxReservedMinutes?: number;
+}
+
+/** What `release` may report about the workspace that held the grant (accounting). */
+export interface ReleaseInfo {
+  /** Running time the workspace used, first start to last shutdown, in seconds. */
+  usedSeconds?: number;
+}
+
+/** An accounting record (Nimbus style CREATED/REMOVED pairs), kept by the allocator. */
+export interface AccountingEvent {
+  kind: 'CREATED' | 'REMOVED';
+  holder: string;
+  owner: string;
+  at: string;
+  memoryMiB: number;
+  /** CREATED: running time reserved. REMOVED: time from grant to release. */
+  reservedSeconds: number;
+  /** REMOVED: running time used, as the workspace reported it. */
+  usedSeconds?: number;
 }
 
 /** The allocator's whole state, kept as plain data. */
@@ -61,6 +118,16 @@ export interface Ledger {
   pools: Record<string, PoolAddress[]>;
   /** Live grants by holder workflow id. */
   grants: Record<string, Grant>;
+  /** Placement strategy (default greedy). */
+  placement?: Placement;
+  /** Round-robin: index of the node after the last one granted. */
+  cursor?: number;
+  /** Quotas by owner identity (from the configuration). */
+  quotas?: Record<string, ClientQuota>;
+  /** Closed accounting totals by owner (released grants), so usage survives continue-as-new. */
+  usage?: Record<string, { reservedSeconds: number; usedSeconds: number; released: number }>;
+  /** The most recent accounting events, newest last (bounded). */
+  events?: AccountingEvent[];
 }
 
 /** A ledger as recorded before multi-network pools (one `network` and its `addresses`). */

@@ -7,6 +7,10 @@ export const FailureType = {
   InvalidSpec: 'InvalidSpec',
   /** The allocator has no node or address that fits the request. */
   NoCapacity: 'NoCapacity',
+  /** The request would take the client over one of its quotas (workspaces held, reserved minutes). */
+  QuotaExceeded: 'QuotaExceeded',
+  /** The request is outside the site's policy (running time, memory, nodes per request). */
+  PolicyViolation: 'PolicyViolation',
   /** The named image is not in the site repository. */
   ImageNotFound: 'ImageNotFound',
   /** A downloaded image does not match its sha256 digest. */
@@ -30,6 +34,8 @@ export type FailureTypeName = (typeof FailureType)[keyof typeof FailureType];
 export const NON_RETRYABLE_FAILURES: FailureTypeName[] = [
   FailureType.InvalidSpec,
   FailureType.NoCapacity,
+  FailureType.QuotaExceeded,
+  FailureType.PolicyViolation,
   FailureType.ImageNotFound,
   FailureType.DigestMismatch,
   FailureType.SourceUnavailable,

@@ -4,20 +4,59 @@
  */
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type { Grant, NodeCapacity, PoolAddress, SlotRequest } from './allocation';
+import type { ClientQuota, Grant, GangRequest, NodeCapacity, Placement, PoolAddress, ReleaseInfo, SlotRequest } from './allocation';
+import type { EnsembleDescription, EnsembleMemberRequest, EnsembleRegistration, GroupDescription, GroupOperation, GroupOperationResult } from './groups';
 import type { WorkspaceDescription } from './workspace';
 
 /** Allocator: grant a whole request atomically or fail with `NoCapacity`; repeats by the same holder return its grant. */
 export const reserveUpdate = defineUpdate<Grant, [SlotRequest]>('reserve');
 /** Allocator: release the holder's grant; idempotent, answers whether there was one. */
-export const releaseUpdate = defineUpdate<boolean, [string]>('release');
+export const releaseUpdate = defineUpdate<boolean, [string, ReleaseInfo?]>('release');
+/** Allocator: grant every member of a gang at once, or refuse (`NoCapacity`, `QuotaExceeded`) holding nothing. Repeats return the same grants. */
+export const reserveGangUpdate = defineUpdate<Grant[], [GangRequest]>('reserveGang');
+/** Allocator: release every grant reserved by the gang; idempotent, answers how many there were. */
+export const releaseGangUpdate = defineUpdate<number, [string]>('releaseGang');
+/** Allocator: drain a node (no new grants; live ones stay) or undrain it; answers the nodes. */
+export const drainUpdate = defineUpdate<NodeUse[], [{ node: string; drained: boolean }]>('drain');
+/** Allocator: each node's capacity, use and drain flag. */
+export const nodesQuery = defineQuery<NodeUse[]>('nodes');
+/** Allocator: usage per owner (all owners when none is named). */
+export const usageQuery = defineQuery<OwnerUsageReport[], [string?]>('usage');
+
+/** A node as admins see it: capacity, what live grants use, and whether it is drained. */
+export interface NodeUse {
+  name: string;
+  memoryMiB: number;
+  cpus: number;
+  usedMemoryMiB: number;
+  usedVcpus: number;
+  grants: number;
+  drained: boolean;
+  properties: string[];
+}
+
+/** A client's usage (seed 000's status service), from the allocator's accounting. */
+export interface OwnerUsageReport {
+  owner: string;
+  /** Live grants (slots) the owner holds now. */
+  liveGrants: number;
+  /** Minutes reserved: closed grants' grant-to-release time plus live grants' time so far. */
+  reservedMinutes: number;
+  /** Minutes used: running time reported by released workspaces (live ones are added by the API). */
+  usedMinutes: number;
+  /** Running time reserved by the live grants, in minutes (what the reserved-minutes quota counts). */
+  heldMinutes: number;
+}
 /** Allocator: every live grant. */
 export const grantsQuery = defineQuery<Grant[]>('grants');
 /**
  * Replaces the allocator's nodes and pools with the site configuration's (the head sends it at start).
  * Live grants stay as they are, even on an address or node the configuration no longer has.
  */
-export const configureUpdate = defineUpdate<void, [{ nodes: NodeCapacity[]; pools: Record<string, PoolAddress[]> }]>('configure');
+export const configureUpdate = defineUpdate<
+  void,
+  [{ nodes: NodeCapacity[]; pools: Record<string, PoolAddress[]>; placement?: Placement; quotas?: Record<string, ClientQuota> }]
+>('configure');
 
 /** Workspace: its resource properties. */
 export const describeQuery = defineQuery<WorkspaceDescription>('describe');
@@ -53,6 +92,23 @@ export interface PreemptNotice {
 }
 /** Preemption as a Signal: recorded even while no worker runs, acted on when one does. */
 export const preemptSignal = defineSignal<[PreemptNotice]>('preempt');
+
+/** Workspace: the reconciler found its VM gone from its node behind vws's back; it becomes Corrupted with the reason. */
+export const vmVanishedSignal = defineSignal<[{ reason: string }]>('vm-vanished');
+
+/** Group: its members and overall state. */
+export const groupDescribeQuery = defineQuery<GroupDescription>('describeGroup');
+/** Group: an operation fanned out to every live member (destroy included); answers per member. */
+export const groupOperateUpdate = defineUpdate<GroupOperationResult, [GroupOperation]>('operate');
+
+/** Ensemble: register a member (a workspace or a group), not launched until `done`. */
+export const ensembleRegisterUpdate = defineUpdate<EnsembleRegistration, [EnsembleMemberRequest]>('register');
+/** Ensemble: seed 000's done trigger: co-schedule every registered member. */
+export const ensembleDoneUpdate = defineUpdate<EnsembleDescription>('done');
+/** Ensemble: destroy every member (seed 000's destroy-all); the ensemble ends. */
+export const ensembleDestroyUpdate = defineUpdate<EnsembleDescription>('destroyAll');
+/** Ensemble: its report. */
+export const ensembleDescribeQuery = defineQuery<EnsembleDescription>('describeEnsemble');
 
 /** Search attribute: the workspace's stable state. */
 export const VwsState = defineSearchAttributeKey('VwsState', SearchAttributeType.KEYWORD);

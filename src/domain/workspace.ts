@@ -80,6 +80,15 @@ export interface WorkspaceInput {
   spec: WorkspaceSpec;
   routing: WorkspaceRouting;
   createdAt: string;
+  /**
+   * A slot and addresses already granted for this workspace (by the factory, a group or an ensemble);
+   * the workflow then does not reserve, and releases this grant (held by its workflow id) at the end.
+   */
+  grant?: Grant;
+  /** The group this workspace is a member of (public group id). */
+  group?: string;
+  /** The ensemble this workspace is a member of (public ensemble id). */
+  ensemble?: string;
 }
 
 /** Where the workflow sends its activities and which allocator it uses; set by the head from config. */
