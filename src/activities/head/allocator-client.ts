@@ -1,78 +1,44 @@
 /**
  * Head activities that talk to the allocator workflow. Workflows cannot send Updates to each other, so
- * the workspace workflow reaches the allocator through these, with Update-with-Start so the allocator
- * comes into being on first use.
+ * the workspace, group and ensemble workflows reach the allocator through these.
  */
-import { ApplicationFailure } from '@temporalio/common';
-import { WithStartWorkflowOperation, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
-import type { Grant, Ledger, SlotRequest } from '../../domain/allocation';
-import { configureUpdate, releaseUpdate, reserveUpdate } from '../../domain/messages';
-import { configuredPools } from '../../config/pools';
+import type { Client } from '@temporalio/client';
+import type { GangRequest, Grant, ReleaseInfo, SlotRequest } from '../../domain/allocation';
 import type { VwsConfig } from '../../config/schema';
-import { allocatorWorkflowId, headTaskQueue } from '../../config/names';
+import { AllocatorClient } from '../../clients/allocator';
 
-/** The allocator's initial ledger, from the configuration. */
-export function initialLedger(config: VwsConfig): Ledger {
-  return {
-    nodes: config.nodes.map((n) => ({
-      name: n.name,
-      memoryMiB: n.memoryMiB,
-      cpus: n.cpus,
-      networks: config.networks.filter((net) => !net.nodes || net.nodes.includes(n.name)).map((net) => net.name),
-    })),
-    pools: configuredPools(config),
-    grants: {},
-  };
-}
+export { initialLedger } from '../../clients/allocator';
 
 /** Creates the head activities. */
 export function createHeadActivities(deps: { client: Client; config: VwsConfig }) {
-  const workflowId = allocatorWorkflowId(deps.config);
-  // Used only if the allocator does not exist yet; computed once, not on every call.
-  const ledger = initialLedger(deps.config);
-  // A start operation can be used once, so each call gets its own.
-  const startOp = () =>
-    new WithStartWorkflowOperation('allocatorWorkflow', {
-      workflowId,
-      taskQueue: headTaskQueue(deps.config),
-      args: [ledger],
-      workflowIdConflictPolicy: 'USE_EXISTING',
-    });
-
+  const allocator = new AllocatorClient(deps.client, deps.config);
   return {
     /** Asks the allocator for a slot and an address; fails with `NoCapacity` (non-retryable) if none fits. */
-    async reserve(request: SlotRequest): Promise<Grant> {
-      try {
-        return await deps.client.workflow.executeUpdateWithStart(reserveUpdate, {
-          args: [request],
-          startWorkflowOperation: startOp(),
-        });
-      } catch (e) {
-        // Re-raise the allocator's typed refusal as this activity's own failure, keeping its type.
-        if (e instanceof WorkflowUpdateFailedError && e.cause instanceof ApplicationFailure) {
-          throw ApplicationFailure.create({ type: e.cause.type ?? undefined, message: e.cause.message, nonRetryable: e.cause.nonRetryable ?? false });
-        }
-        throw e;
-      }
+    reserve(request: SlotRequest): Promise<Grant> {
+      return allocator.reserve(request);
+    },
+
+    /** Asks for every member of a gang at once; all or nothing. */
+    reserveGang(request: GangRequest): Promise<Grant[]> {
+      return allocator.reserveGang(request);
     },
 
     /**
      * Gives the allocator this configuration's nodes and pools (the head calls it at start), so a
      * changed configuration takes effect for new grants; live grants are kept.
      */
-    async configureAllocator(): Promise<void> {
-      await deps.client.workflow.executeUpdateWithStart(configureUpdate, {
-        args: [{ nodes: ledger.nodes, pools: ledger.pools }],
-        startWorkflowOperation: startOp(),
-      });
+    configureAllocator(): Promise<void> {
+      return allocator.configure();
     },
 
     /** Releases the holder's grant. Idempotent. */
-    async release(holder: string): Promise<boolean> {
-      return deps.client.workflow.executeUpdateWithStart(releaseUpdate, {
-        args: [holder],
-        startWorkflowOperation: startOp(),
-      });
+    release(holder: string, info?: ReleaseInfo): Promise<boolean> {
+      return allocator.release(holder, info);
+    },
+
+    /** Releases every grant of a gang. Idempotent. */
+    releaseGang(gang: string): Promise<number> {
+      return allocator.releaseGang(gang);
     },
   };
 }
