@@ -1,14 +1,14 @@
 /**
- * The HTTP API (express): workspace create/read/destroy for clients, and the image repository for
- * nodes. It talks to Temporal through the client SDK only. Every error is problem+json; nothing a
- * client sends can produce a 500.
+ * The HTTP API (express): the factory (workspaces, groups, ensembles), workspace operations, listing,
+ * status and admin routes for clients, and the image repository for nodes. It talks to Temporal through
+ * the client SDK only. Every error is problem+json; nothing a client sends can produce a 500.
  */
-import { randomBytes } from 'node:crypto';
 import { resolve as resolvePath } from 'node:path';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { ServiceError, WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage, type Client } from '@temporalio/client';
+import { WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage, type Client } from '@temporalio/client';
 import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
-import { headTaskQueue, workspaceRouting, workspaceWorkflowId } from '../config/names';
+import { AllocatorClient } from '../clients/allocator';
+import { workspaceWorkflowId } from '../config/names';
 import type { VwsConfig } from '../config/schema';
 import { FailureType } from '../domain/errors';
 import {
@@ -20,27 +20,29 @@ import {
   shutdownUpdate,
   startUpdate,
   unpauseUpdate,
-  VwsOwner,
-  VwsState,
 } from '../domain/messages';
 import {
   createWorkspaceSchema,
   emptyRequestSchema,
-  fieldProblems,
   imageNameSchema,
   shutdownSaveRequestSchema,
   startRequestSchema,
   workspaceIdSchema,
 } from '../domain/requests';
 import { refusalReason, type WorkspaceOperation } from '../domain/states';
-import type { z } from 'zod';
-import type { WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
+import type { WorkspaceDescription } from '../domain/workspace';
 import { acceptUpload, resolveImage, UploadRefused } from '../repository';
-import { redactUrl } from '../domain/image-url';
-import { buildWorkspaceSpec, invalid, targetProblem } from './workspace-spec';
+import { invalid, targetProblem } from './workspace-spec';
 import { log } from '../log';
 import { requireToken, type Principal, type TokenEntry } from './auth';
+import { adminRoutes } from './admin';
+import { createDriftRouter } from './drift';
+import { Factory } from './factory';
+import { ensembleRoutes, groupRoutes } from './groups';
+import { idempotencyKey, parseBody, unavailable, wrap } from './http';
+import { listingRoutes } from './listing';
 import { HttpProblem, sendProblem } from './problem';
+import { statusRoutes } from './status';
 
 /** Dependencies of the API. */
 export interface ApiDeps {
@@ -50,10 +52,9 @@ export interface ApiDeps {
   clientTokens: () => readonly TokenEntry[];
   /** Node tokens (by digest), for the repository. */
   nodeTokens: () => readonly TokenEntry[];
+  /** The allocator (default: one over `client`). */
+  allocator?: AllocatorClient;
 }
-
-type Handler = (req: Request, res: Response) => Promise<void>;
-const wrap = (h: Handler) => (req: Request, res: Response, next: NextFunction) => void h(req, res).catch(next);
 
 /** Tasks that copy bytes and heartbeat their progress. */
 const COPY_TASKS = new Set<WorkspaceDescription['task']>(['staging-in', 'propagating', 'unpropagating', 'staging-out']);
@@ -68,16 +69,6 @@ const OPERATIONS = {
   shutdown: { schema: emptyRequestSchema, update: shutdownUpdate, takesArgs: false },
   'shutdown-save': { schema: shutdownSaveRequestSchema, update: shutdownSaveUpdate, takesArgs: true },
 } as const;
-
-/** Parses a body with a schema or throws a 400 naming every bad field. */
-function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.infer<T> {
-  const parsed = schema.safeParse(body ?? {});
-  if (!parsed.success) {
-    const errors = fieldProblems(parsed.error);
-    throw new HttpProblem(400, 'Invalid request', errors.map((e) => `${e.field}: ${e.message}`).join('; '), { errors });
-  }
-  return parsed.data;
-}
 
 /** True when an Update was rejected by the workflow's validator (the state table said no). */
 function isRefusal(e: unknown): e is WorkflowUpdateFailedError & { cause: ApplicationFailure } {
@@ -98,6 +89,8 @@ function present(config: VwsConfig, d: WorkspaceDescription) {
 /** Creates the express application. */
 export function createApp(deps: ApiDeps): express.Express {
   const { config, client } = deps;
+  const allocator = deps.allocator ?? new AllocatorClient(client, config);
+  const factory = new Factory(config, client, allocator);
   const app = express();
   app.disable('x-powered-by');
   app.use(express.json({ limit: '64kb' }));
@@ -114,10 +107,7 @@ export function createApp(deps: ApiDeps): express.Express {
     } catch (e) {
       if (e instanceof WorkflowNotFoundError) throw notFound;
       // A query needs a running head worker; without one, say so rather than fail with a 500.
-      if (e instanceof ServiceError && /no poller seen|query timed out/.test(String((e.cause as Error | undefined)?.message ?? e.message))) {
-        throw new HttpProblem(503, 'Service Unavailable', 'the vws head worker is not answering; the workspace is safe, try again shortly');
-      }
-      throw e;
+      throw unavailable(e) ?? e;
     }
   }
 
@@ -179,33 +169,15 @@ export function createApp(deps: ApiDeps): express.Express {
   const clients = express.Router();
   clients.use(requireToken(deps.clientTokens));
 
+  // One workspace, or a group when count > 1 (seed 002 NodeNumber); reserved before anything starts.
   clients.post(
     '/workspaces',
     wrap(async (req, res) => {
       const principal = res.locals.principal as Principal;
+      const key = idempotencyKey(req);
       const body = parseBody(createWorkspaceSchema, req.body);
-      const spec = await buildWorkspaceSpec(config, principal, body);
-      const id = `ws-${randomBytes(6).toString('hex')}`;
-      const input: WorkspaceInput = {
-        id,
-        owner: principal.identity,
-        spec,
-        routing: workspaceRouting(config),
-        createdAt: new Date().toISOString(),
-      };
-      const staging = !!spec.imageSource || (spec.partitions ?? []).some((p) => p.imageSource);
-      const state = staging ? 'Unstaged' : 'Unpropagated';
-      await client.workflow.start('workspaceWorkflow', {
-        workflowId: workspaceWorkflowId(config, id),
-        taskQueue: headTaskQueue(config),
-        args: [input],
-        typedSearchAttributes: [
-          { key: VwsOwner, value: principal.identity },
-          { key: VwsState, value: state },
-        ],
-      });
-      log.info({ workspace: id, owner: principal.name, image: spec.image?.name ?? redactUrl(spec.imageSource!.url) }, 'workspace created');
-      res.status(202).location(`/workspaces/${id}`).json({ id, state, links: { self: `/workspaces/${id}` } });
+      const created = await factory.createWorkspaces(principal, body, key);
+      res.status(202).location(created.location).json(created.answer);
     }),
   );
 
@@ -282,6 +254,12 @@ export function createApp(deps: ApiDeps): express.Express {
     }),
   );
 
+  clients.use(listingRoutes(config, client));
+  clients.use(groupRoutes({ config, client, factory }));
+  clients.use(ensembleRoutes({ config, client, factory }));
+  clients.use(statusRoutes(config, client, allocator));
+  clients.use(adminRoutes(config, allocator));
+  clients.use(createDriftRouter(deps));
   app.use(clients);
 
   app.use((req, _res, next) => next(new HttpProblem(404, 'Not Found', `no route ${req.method} ${req.path}`)));

@@ -12,6 +12,7 @@ import { probeSource } from '../activities/head/images';
 import { isUnderPrefix, redactUrl } from '../activities/images/urls';
 import { resolveImage } from '../repository';
 import type { Principal } from './auth';
+import type { ExactResources } from './policy';
 import { HttpProblem } from './problem';
 
 /** A 400 naming every field that failed. */
@@ -56,11 +57,17 @@ async function resolveRef(
   return { imageSource: { url: ref, ...(sha256 ? { sha256 } : {}) } };
 }
 
-/** The exact spec of a create request, or a 400 naming every field the site's policy refuses. */
-export async function buildWorkspaceSpec(config: VwsConfig, principal: Principal, body: CreateWorkspaceRequest): Promise<WorkspaceSpec> {
+/**
+ * The exact spec of a create request, with the exact resources the factory chose (see `policy.ts`), or
+ * a 400 naming every field the site's image, network or target policy refuses.
+ */
+export async function buildWorkspaceSpec(
+  config: VwsConfig,
+  principal: Principal,
+  body: Omit<CreateWorkspaceRequest, 'memoryMiB' | 'vcpus' | 'durationSeconds' | 'count'>,
+  exact: ExactResources,
+): Promise<WorkspaceSpec> {
   const errors: FieldProblem[] = [];
-  const largest = Math.max(...config.nodes.map((n) => n.memoryMiB));
-  if (body.memoryMiB > largest) errors.push({ field: 'memoryMiB', message: `${body.memoryMiB} MiB exceeds the largest node (${largest} MiB)` });
   if (body.partitions.length > config.images.maxExtraPartitions) {
     errors.push({ field: 'partitions', message: `at most ${config.images.maxExtraPartitions} partitions besides the root` });
   }
@@ -93,10 +100,11 @@ export async function buildWorkspaceSpec(config: VwsConfig, principal: Principal
   return {
     ...root,
     ...(partitions.length ? { partitions } : {}),
-    memoryMiB: body.memoryMiB,
-    vcpus: body.vcpus,
+    memoryMiB: exact.memoryMiB,
+    vcpus: exact.vcpus,
     networks,
-    durationSeconds: body.durationSeconds,
+    ...(body.nodeProperties.length ? { nodeProperties: body.nodeProperties } : {}),
+    durationSeconds: exact.durationSeconds,
     targetState: body.targetState,
     shutdownMechanism: body.shutdownMechanism,
     trashAtShutdown: body.trashAtShutdown,

@@ -1,10 +1,17 @@
 #!/usr/bin/env node
 /**
- * The `vws` CLI: the reference client, over the HTTP API only: deploy, show, destroy and every
- * workspace operation (start, pause, unpause, reboot, shutdown, shutdown-save).
+ * The `vws` CLI: the reference client, over the HTTP API only: deploy (one workspace or a group, with
+ * ranges and an idempotency key), show, list, destroy and every workspace operation; groups, ensembles,
+ * the status service and the admin commands. `--json` prints the API's answer for scripts.
+ *
+ * Exit codes: 0 done; 1 any other failure (e.g. the API failed); 2 bad usage or an invalid request
+ * (400); 3 the API cannot be reached; 4 not found (404); 5 refused in the current state or for lack of
+ * capacity (409), or an idempotency key reused with another request (422); 6 a workspace, group or
+ * ensemble failed (Corrupted, or ended with a reason); 7 gave up waiting; 8 refused by the site's policy
+ * or a quota (400 PolicyViolation, 403).
  */
 import { readFileSync } from 'node:fs';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 
 interface Globals {
   api: string;
@@ -21,7 +28,16 @@ class CliError extends Error {
   }
 }
 
-async function call(g: Globals, method: string, path: string, body?: unknown): Promise<Record<string, unknown>> {
+/** Exit code of an API error (see the file's comment). */
+function exitCodeOf(status: number, type: unknown): number {
+  if (status === 403 || type === 'urn:vws:problem:PolicyViolation') return 8;
+  if (status === 400) return 2;
+  if (status === 404) return 4;
+  if (status === 409 || status === 422) return 5;
+  return 1;
+}
+
+async function call(g: Globals, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Record<string, unknown>> {
   let token: string;
   try {
     token = readFileSync(g.tokenFile, 'utf8').trim();
@@ -32,7 +48,7 @@ async function call(g: Globals, method: string, path: string, body?: unknown): P
   try {
     res = await fetch(`${g.api}${path}`, {
       method,
-      headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}), ...headers },
       body: body ? JSON.stringify(body) : undefined,
     });
   } catch (e) {
@@ -42,7 +58,7 @@ async function call(g: Globals, method: string, path: string, body?: unknown): P
   if (!res.ok) {
     const errors = (data.errors as Array<{ field: string; message: string }> | undefined) ?? [];
     const detail = errors.length ? errors.map((e) => `  ${e.field}: ${e.message}`).join('\n') : `  ${String(data.detail ?? res.statusText)}`;
-    throw new CliError(`${res.status} ${String(data.title ?? '')}\n${detail}`, res.status === 404 ? 4 : res.status === 409 ? 5 : 1);
+    throw new CliError(`${res.status} ${String(data.title ?? '')}\n${detail}`, exitCodeOf(res.status, data.type));
   }
   return data;
 }
@@ -124,49 +140,164 @@ const program = new Command('vws')
   .description('Client for the vws Virtual Workspace Service')
   .addOption(new Option('--api <url>', 'vws API base URL').env('VWS_API').default('http://127.0.0.1:8080'))
   .addOption(new Option('--token-file <file>', 'file holding your bearer token').env('VWS_TOKEN_FILE').default('/var/lib/vws/secrets/demo.token'))
-  .option('--json', 'print JSON for scripts');
+  .option('--json', 'print JSON for scripts')
+  // Commander's own usage errors (unknown option, bad value) exit 2; help stays 0. Inherited by every subcommand.
+  .exitOverride((e) => process.exit(e.exitCode === 0 ? 0 : 2))
+  .addHelpText(
+    'after',
+    `
+Exit codes: 0 done; 1 other failure; 2 bad usage or invalid request (400); 3 API unreachable; 4 not found;
+5 refused in this state, no capacity, or idempotency key reused (409, 422); 6 Corrupted or ended with a reason;
+7 gave up waiting; 8 refused by site policy or quota (400 PolicyViolation, 403).`,
+  );
 
-program
-  .command('deploy')
-  .description('deploy one workspace from an image in the site repository or at a URL')
-  .requiredOption('--image <name|url>', 'image name in the site repository, or a file://, http(s):// or sftp:// URL (staged in)')
-  .option('--image-sha256 <hex>', 'expected sha256 of an image URL')
-  .option('--partition <spec>', 'another partition: an image name or URL, or blank:<MiB>[:ext4|swap|none] (repeatable)', (v: string, all: string[]) => [...all, v], [] as string[])
-  .option('--save-to <target>', 'where the disk is saved at shutdown: a repository image name or a URL you may write')
-  .option('--memory <MiB>', 'memory in MiB', (v) => Number(v), 128)
-  .option('--vcpus <n>', 'virtual CPUs', (v) => Number(v), 1)
-  .option('--duration <seconds>', 'DeploymentTime in seconds', (v) => Number(v), 3600)
+/** `--memory 512` or `--memory 256-1024`: an exact value or a range the factory picks from. */
+function amountOption(v: string): number | { min: number; max: number } {
+  const m = /^(\d+)(?:-(\d+))?$/.exec(v.trim());
+  if (!m) throw new InvalidArgumentError('give a whole number, or a range like 256-1024');
+  return m[2] === undefined ? Number(m[1]) : { min: Number(m[1]), max: Number(m[2]) };
+}
+
+const wholeNumber = (v: string): number => {
+  if (!/^\d+$/.test(v)) throw new InvalidArgumentError('give a whole number');
+  return Number(v);
+};
+const repeat = (v: string, all: string[]) => [...all, v];
+
+/** The options of a deployment request, shared by `deploy` and `ensemble add`. */
+function deploymentOptions(c: Command): Command {
+  return c
+    .requiredOption('--image <name|url>', 'image name in the site repository, or a file://, http(s):// or sftp:// URL (staged in)')
+    .option('--image-sha256 <hex>', 'expected sha256 of an image URL')
+    .option('--partition <spec>', 'another partition: an image name or URL, or blank:<MiB>[:ext4|swap|none] (repeatable)', repeat, [] as string[])
+    .option('--save-to <target>', 'where the disk is saved at shutdown: a repository image name or a URL you may write')
+    .option('--memory <MiB|min-max>', 'memory in MiB per workspace, or a range (the site picks the most it allows)', amountOption, 128)
+    .option('--vcpus <n|min-max>', 'virtual CPUs, or a range', amountOption, 1)
+    .option('--duration <seconds|min-max>', 'DeploymentTime in seconds, or a range', amountOption, 3600)
+    .option('--count <n>', 'how many identical workspaces (more than 1 makes a group; seed NodeNumber)', wholeNumber, 1)
+    .option('--node-property <p>', 'a property the node must have, e.g. a node pool (repeatable)', repeat, [] as string[])
+    .addOption(new Option('--shutdown-mechanism <m>', 'what happens when the time runs out').choices(['Normal', 'Serialize', 'Trash']).default('Normal'))
+    .option('--trash-at-shutdown', 'discard the VM after use instead of unpropagating it')
+    .option('--nic <network>', 'a NIC on this network (repeatable, in order: eth0, eth1, …; default: the site default networks)', repeat, [] as string[]);
+}
+
+interface DeploymentOpts {
+  image: string;
+  imageSha256?: string;
+  partition: string[];
+  nic: string[];
+  saveTo?: string;
+  memory: unknown;
+  vcpus: unknown;
+  duration: unknown;
+  count: number;
+  nodeProperty: string[];
+  targetState?: string;
+  shutdownMechanism: string;
+  trashAtShutdown?: boolean;
+}
+
+/** The API body of a deployment request from the options. */
+function deploymentBody(o: DeploymentOpts): Record<string, unknown> {
+  return {
+    image: o.image,
+    ...(o.imageSha256 ? { imageSha256: o.imageSha256 } : {}),
+    ...(o.partition.length ? { partitions: o.partition.map(partitionOption) } : {}),
+    ...(o.nic.length ? { nics: o.nic.map((network) => ({ network })) } : {}),
+    ...(o.saveTo ? { unpropagationTarget: o.saveTo } : {}),
+    memoryMiB: o.memory,
+    vcpus: o.vcpus,
+    durationSeconds: o.duration,
+    ...(o.count !== 1 ? { count: o.count } : {}),
+    ...(o.nodeProperty.length ? { nodeProperties: o.nodeProperty } : {}),
+    ...(o.targetState ? { targetState: o.targetState } : {}),
+    shutdownMechanism: o.shutdownMechanism,
+    trashAtShutdown: !!o.trashAtShutdown,
+  };
+}
+
+const keyHeader = (key?: string): Record<string, string> => (key ? { 'idempotency-key': key } : {});
+
+deploymentOptions(program.command('deploy').description('deploy one workspace, or a group of --count identical ones'))
   .addOption(new Option('--target-state <state>', 'how far to advance it').choices(['Propagated', 'Running']).default('Running'))
-  .addOption(new Option('--shutdown-mechanism <m>', 'what happens when the time runs out').choices(['Normal', 'Serialize', 'Trash']).default('Normal'))
-  .option('--trash-at-shutdown', 'discard the VM after use instead of unpropagating it')
-  .option('--nic <network>', 'a NIC on this network (repeatable, in order: eth0, eth1, …; default: the site default networks)', (v: string, all: string[]) => [...all, v], [] as string[])
+  .option('--idempotency-key <key>', 'repeat the command with the same key to get the same answer, never a second deployment')
   .option('--wait', 'wait until it reaches the target state (Running: with an address)')
   .option('--timeout <seconds>', 'how long --wait waits', (v) => Number(v), 300)
   .addHelpText(
     'after',
-    '\nExamples:\n  vws deploy --image sample --memory 128 --wait\n  vws deploy --image https://example.org/img.raw --image-sha256 <hex> --partition blank:1024:ext4 --wait',
+    `
+Examples:
+  vws deploy --image sample --memory 128 --wait
+  vws deploy --image sample --memory 256-1024 --duration 600-3600 --idempotency-key run-42
+  vws deploy --image sample --count 3 --node-property pool-a --wait
+  vws deploy --image https://example.org/img.raw --image-sha256 <hex> --partition blank:1024:ext4 --wait`,
   )
-  .action(async (o: { image: string; imageSha256?: string; partition: string[]; nic: string[]; saveTo?: string; memory: number; vcpus: number; duration: number; targetState: string; shutdownMechanism: string; trashAtShutdown?: boolean; wait?: boolean; timeout: number }) => {
+  .action(async (o: DeploymentOpts & { idempotencyKey?: string; wait?: boolean; timeout: number; targetState: string }) => {
     const g = program.opts<Globals>();
-    const created = await call(g, 'POST', '/workspaces', {
-      image: o.image,
-      ...(o.imageSha256 ? { imageSha256: o.imageSha256 } : {}),
-      ...(o.partition.length ? { partitions: o.partition.map(partitionOption) } : {}),
-      ...(o.nic.length ? { nics: o.nic.map((network) => ({ network })) } : {}),
-      ...(o.saveTo ? { unpropagationTarget: o.saveTo } : {}),
-      memoryMiB: o.memory,
-      vcpus: o.vcpus,
-      durationSeconds: o.duration,
-      targetState: o.targetState,
-      shutdownMechanism: o.shutdownMechanism,
-      trashAtShutdown: !!o.trashAtShutdown,
-    });
+    const created = await call(g, 'POST', '/workspaces', deploymentBody(o), keyHeader(o.idempotencyKey));
     const id = String(created.id);
-    if (!g.json) console.error(`created ${id}`);
+    if (!g.json) console.error(`created ${id} (${exactLine(created)})`);
+    if (created.kind === 'group') {
+      const d = o.wait ? await waitForGang(g, `/groups/${id}`, o.timeout) : await call(g, 'GET', `/groups/${id}`).catch(() => created);
+      printGang(g, d);
+      return;
+    }
     const reached = (x: Record<string, unknown>) => (o.targetState === 'Running' ? x.state === 'Running' && !!x.obtainedIp : x.state === o.targetState && x.task === null);
     const d = o.wait ? await waitFor(g, id, reached, o.timeout) : created;
     print(g, d);
   });
+
+/** The exact values the factory chose. */
+const exactLine = (d: Record<string, unknown>) =>
+  `${String(d.memoryMiB)} MiB, ${String(d.vcpus)} vCPU(s), ${String(d.durationSeconds)} s${d.count && d.count !== 1 ? `, ${String(d.count)} members` : ''}`;
+
+interface MemberLine {
+  id: string;
+  state: string;
+  task?: string | null;
+  node?: string;
+  ip?: string;
+  reason?: string;
+}
+
+/** Prints a group's description or an ensemble's report. */
+function printGang(g: Globals, d: Record<string, unknown>): void {
+  if (g.json) {
+    console.log(JSON.stringify(d, null, 2));
+    return;
+  }
+  const kind = String(d.id).startsWith('ens-') ? 'ensemble' : 'group';
+  const member = (m: MemberLine) => `  ${m.id}  ${m.state}${m.task ? ` (${m.task})` : ''}${m.node ? `  ${m.node}` : ''}${m.ip ? `  ${m.ip}` : ''}${m.reason ? `  ${m.reason}` : ''}`;
+  const lines = [`${kind.padEnd(10)} ${String(d.id)}`, `state      ${String(d.state)}`, d.reason ? `reason     ${String(d.reason)}` : ''];
+  if (kind === 'group') {
+    lines.push(`members    ${String(d.count ?? (d.members as unknown[] | undefined)?.length ?? '')}`, ...((d.members as MemberLine[] | undefined) ?? []).map(member));
+  } else {
+    if (d.lastRefusal) lines.push(`waiting    ${String(d.attempts)} attempt(s); last: ${String(d.lastRefusal)}`);
+    const started = d.started as { first: string; last: string; skewMs: number } | undefined;
+    if (started) lines.push(`started    ${started.first} … ${started.last} (spread ${started.skewMs} ms)`);
+    for (const m of (d.members as Array<{ memberId: string; count: number; workspaces: MemberLine[] }> | undefined) ?? []) {
+      lines.push(`member     ${m.memberId} (${m.count})`, ...m.workspaces.map(member));
+    }
+  }
+  console.log(lines.filter(Boolean).join('\n'));
+}
+
+/** Polls a group or ensemble until Ready; Ended is a failure (exit 6). */
+async function waitForGang(g: Globals, path: string, timeoutSeconds: number): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + timeoutSeconds * 1000;
+  let last = '';
+  for (;;) {
+    const d = await call(g, 'GET', path);
+    const members = ((d.members as MemberLine[] | undefined) ?? []).concat(((d.members as Array<{ workspaces?: MemberLine[] }> | undefined) ?? []).flatMap((m) => m.workspaces ?? []));
+    const line = `${String(d.state)} ${members.filter((m) => m.state).map((m) => m.state).join(' ')}`;
+    if (line !== last && !g.json) console.error(`  ${new Date().toISOString()}  ${line}`);
+    last = line;
+    if (d.state === 'Ready') return d;
+    if (d.state === 'Ended') throw new CliError(`${path.slice(1)} ended: ${String(d.reason ?? 'destroyed')}`, 6);
+    if (Date.now() > deadline) throw new CliError(`gave up waiting after ${timeoutSeconds} s; state ${String(d.state)}`, 7);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
 
 program
   .command('show <id>')
@@ -217,6 +348,188 @@ for (const op of OPERATIONS) {
     print(g, d);
   });
 }
+
+program
+  .command('list')
+  .description('list your workspaces (admins: everyone\'s), newest first')
+  .option('--state <state>', 'only workspaces in this state, e.g. Running')
+  .option('--group <id>', 'only members of this group')
+  .option('--ensemble <id>', 'only members of this ensemble')
+  .action(async (o: { state?: string; group?: string; ensemble?: string }) => {
+    const g = program.opts<Globals>();
+    const q = new URLSearchParams(Object.entries(o).filter(([, v]) => typeof v === 'string') as Array<[string, string]>).toString();
+    const d = await call(g, 'GET', `/workspaces${q ? `?${q}` : ''}`);
+    if (g.json) return void console.log(JSON.stringify(d, null, 2));
+    const rows = (d.workspaces as Array<Record<string, unknown>>).map((w) => [w.id, w.state ?? '', w.node ?? '', w.group ?? w.ensemble ?? '', w.createdAt ?? ''].map(String));
+    printTable(['ID', 'STATE', 'NODE', 'GROUP/ENSEMBLE', 'CREATED'], rows);
+  });
+
+/** Prints rows under a header, in aligned columns. */
+function printTable(header: string[], rows: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  for (const r of [header, ...rows]) console.log(r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd());
+}
+
+const group = program.command('group').description('show, operate on and destroy groups (create one with deploy --count N)');
+group
+  .command('show <id>')
+  .description('a group and its members')
+  .action(async (id: string) => {
+    const g = program.opts<Globals>();
+    printGang(g, await call(g, 'GET', `/groups/${id}`));
+  });
+for (const op of ['start', 'pause', 'unpause', 'reboot', 'shutdown', 'shutdown-save']) {
+  let c = group.command(`${op} <id>`).description(`${op} every live member of the group`);
+  if (op === 'start') c = c.option('--duration <seconds>', 'new running time from now', wholeNumber);
+  if (op === 'shutdown-save') c = c.option('--target <image|url>', 'save the disks under this name (each member gets its index appended)');
+  c.action(async (id: string, o: { duration?: number; target?: string }) => {
+    const g = program.opts<Globals>();
+    const body = { ...(o.duration ? { durationSeconds: o.duration } : {}), ...(o.target ? { target: o.target } : {}) };
+    printOperation(g, await call(g, 'POST', `/groups/${id}/${op}`, body));
+  });
+}
+group
+  .command('destroy <id>')
+  .description('destroy every member of the group; the group ends')
+  .option('--wait', 'wait until the group has ended')
+  .option('--timeout <seconds>', 'how long --wait waits', (v) => Number(v), 180)
+  .action(async (id: string, o: { wait?: boolean; timeout: number }) => {
+    const g = program.opts<Globals>();
+    const d = await call(g, 'DELETE', `/groups/${id}`);
+    if (o.wait) return void printGang(g, await waitUntilEnded(g, `/groups/${id}`, o.timeout));
+    printOperation(g, d);
+  });
+
+/** Prints what a fanned-out operation did on each member; a member that refused makes the exit code 5. */
+function printOperation(g: Globals, d: Record<string, unknown>): void {
+  const members = (d.members as Array<{ id: string; ok: boolean; error?: string; state?: string }> | undefined) ?? [];
+  if (g.json) console.log(JSON.stringify(d, null, 2));
+  else for (const m of members) console.log(`${m.id}  ${m.ok ? 'ok' : 'refused'}${m.state ? `  ${m.state}` : ''}${m.error ? `  ${m.error}` : ''}`);
+  if (members.some((m) => !m.ok)) process.exitCode = 5;
+}
+
+/** Polls a group or ensemble until it has ended. */
+async function waitUntilEnded(g: Globals, path: string, timeoutSeconds: number): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + timeoutSeconds * 1000;
+  for (;;) {
+    const d = await call(g, 'GET', path);
+    if (d.state === 'Ended') return d;
+    if (Date.now() > deadline) throw new CliError(`gave up waiting after ${timeoutSeconds} s; state ${String(d.state)}`, 7);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+const ensemble = program.command('ensemble').description('co-scheduled ensembles: register members, then done starts them all at once or none');
+ensemble
+  .command('create')
+  .description('create an empty ensemble; prints its id')
+  .option('--idempotency-key <key>', 'repeat with the same key to get the same ensemble')
+  .action(async (o: { idempotencyKey?: string }) => {
+    const g = program.opts<Globals>();
+    const d = await call(g, 'POST', '/ensembles', {}, keyHeader(o.idempotencyKey));
+    console.log(g.json ? JSON.stringify(d, null, 2) : String(d.id));
+  });
+deploymentOptions(ensemble.command('add <ensemble>').description('register a member (a workspace, or a group with --count); it is not launched until done'))
+  .option('--done', 'this is the last member: co-schedule every member now')
+  .option('--idempotency-key <key>', 'repeat with the same key to register once')
+  .addHelpText('after', '\nExamples:\n  E=$(vws ensemble create)\n  vws ensemble add $E --image sample --count 2\n  vws ensemble add $E --image sample --count 3 --done')
+  .action(async (id: string, o: DeploymentOpts & { done?: boolean; idempotencyKey?: string }) => {
+    const g = program.opts<Globals>();
+    const d = await call(g, 'POST', `/ensembles/${id}/members`, { ...deploymentBody(o), ...(o.done ? { done: true } : {}) }, keyHeader(o.idempotencyKey));
+    if (g.json) return void console.log(JSON.stringify(d, null, 2));
+    console.log(`${String(d.memberId)}  ${(d.workspaceIds as string[]).join(' ')}  (${exactLine(d)})`);
+  });
+ensemble
+  .command('done <ensemble>')
+  .description('the done trigger: allocate every member at once, propagate all, start all together')
+  .option('--wait', 'wait until every member runs (or the ensemble gives up)')
+  .option('--timeout <seconds>', 'how long --wait waits', (v) => Number(v), 900)
+  .action(async (id: string, o: { wait?: boolean; timeout: number }) => {
+    const g = program.opts<Globals>();
+    const d = await call(g, 'POST', `/ensembles/${id}/done`, {});
+    printGang(g, o.wait ? await waitForGang(g, `/ensembles/${id}`, o.timeout) : d);
+  });
+ensemble
+  .command('report <ensemble>')
+  .description("the ensemble's report: state, members, start spread")
+  .action(async (id: string) => {
+    const g = program.opts<Globals>();
+    printGang(g, await call(g, 'GET', `/ensembles/${id}`));
+  });
+ensemble
+  .command('destroy <ensemble>')
+  .description('destroy-all: every member is destroyed and the ensemble ends')
+  .option('--wait', 'wait until the ensemble has ended')
+  .option('--timeout <seconds>', 'how long --wait waits', (v) => Number(v), 300)
+  .action(async (id: string, o: { wait?: boolean; timeout: number }) => {
+    const g = program.opts<Globals>();
+    const d = await call(g, 'DELETE', `/ensembles/${id}`);
+    printGang(g, o.wait ? await waitUntilEnded(g, `/ensembles/${id}`, o.timeout) : d);
+  });
+
+program
+  .command('status')
+  .description('your usage: current workspaces, used and reserved minutes, quotas')
+  .action(async () => {
+    const g = program.opts<Globals>();
+    const d = await call(g, 'GET', '/status');
+    if (g.json) return void console.log(JSON.stringify(d, null, 2));
+    const quota = d.quota as { maxWorkspaces?: number; maxReservedMinutes?: number } | undefined;
+    console.log(
+      [
+        `client     ${String(d.owner)}`,
+        `used       ${String(d.usedMinutes)} min (charged per ${String(d.chargeGranularitySeconds)} s)`,
+        `reserved   ${String(d.reservedMinutes)} min; held now ${String(d.heldMinutes)} min by ${String(d.liveGrants)} workspace(s)`,
+        quota ? `quota      ${quota.maxWorkspaces ?? '∞'} workspaces, ${quota.maxReservedMinutes ?? '∞'} reserved min` : '',
+      ]
+        .filter(Boolean)
+        .join('\n'),
+    );
+    const rows = (d.workspaces as Array<Record<string, unknown>>).map((w) => [w.id, w.state, w.node ?? '', `${String(w.usedMinutes)} min`, `${String(w.runningTimeLeftSeconds)} s`].map(String));
+    if (rows.length) printTable(['ID', 'STATE', 'NODE', 'USED', 'LEFT'], rows);
+  });
+
+const admin = program.command('admin').description('site administration (admin clients only)');
+admin
+  .command('nodes')
+  .description('every node: capacity, use, drain flag')
+  .action(async () => {
+    const g = program.opts<Globals>();
+    const d = await call(g, 'GET', '/admin/nodes');
+    if (g.json) return void console.log(JSON.stringify(d, null, 2));
+    printNodes(d.nodes as Array<Record<string, unknown>>);
+  });
+
+function printNodes(nodes: Array<Record<string, unknown>>): void {
+  printTable(
+    ['NODE', 'MEMORY MiB', 'vCPUs', 'GRANTS', 'DRAINED', 'PROPERTIES'],
+    nodes.map((n) => [n.name, `${String(n.usedMemoryMiB)}/${String(n.memoryMiB)}`, `${String(n.usedVcpus)}/${String(n.cpus)}`, n.grants, n.drained ? 'yes' : 'no', (n.properties as string[] | undefined)?.join(',') ?? ''].map(String)),
+  );
+}
+for (const action of ['drain', 'undrain'] as const) {
+  admin
+    .command(`${action} <node>`)
+    .description(action === 'drain' ? 'no new grants on the node; live workspaces stay' : 'let the node take new grants again')
+    .action(async (node: string) => {
+      const g = program.opts<Globals>();
+      const d = await call(g, 'POST', `/admin/nodes/${encodeURIComponent(node)}/${action}`, {});
+      if (g.json) return void console.log(JSON.stringify(d, null, 2));
+      printNodes(d.nodes as Array<Record<string, unknown>>);
+    });
+}
+admin
+  .command('leases')
+  .description("the allocator's live grants: holder, node, slot, addresses, owner")
+  .action(async () => {
+    const g = program.opts<Globals>();
+    const d = await call(g, 'GET', '/admin/leases');
+    if (g.json) return void console.log(JSON.stringify(d, null, 2));
+    const rows = (d.leases as Array<Record<string, unknown>>).map((l) => {
+      const nics = (l.nics as Array<{ address: { ip: string } }> | undefined) ?? [];
+      return [l.holder, l.node, `${String(l.memoryMiB)} MiB/${String(l.vcpus)}`, nics.map((n) => n.address.ip).join(','), l.owner ?? '', l.gang ?? '', l.grantedAt].map(String);
+    });
+    printTable(['HOLDER', 'NODE', 'SLOT', 'ADDRESSES', 'OWNER', 'GANG', 'GRANTED'], rows);
+  });
 
 program.parseAsync().catch((e: Error) => {
   console.error(`vws: ${e.message}`);

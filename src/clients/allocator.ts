@@ -38,6 +38,7 @@ export function initialLedger(config: VwsConfig): Ledger {
     grants: {},
     placement: config.allocator.placement,
     quotas: Object.fromEntries(config.clients.filter((c) => c.quota).map((c) => [c.identity, c.quota!])),
+    chargeGranularitySeconds: config.accounting.chargeGranularitySeconds,
   };
 }
 
@@ -97,12 +98,20 @@ export class AllocatorClient {
 
   /** Releases the holder's grant (idempotent); `info` reports the running time used, for accounting. */
   async release(holder: string, info?: ReleaseInfo): Promise<boolean> {
-    return this.client.workflow.executeUpdateWithStart(releaseUpdate, { args: info ? [holder, info] : [holder], startWorkflowOperation: this.startOp() });
+    try {
+      return await this.client.workflow.executeUpdateWithStart(releaseUpdate, { args: info ? [holder, info] : [holder], startWorkflowOperation: this.startOp() });
+    } catch (e) {
+      return unwrapRefusal(e);
+    }
   }
 
   /** Releases every grant the gang reserved (idempotent); answers how many there were. */
   async releaseGang(gang: string): Promise<number> {
-    return this.client.workflow.executeUpdateWithStart(releaseGangUpdate, { args: [gang], startWorkflowOperation: this.startOp() });
+    try {
+      return await this.client.workflow.executeUpdateWithStart(releaseGangUpdate, { args: [gang], startWorkflowOperation: this.startOp() });
+    } catch (e) {
+      return unwrapRefusal(e);
+    }
   }
 
   /** Drains or undrains a node; answers every node's capacity and use. */
@@ -114,13 +123,17 @@ export class AllocatorClient {
     }
   }
 
-  /** Gives the allocator this configuration's nodes, pools, placement and quotas; live grants are kept. */
+  /** Gives the allocator this configuration's nodes, pools, placement, quotas and charge granularity; live grants and drain flags are kept. */
   async configure(): Promise<void> {
-    const { nodes, pools, placement, quotas } = this.ledger;
-    await this.client.workflow.executeUpdateWithStart(configureUpdate, {
-      args: [{ nodes, pools, ...(placement ? { placement } : {}), ...(quotas ? { quotas } : {}) }],
-      startWorkflowOperation: this.startOp(),
-    });
+    const { nodes, pools, placement, quotas, chargeGranularitySeconds } = this.ledger;
+    try {
+      await this.client.workflow.executeUpdateWithStart(configureUpdate, {
+        args: [{ nodes, pools, ...(placement ? { placement } : {}), ...(quotas ? { quotas } : {}), ...(chargeGranularitySeconds ? { chargeGranularitySeconds } : {}) }],
+        startWorkflowOperation: this.startOp(),
+      });
+    } catch (e) {
+      unwrapRefusal(e);
+    }
   }
 
   /** Every live grant. */
@@ -133,8 +146,8 @@ export class AllocatorClient {
     return this.client.workflow.getHandle(this.workflowId).query(nodesQuery);
   }
 
-  /** Usage of one owner, or of every owner. */
+  /** Usage of one owner, or of every owner, as of now (live grants count up to this moment). */
   usage(owner?: string): Promise<OwnerUsageReport[]> {
-    return this.client.workflow.getHandle(this.workflowId).query(usageQuery, ...(owner ? [owner] : []));
+    return this.client.workflow.getHandle(this.workflowId).query(usageQuery, owner ?? '', new Date().toISOString());
   }
 }

@@ -34,6 +34,16 @@ export function workspaceWorkflowId(config: VwsConfig, workspaceId: string): str
   return `${config.temporal.prefix}-${workspaceId}`;
 }
 
+/** Workflow id of a group (public id `grp-` and 12 hex digits): the prefix and the public id, as for workspaces. */
+export function groupWorkflowId(config: VwsConfig, groupId: string): string {
+  return `${config.temporal.prefix}-${groupId}`;
+}
+
+/** Workflow id of an ensemble (public id `ens-` and 12 hex digits): the prefix and the public id. */
+export function ensembleWorkflowId(config: VwsConfig, ensembleId: string): string {
+  return `${config.temporal.prefix}-${ensembleId}`;
+}
+
 /** Where a new workspace workflow sends its work, fixed at its start (it travels in the workflow's input). */
 export function workspaceRouting(config: VwsConfig): WorkspaceRouting {
   return {

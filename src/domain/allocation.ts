@@ -1,7 +1,10 @@
 /**
  * Slot fitting for the allocator: pure functions over plain objects (they survive continue-as-new as
- * JSON, unlike a `Map`). The allocator workflow is the only caller that mutates a ledger.
+ * JSON, unlike a `Map`). The allocator workflow is the only caller that mutates a ledger; accounting
+ * (events, usage, charge granularity) is in `./accounting`.
  */
+import { recordGrant } from './accounting';
+import { FailureType } from './errors';
 
 /** A node's capacity as the allocator sees it. */
 export interface NodeCapacity {
@@ -126,8 +129,10 @@ export interface Ledger {
   quotas?: Record<string, ClientQuota>;
   /** Closed accounting totals by owner (released grants), so usage survives continue-as-new. */
   usage?: Record<string, { reservedSeconds: number; usedSeconds: number; released: number }>;
-  /** The most recent accounting events, newest last (bounded). */
+  /** The most recent accounting events, newest last (bounded to {@link MAX_EVENTS}: the ledger travels through continue-as-new). */
   events?: AccountingEvent[];
+  /** Closed grants' reserved and used seconds are charged in whole units of this many seconds, rounded up (absent: 60). */
+  chargeGranularitySeconds?: number;
 }
 
 /** A ledger as recorded before multi-network pools (one `network` and its `addresses`). */
@@ -153,17 +158,28 @@ export function grantNics(g: Grant): NicGrant[] {
 /** Result of {@link fitRequest}: a grant, or the reason none fits. */
 export type FitResult = { ok: true; grant: Grant } | { ok: false; reason: string };
 
+/** Why the allocator refused: the failure type the workflow raises, and a sentence saying why. */
+export interface Refusal {
+  ok: false;
+  type: typeof FailureType.NoCapacity | typeof FailureType.QuotaExceeded | typeof FailureType.InvalidSpec;
+  reason: string;
+}
+
 /** Memory and CPUs used on `node` by live grants. */
 export function usedOn(ledger: Ledger, node: string): { memoryMiB: number; vcpus: number } {
-  let memoryMiB = 0;
-  let vcpus = 0;
+  return useByNode(ledger)[node] ?? { memoryMiB: 0, vcpus: 0 };
+}
+
+/** Memory, CPUs and grant count used on every node by live grants, in one pass over the grants. */
+export function useByNode(ledger: Ledger): Record<string, { memoryMiB: number; vcpus: number; grants: number }> {
+  const use: Record<string, { memoryMiB: number; vcpus: number; grants: number }> = {};
   for (const g of Object.values(ledger.grants)) {
-    if (g.node === node) {
-      memoryMiB += g.memoryMiB;
-      vcpus += g.vcpus;
-    }
+    const u = (use[g.node] ??= { memoryMiB: 0, vcpus: 0, grants: 0 });
+    u.memoryMiB += g.memoryMiB;
+    u.vcpus += g.vcpus;
+    u.grants += 1;
   }
-  return { memoryMiB, vcpus };
+  return use;
 }
 
 /** The networks a request's NICs want: as asked, or one NIC on the first pool (requests from before multi-NIC). */
@@ -171,30 +187,66 @@ export function requestedNetworks(ledger: Ledger, request: SlotRequest): string[
   return request.networks ?? [Object.keys(ledger.pools)[0]];
 }
 
+/** The nodes in the order placement tries them: as configured (greedy) or starting at the cursor (round-robin). */
+function placementOrder(ledger: Ledger): NodeCapacity[] {
+  if (ledger.placement !== 'round-robin' || !ledger.nodes.length) return ledger.nodes;
+  const start = (ledger.cursor ?? 0) % ledger.nodes.length;
+  return [...ledger.nodes.slice(start), ...ledger.nodes.slice(0, start)];
+}
+
+/** The cursor after a grant on `node` (round-robin moves past it; greedy keeps what it had). */
+function cursorAfter(ledger: Ledger, node: string): number | undefined {
+  if (ledger.placement !== 'round-robin') return ledger.cursor;
+  const i = ledger.nodes.findIndex((n) => n.name === node);
+  return i < 0 ? ledger.cursor : (i + 1) % ledger.nodes.length;
+}
+
+/** Every `network/ip` a live grant holds. */
+function heldAddresses(ledger: Ledger): Set<string> {
+  return new Set(Object.values(ledger.grants).flatMap((g) => grantNics(g).map((nic) => `${nic.network}/${nic.address.ip}`)));
+}
+
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+
 /**
- * Greedy first fit: the first node that carries every requested network and has room for the memory
- * (never overcommitted) and the CPUs; for each NIC, the first address of its pool that no live grant
- * (and no other NIC of this request) holds. All or nothing. Pure; the caller records the grant.
+ * The node a request goes on: one that carries every requested network, has every requested property,
+ * is not drained and has room for the memory (never overcommitted) and the CPUs, tried in placement
+ * order. The refusal names what was missing and what each candidate has free.
  */
-export function fitRequest(ledger: Ledger, request: SlotRequest, now: string): FitResult {
-  const networks = requestedNetworks(ledger, request);
-  const unknown = networks.filter((n) => !ledger.pools[n]);
-  if (unknown.length) return { ok: false, reason: `no such network: ${unknown.join(', ')} (networks: ${Object.keys(ledger.pools).join(', ')})` };
+function pickNode(ledger: Ledger, request: SlotRequest, networks: string[]): { ok: true; node: NodeCapacity } | { ok: false; reason: string } {
   const carriers = ledger.nodes.filter((n) => networks.every((net) => !n.networks || n.networks.includes(net)));
   if (!carriers.length) return { ok: false, reason: `no node carries all of the networks ${[...new Set(networks)].join(', ')}` };
-  const node = carriers.find((n) => {
-    const used = usedOn(ledger, n.name);
-    return used.memoryMiB + request.memoryMiB <= n.memoryMiB && used.vcpus + request.vcpus <= n.cpus;
-  });
-  if (!node) {
+  const wanted = request.nodeProperties ?? [];
+  const suitable = carriers.filter((n) => wanted.every((p) => n.properties?.includes(p)));
+  if (!suitable.length) {
     return {
       ok: false,
-      reason: `no node has ${request.memoryMiB} MiB and ${request.vcpus} CPU(s) free (nodes: ${carriers
-        .map((n) => `${n.name} ${n.memoryMiB - usedOn(ledger, n.name).memoryMiB} MiB free`)
-        .join(', ')})`,
+      reason: `no node has the properties ${wanted.join(', ')} (nodes: ${carriers.map((n) => `${n.name} [${(n.properties ?? []).join(', ')}]`).join(', ')})`,
     };
   }
-  const held = new Set(Object.values(ledger.grants).flatMap((g) => grantNics(g).map((nic) => `${nic.network}/${nic.address.ip}`)));
+  const open = suitable.filter((n) => !n.drained);
+  if (!open.length) return { ok: false, reason: `every node that could take it is drained (${suitable.map((n) => n.name).join(', ')})` };
+  const use = useByNode(ledger);
+  const free = (n: NodeCapacity) => ({ memoryMiB: n.memoryMiB - (use[n.name]?.memoryMiB ?? 0), vcpus: n.cpus - (use[n.name]?.vcpus ?? 0) });
+  const openNames = new Set(open.map((n) => n.name));
+  const node = placementOrder(ledger).find((n) => {
+    if (!openNames.has(n.name)) return false;
+    const f = free(n);
+    return request.memoryMiB <= f.memoryMiB && request.vcpus <= f.vcpus;
+  });
+  if (node) return { ok: true, node };
+  const drained = suitable.filter((n) => n.drained).map((n) => n.name);
+  return {
+    ok: false,
+    reason:
+      `no node has ${request.memoryMiB} MiB and ${plural(request.vcpus, 'CPU')} free (free: ${open
+        .map((n) => `${n.name} ${free(n).memoryMiB} MiB and ${plural(free(n).vcpus, 'CPU')}`)
+        .join(', ')})` + (drained.length ? `; drained: ${drained.join(', ')}` : ''),
+  };
+}
+
+/** For each NIC, the first address of its pool not in `held` (which it then joins). All or nothing. */
+function pickAddresses(ledger: Ledger, networks: string[], held: Set<string>): { ok: true; nics: NicGrant[] } | { ok: false; reason: string } {
   const nics: NicGrant[] = [];
   for (const network of networks) {
     const pool = ledger.pools[network];
@@ -203,5 +255,175 @@ export function fitRequest(ledger: Ledger, request: SlotRequest, now: string): F
     held.add(`${network}/${address.ip}`);
     nics.push({ network, address });
   }
-  return { ok: true, grant: { holder: request.holder, node: node.name, memoryMiB: request.memoryMiB, vcpus: request.vcpus, nics, grantedAt: now } };
+  return { ok: true, nics };
+}
+
+/** Networks a request names that have no pool, as a refusal reason. */
+function unknownNetworks(ledger: Ledger, networks: string[]): string | undefined {
+  const unknown = networks.filter((n) => !ledger.pools[n]);
+  return unknown.length ? `no such network: ${unknown.join(', ')} (networks: ${Object.keys(ledger.pools).join(', ')})` : undefined;
+}
+
+/** The grant a request gets on `node` with `nics` (only the fields the request gave; the ledger stays lean JSON). */
+function grantFor(request: SlotRequest, node: string, nics: NicGrant[], now: string, gang?: string): Grant {
+  return {
+    holder: request.holder,
+    node,
+    memoryMiB: request.memoryMiB,
+    vcpus: request.vcpus,
+    nics,
+    grantedAt: now,
+    ...(request.owner !== undefined ? { owner: request.owner } : {}),
+    ...(request.reservedSeconds !== undefined ? { reservedSeconds: request.reservedSeconds } : {}),
+    ...(gang !== undefined ? { gang } : {}),
+  };
+}
+
+/**
+ * Fits one request: a node by the placement strategy (carrying its networks, with its properties, not
+ * drained, with room: memory is never overcommitted) and, for each NIC, the first address of its pool
+ * that no live grant (and no other NIC of this request) holds. All or nothing. Pure; the caller records
+ * the grant (see {@link reserve}).
+ */
+export function fitRequest(ledger: Ledger, request: SlotRequest, now: string): FitResult {
+  const networks = requestedNetworks(ledger, request);
+  const unknown = unknownNetworks(ledger, networks);
+  if (unknown) return { ok: false, reason: unknown };
+  const placed = pickNode(ledger, request, networks);
+  if (!placed.ok) return placed;
+  const addresses = pickAddresses(ledger, networks, heldAddresses(ledger));
+  if (!addresses.ok) return addresses;
+  return { ok: true, grant: grantFor(request, placed.node.name, addresses.nics, now) };
+}
+
+/**
+ * Why granting `requests` would take an owner over a quota, as a sentence naming the quota, its limit
+ * and what the owner holds; undefined when every owner stays within its quotas. Requests without an
+ * owner are not limited.
+ */
+export function quotaRefusal(ledger: Ledger, requests: SlotRequest[]): string | undefined {
+  const owners = [...new Set(requests.map((r) => r.owner).filter((o): o is string => o !== undefined))];
+  for (const owner of owners) {
+    const quota = ledger.quotas?.[owner];
+    if (!quota) continue;
+    const live = Object.values(ledger.grants).filter((g) => g.owner === owner);
+    const asks = requests.filter((r) => r.owner === owner);
+    if (quota.maxWorkspaces !== undefined && live.length + asks.length > quota.maxWorkspaces) {
+      return `${owner} may hold at most ${plural(quota.maxWorkspaces, 'workspace')} (quota maxWorkspaces) and holds ${live.length}; this request asks for ${asks.length} more`;
+    }
+    if (quota.maxReservedMinutes !== undefined) {
+      const held = live.reduce((s, g) => s + (g.reservedSeconds ?? 0), 0);
+      const asked = asks.reduce((s, r) => s + (r.reservedSeconds ?? 0), 0);
+      if (held + asked > quota.maxReservedMinutes * 60) {
+        return `${owner} may hold at most ${plural(quota.maxReservedMinutes, 'reserved minute')} (quota maxReservedMinutes) and holds ${minutes(held)}; this request asks for ${minutes(asked)} more`;
+      }
+    }
+  }
+  return undefined;
+}
+
+/** Seconds as minutes for a sentence: whole when whole, else to two decimals. */
+function minutes(seconds: number): string {
+  const m = seconds / 60;
+  return `${Number.isInteger(m) ? m : m.toFixed(2)} minute${m === 1 ? '' : 's'}`;
+}
+
+/** Result of {@link fitGang}: every member's grant (in member order), or why none is granted. */
+export type GangFit = { ok: true; grants: Grant[]; cursor?: number; repeated: boolean } | Refusal;
+
+/**
+ * Fits every member of a gang, or none: quotas are checked for the whole gang, then nodes are chosen
+ * for the larger members first (so a big member is not left without a node that smaller ones took),
+ * each on a scratch copy of the grants so a partial fit never touches the ledger, then addresses are
+ * handed out in member order. A repeat whose holders all hold grants of this gang returns them; a gang
+ * whose holders are partly held is refused as invalid. Pure; the caller records the grants.
+ */
+export function fitGang(ledger: Ledger, request: GangRequest, now: string): GangFit {
+  const { gang, members } = request;
+  const invalid = (reason: string): Refusal => ({ ok: false, type: FailureType.InvalidSpec, reason: `gang ${gang}: ${reason}` });
+  const holders = members.map((m) => m.holder);
+  const twice = holders.filter((h, i) => holders.indexOf(h) !== i);
+  if (twice.length) return invalid(`holder ${twice[0]} appears more than once`);
+  const held = members.filter((m) => ledger.grants[m.holder]);
+  if (held.length === members.length) {
+    const strangers = held.filter((m) => ledger.grants[m.holder].gang !== gang).map((m) => m.holder);
+    if (strangers.length) return invalid(`holders ${strangers.join(', ')} already hold grants outside this gang`);
+    return { ok: true, grants: members.map((m) => ledger.grants[m.holder]), cursor: ledger.cursor, repeated: true };
+  }
+  if (held.length) {
+    return invalid(
+      `holders ${held.map((m) => m.holder).join(', ')} already hold grants and ${members
+        .filter((m) => !ledger.grants[m.holder])
+        .map((m) => m.holder)
+        .join(', ')} do not; a repeat must name the same, fully granted members`,
+    );
+  }
+  const quota = quotaRefusal(ledger, members);
+  if (quota) return { ok: false, type: FailureType.QuotaExceeded, reason: `gang ${gang}: ${quota}` };
+
+  const noCapacity = (i: number, reason: string): Refusal => ({
+    ok: false,
+    type: FailureType.NoCapacity,
+    reason: `gang ${gang}: member ${members[i].holder} (${i + 1} of ${members.length}, ${members[i].memoryMiB} MiB, ${plural(members[i].vcpus, 'CPU')}) does not fit: ${reason}; nothing is held`,
+  });
+  const networks = members.map((m) => requestedNetworks(ledger, m));
+  for (let i = 0; i < members.length; i++) {
+    const unknown = unknownNetworks(ledger, networks[i]);
+    if (unknown) return noCapacity(i, unknown);
+  }
+  // Nodes, largest first, on a scratch ledger: placeholder grants count toward each node's use.
+  const scratch: Ledger = { ...ledger, grants: { ...ledger.grants } };
+  const order = members.map((_, i) => i).sort((a, b) => members[b].memoryMiB - members[a].memoryMiB || members[b].vcpus - members[a].vcpus || a - b);
+  const nodes: string[] = [];
+  for (const i of order) {
+    const placed = pickNode(scratch, members[i], networks[i]);
+    if (!placed.ok) return noCapacity(i, placed.reason);
+    nodes[i] = placed.node.name;
+    scratch.grants[members[i].holder] = grantFor(members[i], placed.node.name, [], now);
+    scratch.cursor = cursorAfter(scratch, placed.node.name);
+  }
+  // Addresses in member order, so a gang's members get its addresses in the order they were named.
+  const taken = heldAddresses(ledger);
+  const grants: Grant[] = [];
+  for (let i = 0; i < members.length; i++) {
+    const addresses = pickAddresses(ledger, networks[i], taken);
+    if (!addresses.ok) return noCapacity(i, addresses.reason);
+    grants.push(grantFor(members[i], nodes[i], addresses.nics, now, gang));
+  }
+  return { ok: true, grants, cursor: scratch.cursor, repeated: false };
+}
+
+/** Result of {@link reserve}. */
+export type ReserveResult = { ok: true; grant: Grant } | Refusal;
+
+/**
+ * Grants one request and records it in the ledger (with its accounting event), or refuses changing
+ * nothing: `QuotaExceeded` over a quota, `NoCapacity` when nothing fits. A repeat by a holder that holds
+ * a grant returns that grant.
+ */
+export function reserve(ledger: Ledger, request: SlotRequest, now: string): ReserveResult {
+  const existing = ledger.grants[request.holder];
+  if (existing) return { ok: true, grant: existing };
+  const quota = quotaRefusal(ledger, [request]);
+  if (quota) return { ok: false, type: FailureType.QuotaExceeded, reason: quota };
+  const fit = fitRequest(ledger, request, now);
+  if (!fit.ok) return { ok: false, type: FailureType.NoCapacity, reason: fit.reason };
+  const cursor = cursorAfter(ledger, fit.grant.node);
+  recordGrant(ledger, fit.grant);
+  if (cursor !== undefined) ledger.cursor = cursor;
+  return { ok: true, grant: fit.grant };
+}
+
+/** Result of {@link reserveGang}. */
+export type ReserveGangResult = { ok: true; grants: Grant[] } | Refusal;
+
+/** Grants every member of a gang and records them (see {@link fitGang}), or refuses changing nothing. */
+export function reserveGang(ledger: Ledger, request: GangRequest, now: string): ReserveGangResult {
+  const fit = fitGang(ledger, request, now);
+  if (!fit.ok) return fit;
+  if (!fit.repeated) {
+    for (const g of fit.grants) recordGrant(ledger, g);
+    if (fit.cursor !== undefined) ledger.cursor = fit.cursor;
+  }
+  return { ok: true, grants: fit.grants };
 }

@@ -20,8 +20,12 @@ export const releaseGangUpdate = defineUpdate<number, [string]>('releaseGang');
 export const drainUpdate = defineUpdate<NodeUse[], [{ node: string; drained: boolean }]>('drain');
 /** Allocator: each node's capacity, use and drain flag. */
 export const nodesQuery = defineQuery<NodeUse[]>('nodes');
-/** Allocator: usage per owner (all owners when none is named). */
-export const usageQuery = defineQuery<OwnerUsageReport[], [string?]>('usage');
+/**
+ * Allocator: usage per owner (all owners when none is named), as of `asOf` (ISO time, the caller's
+ * clock; a Query does not advance workflow time, so without it live grants count up to the allocator's
+ * last workflow task).
+ */
+export const usageQuery = defineQuery<OwnerUsageReport[], [string?, string?]>('usage');
 
 /** A node as admins see it: capacity, what live grants use, and whether it is drained. */
 export interface NodeUse {
@@ -55,7 +59,7 @@ export const grantsQuery = defineQuery<Grant[]>('grants');
  */
 export const configureUpdate = defineUpdate<
   void,
-  [{ nodes: NodeCapacity[]; pools: Record<string, PoolAddress[]>; placement?: Placement; quotas?: Record<string, ClientQuota> }]
+  [{ nodes: NodeCapacity[]; pools: Record<string, PoolAddress[]>; placement?: Placement; quotas?: Record<string, ClientQuota>; chargeGranularitySeconds?: number }]
 >('configure');
 
 /** Workspace: its resource properties. */

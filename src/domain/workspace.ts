@@ -66,6 +66,8 @@ export interface WorkspaceSpec {
   memberIndex?: number;
   /** The network of each NIC, in order. Absent only in workflows started before multi-NIC. */
   networks?: string[];
+  /** Properties the node must have (every one), for whoever reserves the slot (a group or ensemble). */
+  nodeProperties?: string[];
 }
 
 /** Seed 002 ShutdownMechanism. */

@@ -7,6 +7,9 @@ import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker
 import { createHeadActivities } from '../activities/head/allocator-client';
 import { join } from 'node:path';
 import { createHeadImageActivities } from '../activities/head/images';
+import { createReconcileActivities } from '../activities/head/reconcile';
+import { ensureReconcilerSchedule } from '../clients/reconciler';
+import { createMemberActivities } from '../activities/head/members';
 import { createDhcpActivities } from '../activities/network/dhcp';
 import { LocalExecutor } from '../exec/local';
 import { headTaskQueue } from '../config/names';
@@ -58,6 +61,9 @@ export function createHeadWorker(o: HeadWorkerOptions): Promise<Worker> {
     activities: {
       ...createHeadActivities({ client: o.client, config: o.config }),
       ...createHeadImageActivities({ config: o.config }),
+      ...createReconcileActivities({ client: o.client, config: o.config }),
+      // Group and ensemble fan-outs to their member workspaces.
+      ...createMemberActivities({ client: o.client }),
       // Central DHCP delivery (networks with `dhcp.on: head`) runs these on the head itself.
       ...createDhcpActivities({ exec: new LocalExecutor(), dir: join(o.config.stateDir, 'dhcp') }),
     },
@@ -84,6 +90,10 @@ async function main(): Promise<void> {
       .configureAllocator()
       .then(() => log.info({ networks: config.networks.map((n) => n.name) }, 'allocator configured'))
       .catch((e: Error) => log.error({ err: e }, 'could not configure the allocator'));
+    // The reconciler's Schedule follows this configuration (created, updated, or deleted when disabled).
+    ensureReconcilerSchedule(client, config)
+      .then((outcome) => log.info({ outcome, reconciler: config.reconciler }, 'reconciler schedule'))
+      .catch((e: Error) => log.error({ err: e }, 'could not set up the reconciler schedule'));
     await Promise.all(runs);
   } finally {
     ssh.close();

@@ -1,25 +1,41 @@
 /**
  * The allocator: one long-lived workflow per site, the only writer of slots and network addresses.
- * Every grant is decided inside one synchronous Update handler, so a request is granted whole (a slot
- * and an address for every NIC) or refused and never partly held; the ledger is plain data so it
- * survives continue-as-new. An address comes back only through `release`, which the workspace workflow
- * sends after its VM is confirmed destroyed.
+ * Every grant is decided inside one synchronous Update handler, so a request (or a whole gang) is
+ * granted whole or refused and never partly held, and two gangs can never each hold part of what both
+ * need; the ledger is plain data so it survives continue-as-new. An address comes back only through
+ * `release`, which the workspace workflow sends after its VM is confirmed destroyed. The fitting,
+ * quotas and accounting are pure functions in `src/domain`; this file only wires them to messages.
  */
 import { allHandlersFinished, ApplicationFailure, condition, continueAsNew, setHandler, workflowInfo } from '@temporalio/workflow';
-import { fitRequest, normalizeLedger, type LegacyLedger, type Ledger, type SlotRequest } from '../domain/allocation';
+import { normalizeLedger, reserve, reserveGang, type LegacyLedger, type Ledger, type Refusal } from '../domain/allocation';
+import { releaseGangGrants, releaseGrant, usageReports } from '../domain/accounting';
+import { applyConfiguration, nodeUses, setDrained } from '../domain/allocator-site';
+import { drainProblem, gangRequestProblem, releaseProblem, siteConfigurationProblem, slotRequestProblem } from '../domain/allocator-validation';
 import { FailureType } from '../domain/errors';
-import { configureUpdate, grantsQuery, releaseUpdate, reserveUpdate } from '../domain/messages';
+import {
+  configureUpdate,
+  drainUpdate,
+  grantsQuery,
+  nodesQuery,
+  releaseGangUpdate,
+  releaseUpdate,
+  reserveGangUpdate,
+  reserveUpdate,
+  usageQuery,
+} from '../domain/messages';
 
-function validateRequest(req: SlotRequest): void {
-  const bad = (field: string, why: string) =>
-    ApplicationFailure.create({ type: FailureType.InvalidSpec, message: `${field}: ${why}`, nonRetryable: true });
-  if (typeof req?.holder !== 'string' || !req.holder) throw bad('holder', 'must be a workflow id');
-  if (!Number.isInteger(req.memoryMiB) || req.memoryMiB <= 0) throw bad('memoryMiB', 'must be a positive integer');
-  if (!Number.isInteger(req.vcpus) || req.vcpus <= 0) throw bad('vcpus', 'must be a positive integer');
-  if (req.networks !== undefined && (!Array.isArray(req.networks) || !req.networks.length || req.networks.some((n) => typeof n !== 'string'))) {
-    throw bad('networks', 'must be a non-empty list of network names');
-  }
+/** Throws a validator's problem as a non-retryable `InvalidSpec` (the Update is rejected, nothing recorded). */
+function check(problem: string | undefined): void {
+  if (problem) throw ApplicationFailure.create({ type: FailureType.InvalidSpec, message: problem, nonRetryable: true });
 }
+
+/** A refusal as the typed, non-retryable failure its caller sees. */
+function refuse(r: Refusal): never {
+  throw ApplicationFailure.create({ type: r.type, message: r.reason, nonRetryable: true });
+}
+
+/** Workflow time now, as an ISO string (deterministic: the workflow task's time). */
+const now = () => new Date().toISOString();
 
 /** Runs the allocator, starting from `initial` (either ledger shape: old histories carry the legacy one). */
 export async function allocatorWorkflow(initial: Ledger | LegacyLedger): Promise<void> {
@@ -27,25 +43,40 @@ export async function allocatorWorkflow(initial: Ledger | LegacyLedger): Promise
   setHandler(
     reserveUpdate,
     (req) => {
-      const existing = ledger.grants[req.holder];
-      if (existing) return existing; // a retried reserve gets the same grant
-      const fit = fitRequest(ledger, req, new Date().toISOString());
-      if (!fit.ok) throw ApplicationFailure.create({ type: FailureType.NoCapacity, message: fit.reason, nonRetryable: true });
-      ledger.grants[req.holder] = fit.grant;
-      return fit.grant;
+      const r = reserve(ledger, req, now());
+      return r.ok ? r.grant : refuse(r);
     },
-    { validator: validateRequest },
+    { validator: (req) => check(slotRequestProblem(req)) },
   );
-  setHandler(releaseUpdate, (holder) => {
-    const had = holder in ledger.grants;
-    delete ledger.grants[holder];
-    return had;
+  setHandler(
+    reserveGangUpdate,
+    (req) => {
+      const r = reserveGang(ledger, req, now());
+      return r.ok ? r.grants : refuse(r);
+    },
+    { validator: (req) => check(gangRequestProblem(req)) },
+  );
+  setHandler(releaseUpdate, (holder, info?) => releaseGrant(ledger, holder, info, now()), {
+    validator: (holder, info?) => check(releaseProblem(holder, info)),
   });
-  setHandler(configureUpdate, (site) => {
-    ledger.nodes = site.nodes;
-    ledger.pools = site.pools;
+  setHandler(releaseGangUpdate, (gang) => releaseGangGrants(ledger, gang, now()), {
+    validator: (gang) => check(typeof gang === 'string' && gang ? undefined : 'gang: must be a workflow id'),
   });
+  setHandler(
+    drainUpdate,
+    ({ node, drained }) => {
+      setDrained(ledger, node, drained);
+      return nodeUses(ledger);
+    },
+    { validator: (req) => check(drainProblem(req, ledger.nodes.map((n) => n.name))) },
+  );
+  setHandler(configureUpdate, (site) => applyConfiguration(ledger, site), { validator: (site) => check(siteConfigurationProblem(site)) });
   setHandler(grantsQuery, () => Object.values(ledger.grants));
+  setHandler(nodesQuery, () => nodeUses(ledger));
+  setHandler(usageQuery, (owner?, asOf?) => {
+    const at = asOf ? Date.parse(asOf) : NaN;
+    return usageReports(ledger, owner || undefined, Number.isNaN(at) ? Date.now() : at);
+  });
 
   await condition(() => workflowInfo().continueAsNewSuggested && allHandlersFinished());
   await continueAsNew<typeof allocatorWorkflow>(ledger);

@@ -46,6 +46,7 @@ import {
   shutdownUpdate,
   startUpdate,
   unpauseUpdate,
+  vmVanishedSignal,
   VwsNode,
   VwsState,
   type ShutdownSaveArgs,
@@ -170,6 +171,8 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
   /** Staged-out copies of a serialized VM, from which `start` resumes it. */
   let savedFiles: { disk: ResolvedImage; state: ResolvedImage } | undefined;
   let destroyRequested = false;
+  /** Set when the reconciler's notice made the workspace Corrupted: the loop drops its running-time timer. */
+  let vanished = false;
   let step: CancellationScope | undefined;
   const jobs: Job[] = [];
   const signals: Array<{ kind: 'shutdown-save'; args: ShutdownSaveArgs }> = [];
@@ -179,6 +182,8 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
   let usedMs = 0;
   let runningSince: number | undefined;
   const timeLeftMs = () => budgetMs - usedMs - (runningSince === undefined ? 0 : Date.now() - runningSince);
+  /** Running time used so far, first start to now or the last shutdown, for the allocator's accounting. */
+  const usedSeconds = () => Math.round((usedMs + (runningSince === undefined ? 0 : Date.now() - runningSince)) / 1000);
 
   const setState = (state: WorkspaceState) => {
     const wasUp = VM_STATES.includes(d.state);
@@ -280,11 +285,29 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     destroyRequested = true;
     step?.cancel();
   });
+  setHandler(vmVanishedSignal, (notice) => {
+    const why = notice?.reason ?? 'VM vanished from its node';
+    // Only a workspace at rest with its VM up: a VM that is being shut down, saved or destroyed is
+    // expected to disappear, and a busy step will find out for itself.
+    if (!VM_STATES.includes(d.state) || d.task !== null || destroyRequested) {
+      d.notices.push(`vm-vanished notice ignored (state ${d.state}${d.task ? `, ${d.task}` : ''}): ${why}`);
+      return;
+    }
+    d.notices.push(`vm-vanished notice acted on: ${why}`);
+    d.heading = 'Running';
+    d.reason = why;
+    setState('Corrupted');
+    vanished = true;
+  });
 
   // ---- steps --------------------------------------------------------------------------------------
+  /** A grant made before the workflow started (by the factory, a group or an ensemble); used once. */
+  let given = input.grant;
   async function allocate(): Promise<void> {
     d.task = 'allocating';
-    grant = await head.reserve({ holder, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, ...(spec.networks ? { networks: spec.networks } : {}) });
+    // Histories without a given grant schedule the same reserve as before.
+    grant = given ?? (await head.reserve({ holder, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, ...(spec.networks ? { networks: spec.networks } : {}) }));
+    given = undefined; // released at StagedOut, the slot must be reserved again for a later start
     d.node = grant.node;
     d.nics = nicsOf(grant);
     const first = d.nics[0];
@@ -405,7 +428,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     rootDisk = undefined;
     if (!savedFiles) {
       // Nothing left to resume: give the slot and address back now rather than at destroy.
-      await head.release(holder);
+      await head.release(holder, { usedSeconds: usedSeconds() });
       grant = undefined;
     }
     setState('StagedOut');
@@ -471,10 +494,10 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       // Activity failures wrap the typed ApplicationFailure as their cause.
       const failure = err as Error & { type?: string; cause?: Error & { type?: string } };
       const cause = failure.cause ?? failure;
-      if (cause.type === FailureType.NoCapacity) {
+      if (cause.type === FailureType.NoCapacity || cause.type === FailureType.QuotaExceeded) {
         d.reason = `refused: ${cause.message}`;
         destroyRequested = true; // nothing was granted; end Cancelled
-        return ApplicationFailure.create({ type: FailureType.NoCapacity, message: cause.message, nonRetryable: true });
+        return ApplicationFailure.create({ type: cause.type, message: cause.message, nonRetryable: true });
       }
       d.heading = (d.task && TASK_HEADING[d.task]) ?? heading;
       d.reason = cause.message;
@@ -495,13 +518,19 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       await allocate();
       await propagate(rootImage!);
       if (spec.targetState === 'Running') await boot();
+      // An ensemble member's addresses are served before the co-scheduled start, so that start is the boot alone.
+      else if (input.ensemble) await addDhcpEntries();
     });
 
     while (!destroyRequested) {
-      const wake = () => destroyRequested || jobs.length > 0 || signals.length > 0;
+      const wake = () => destroyRequested || jobs.length > 0 || signals.length > 0 || vanished;
       const vmUp = VM_STATES.includes(d.state);
       const expired = vmUp ? !(await condition(wake, Math.max(0, timeLeftMs()))) : (await condition(wake), false);
       if (destroyRequested) break;
+      if (vanished) {
+        vanished = false; // now Corrupted: wait again, without the running-time timer
+        continue;
+      }
       if (expired) {
         await runStep('StagedOut', deadline);
         continue;
@@ -541,7 +570,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       if (toStage.length) await headImagesCleanup.removeStaging({ workspaceId: input.id });
       if (intermediate) await headImagesCleanup.removeRepositoryImage({ name: intermediate });
       // Always release: a reserve whose answer was lost may still have granted.
-      await head.release(holder);
+      await head.release(holder, { usedSeconds: usedSeconds() });
       grant = undefined;
       d.task = null;
       d.endedAt = new Date().toISOString();

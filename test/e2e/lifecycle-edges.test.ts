@@ -1,5 +1,5 @@
 /**
- * Edge paths of the skeleton's lifecycle on real parts: a refused allocation holds nothing; a
+ * Edge paths of the skeleton's lifecycle on real parts: a refused allocation is the create's answer and holds nothing; a
  * workspace whose image fails its digest check becomes Corrupted (saying where it was heading and
  * why) and can still be destroyed; DeploymentTime running out with the Trash mechanism evicts the
  * VM. Nothing is left after any of them.
@@ -52,16 +52,18 @@ describe('lifecycle edges', () => {
     expect(parked.obtainedIp).toBeUndefined();
     expect((await stack.leftovers()).some((l) => l.startsWith('qemu process'))).toBe(false);
 
-    const second = await create({ image: 'sample', memoryMiB: 1024 });
-    const refused = await until(second, 30, (w) => w.state === 'Cancelled', 'the refused workspace to end');
-    expect(refused.reason).toMatch(/^refused: no node has 1024 MiB and 1 CPU\(s\) free/);
-    expect(refused.node).toBeUndefined();
+    // The factory reserves before it starts anything, so the refusal is the create's own answer.
+    const second = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 1024 });
+    expect(second.status).toBe(409);
+    expect(second.body).toMatchObject({ type: 'urn:vws:problem:NoCapacity', title: 'No capacity' });
+    expect(String(second.body.detail)).toMatch(/^no node has 1024 MiB and 1 CPU\(s\) free/);
     expect(await stack.grants()).toHaveLength(1);
+    // Nothing was started for the refused request: the client has one workspace.
+    expect((await stack.call('alice', 'GET', '/workspaces')).body.count).toBe(1);
 
     expect((await stack.call('alice', 'DELETE', `/workspaces/${first}`)).status).toBe(202);
     await until(first, 30, (w) => w.state === 'Cancelled', 'Cancelled');
     await stack.recordHistory(first, 'target-propagated');
-    await stack.recordHistory(second, 'refused');
   });
 
   it('becomes Corrupted when the image fails its digest check, and can still be destroyed', async () => {

@@ -136,6 +136,8 @@ export interface StackOptions {
   config?: Record<string, unknown>;
   /** URL prefixes alice may name as unpropagation targets (`clients[].stageOutTargets`). */
   aliceStageOutTargets?: string[];
+  /** More settings of the two test clients (raw `clients[]` fields: `quota`, `admin`, …). */
+  clients?: { alice?: Record<string, unknown>; bob?: Record<string, unknown> };
   /** Another Temporal server than the shared one (a test that restarts its server). */
   temporalAddress?: string;
 }
@@ -163,8 +165,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     api: { host: '10.213.0.1', port },
     repository: { dir: join(dir, 'repo'), url: `http://10.213.0.1:${port}/repository`, nodeTokenFile: join(secrets, 'node.token') },
     clients: [
-      { name: 'alice', identity: '/O=Grid/OU=test/CN=alice', tokenFile: join(secrets, 'alice.token'), stageOutTargets: opts.aliceStageOutTargets ?? [] },
-      { name: 'bob', identity: '/O=Grid/OU=test/CN=bob', tokenFile: join(secrets, 'bob.token') },
+      { name: 'alice', identity: '/O=Grid/OU=test/CN=alice', tokenFile: join(secrets, 'alice.token'), stageOutTargets: opts.aliceStageOutTargets ?? [], ...opts.clients?.alice },
+      { name: 'bob', identity: '/O=Grid/OU=test/CN=bob', tokenFile: join(secrets, 'bob.token'), ...opts.clients?.bob },
     ],
     networks: [{ name: 'public', subnet: '10.213.0.0/24', gateway: '10.213.0.1', ranges: [{ first: opts.first, last: opts.last }] }, ...(opts.networks ?? [])],
     nodes: nodeNames.map((n) => {
@@ -174,6 +176,8 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     }),
     ssh: { keyFile: join(TESTBED_DIR, 'ssh/id_ed25519'), knownHostsFile: join(TESTBED_DIR, 'ssh/known_hosts') },
     timeouts: { addressSeconds: 60, shutdownSeconds: 20 },
+    // No Schedule from a head process (headProcess): a test's reconciler would outlive it on the shared server.
+    reconciler: { enabled: false },
     ...opts.config,
   };
   const config = parseConfig(raw);

@@ -15,6 +15,8 @@ describe('the create-workspace request', () => {
       memoryMiB: 128,
       vcpus: 1,
       durationSeconds: 3600,
+      count: 1,
+      nodeProperties: [],
       targetState: 'Running',
       shutdownMechanism: 'Normal',
       trashAtShutdown: false,

@@ -1,0 +1,143 @@
+/**
+ * The reconciler's head activities: what only the Temporal client can see (the allocator's grants,
+ * which workflows are open, this installation's workspaces) and the reconciler's files under
+ * `<stateDir>/reconcile/` (first-seen times of unowned VMs, the drift listing the API serves). Every
+ * activity is idempotent: reads, an idempotent release, and whole-file atomic rewrites.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { AllocatorClient } from '../../clients/allocator';
+import type { VwsConfig } from '../../config/schema';
+import type { Grant } from '../../domain/allocation';
+import { describeQuery } from '../../domain/messages';
+import {
+  DRIFT_FILE,
+  emptyListing,
+  FIRST_SEEN_FILE,
+  RECONCILE_DIR,
+  withReport,
+  type DriftListing,
+  type DriftReport,
+  type HolderStatus,
+  type WorkspaceSighting,
+} from '../../domain/reconcile';
+import { log } from '../../log';
+
+/** What the reconciler reads through Temporal in one go (after the nodes were listed). */
+export interface ReconcileWorld {
+  grants: Grant[];
+  holders: Record<string, HolderStatus>;
+  openWorkspaceWorkflowIds: string[];
+  firstSeen: Record<string, string>;
+}
+
+/** Writes `path` whole or not at all (a reader never sees half a file). */
+async function writeAtomic(path: string, data: unknown): Promise<void> {
+  const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
+  await writeFile(tmp, `${JSON.stringify(data, null, 2)}\n`, { mode: 0o640 });
+  await rename(tmp, path);
+}
+
+/** Reads a JSON file; `fallback` when it does not exist. */
+async function readJson<T>(path: string, fallback: T): Promise<T> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8')) as T;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return fallback;
+    throw e;
+  }
+}
+
+/** Path of the drift listing of an installation (the API reads it too). */
+export function driftFilePath(config: VwsConfig): string {
+  return join(config.stateDir, RECONCILE_DIR, DRIFT_FILE);
+}
+
+/** Creates the reconciler's head activities. */
+export function createReconcileActivities(deps: { client: Client; config: VwsConfig }) {
+  const { client, config } = deps;
+  const allocator = new AllocatorClient(client, config);
+  const dir = join(config.stateDir, RECONCILE_DIR);
+  const prefix = `${config.temporal.prefix}-`;
+
+  /** Open `workspaceWorkflow` executions in the namespace, every prefix (visibility). */
+  async function openWorkspaceWorkflowIds(): Promise<string[]> {
+    const ids: string[] = [];
+    for await (const w of client.workflow.list({ query: `WorkflowType = 'workspaceWorkflow' AND ExecutionStatus = 'Running'` })) ids.push(w.workflowId);
+    return ids;
+  }
+
+  async function status(workflowId: string): Promise<HolderStatus> {
+    try {
+      const d = await client.workflow.getHandle(workflowId).describe();
+      return d.status.name === 'RUNNING' ? 'open' : 'closed';
+    } catch (e) {
+      if (e instanceof WorkflowNotFoundError) return 'missing';
+      throw e;
+    }
+  }
+
+  return {
+    /**
+     * This installation's open workspaces with their state, task and node (describe query). Read before
+     * the nodes are listed, so a VM that boots meanwhile is never taken for one that vanished.
+     */
+    async reconcileWorkspaces(): Promise<WorkspaceSighting[]> {
+      const out: WorkspaceSighting[] = [];
+      for (const workflowId of (await openWorkspaceWorkflowIds()).filter((id) => id.startsWith(prefix))) {
+        try {
+          const d = await client.workflow.getHandle(workflowId).query(describeQuery);
+          out.push({ workflowId, workspaceId: d.id, state: d.state, task: d.task, ...(d.node ? { node: d.node } : {}) });
+        } catch (e) {
+          // Closed meanwhile, or not answering: not judged this run.
+          log.debug({ err: e, workflowId }, 'reconciler could not describe a workspace');
+        }
+      }
+      return out;
+    },
+
+    /** The grants, whether each holder (and gang) is open, every open workspace workflow, and first-seen times. */
+    async reconcileWorld(): Promise<ReconcileWorld> {
+      let grants: Grant[] = [];
+      try {
+        grants = await allocator.grants();
+      } catch (e) {
+        // No allocator yet: nothing was ever granted.
+        if (!(e instanceof WorkflowNotFoundError)) throw e;
+      }
+      const holders: Record<string, HolderStatus> = {};
+      for (const id of new Set(grants.flatMap((g) => [g.holder, ...(g.gang ? [g.gang] : [])]))) holders[id] = await status(id);
+      const open = await openWorkspaceWorkflowIds();
+      const firstSeen = await readJson<Record<string, string>>(join(dir, FIRST_SEEN_FILE), {});
+      return { grants, holders, openWorkspaceWorkflowIds: open, firstSeen };
+    },
+
+    /** Releases a grant no live workflow holds (idempotent); answers whether there was one. */
+    async reconcileRelease(input: { holder: string }): Promise<boolean> {
+      return allocator.release(input.holder);
+    },
+
+    /** Keeps the first-seen times of unowned VMs for the next run. */
+    async reconcileSaveFirstSeen(firstSeen: Record<string, string>): Promise<void> {
+      await mkdir(dir, { recursive: true });
+      await writeAtomic(join(dir, FIRST_SEEN_FILE), firstSeen);
+    },
+
+    /** Adds a run's report to the drift listing (last report, cumulative counts); answers the listing. */
+    async reconcileRecord(report: DriftReport): Promise<DriftListing> {
+      await mkdir(dir, { recursive: true });
+      const path = join(dir, DRIFT_FILE);
+      const listing = await readJson<DriftListing>(path, emptyListing());
+      // A retried activity must not count the same run twice.
+      if (listing.last?.runId === report.runId) return listing;
+      const next = withReport(listing, report);
+      await writeAtomic(path, next);
+      return next;
+    },
+  };
+}
+
+/** The reconciler's head activities' type, for `proxyActivities`. */
+export type ReconcileActivities = ReturnType<typeof createReconcileActivities>;
