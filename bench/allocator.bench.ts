@@ -2,14 +2,18 @@
  * Benchmark: allocator grants per second on the real dev server, through AllocatorClient (the path the
  * head activities and the API's factory take: one Update-with-Start per call). Each round trip is a
  * reserve and its release; run sequentially (latency bound) and by concurrent callers (the allocator is
- * one workflow, so they queue on it), plus gangs of ten members. No hypervisor is involved: the figures
- * are the allocator's alone. Prints numbers; asserts only that nothing is left held.
+ * one workflow, so they queue on it), sequentially as plain Updates (no start operation, for comparison),
+ * and gangs of ten members. No hypervisor is involved: the figures are the allocator's alone. Prints
+ * numbers; asserts only that nothing is left held. (The path goes before `--selectProjects`, which
+ * takes every name after it as a project.)
  *
- *   VWS_BENCH=1 TEMPORAL_ADDRESS=127.0.0.1:7233 npx jest --selectProjects bench bench/allocator.bench.ts
+ *   VWS_BENCH=1 TEMPORAL_ADDRESS=127.0.0.1:7233 npx jest bench/allocator.bench.ts --selectProjects bench
  *   (VWS_BENCH_GRANTS=N sets the reserve+release pairs per run, default 300; VWS_BENCH_CALLERS=C, default 10)
  */
 import { AllocatorClient } from '../src/clients/allocator';
 import type { VwsConfig } from '../src/config/schema';
+import type { ReleaseInfo, SlotRequest } from '../src/domain/allocation';
+import { releaseUpdate, reserveUpdate } from '../src/domain/messages';
 import { createHeadWorker } from '../src/workers/head';
 import { connect, testConfig, workflowBundle, type TestConnections } from '../test/helpers/temporal';
 
@@ -34,7 +38,7 @@ function site(): VwsConfig {
 }
 
 /** Runs `pairs` reserve+release round trips spread over `callers` concurrent callers; answers the seconds taken and each pair's latency. */
-async function run(allocator: AllocatorClient, tag: string, pairs: number, callers: number): Promise<{ seconds: number; latencies: number[] }> {
+async function run(allocator: Pick<AllocatorClient, 'reserve' | 'release'>, tag: string, pairs: number, callers: number): Promise<{ seconds: number; latencies: number[] }> {
   const latencies: number[] = [];
   const started = performance.now();
   await Promise.all(
@@ -68,6 +72,10 @@ describe('allocator throughput', () => {
         );
       report('sequential', GRANTS, await run(allocator, 'seq', GRANTS, 1));
       report(`${CALLERS} concurrent callers`, GRANTS, await run(allocator, 'con', GRANTS, CALLERS));
+      // The same sequential pairs as plain Updates on the handle, without Update-with-Start's start operation.
+      const handle = conn.client.workflow.getHandle(allocator.workflowId);
+      const plain = { reserve: (r: SlotRequest) => handle.executeUpdate(reserveUpdate, { args: [r] }), release: (h: string, i: ReleaseInfo) => handle.executeUpdate(releaseUpdate, { args: [h, i] }) };
+      report('sequential, plain Updates', GRANTS, await run(plain, 'plain', GRANTS, 1));
 
       const gangs = Math.max(1, Math.floor(GRANTS / GANG / 3));
       const started = performance.now();
@@ -80,7 +88,7 @@ describe('allocator throughput', () => {
       lines.push(`gangs of ${GANG}: ${gangs} reserveGang+releaseGang pairs in ${gs.toFixed(2)} s = ${((gangs * GANG) / gs).toFixed(1)} member grants/s`);
 
       const [usage] = await allocator.usage('/CN=bench');
-      lines.push(`accounting: ${usage.liveGrants} live, ${usage.reservedMinutes} reserved minutes charged over ${2 * GRANTS + gangs * GANG} released grants`);
+      lines.push(`accounting: ${usage.liveGrants} live, ${usage.reservedMinutes} reserved minutes charged over ${3 * GRANTS + gangs * GANG} released grants`);
       console.log(`allocator benchmark (dev server at ${config.temporal.address}):\n  ${lines.join('\n  ')}`);
       expect(await allocator.grants()).toEqual([]);
       expect(usage.liveGrants).toBe(0);

@@ -5,30 +5,15 @@
  */
 import { resolve as resolvePath } from 'node:path';
 import express, { type NextFunction, type Request, type Response } from 'express';
+import type { Logger } from 'pino';
 import { WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage, type Client } from '@temporalio/client';
 import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
 import { AllocatorClient } from '../clients/allocator';
 import { workspaceWorkflowId } from '../config/names';
 import type { VwsConfig } from '../config/schema';
 import { FailureType } from '../domain/errors';
-import {
-  describeQuery,
-  destroyUpdate,
-  pauseUpdate,
-  rebootUpdate,
-  shutdownSaveUpdate,
-  shutdownUpdate,
-  startUpdate,
-  unpauseUpdate,
-} from '../domain/messages';
-import {
-  createWorkspaceSchema,
-  emptyRequestSchema,
-  imageNameSchema,
-  shutdownSaveRequestSchema,
-  startRequestSchema,
-  workspaceIdSchema,
-} from '../domain/requests';
+import { describeQuery, destroyUpdate } from '../domain/messages';
+import { createWorkspaceSchema, imageNameSchema, workspaceIdSchema } from '../domain/requests';
 import { refusalReason, type WorkspaceOperation } from '../domain/states';
 import type { WorkspaceDescription } from '../domain/workspace';
 import { acceptUpload, resolveImage, UploadRefused } from '../repository';
@@ -39,8 +24,12 @@ import { adminRoutes } from './admin';
 import { createDriftRouter } from './drift';
 import { Factory } from './factory';
 import { ensembleRoutes, groupRoutes } from './groups';
-import { idempotencyKey, parseBody, unavailable, wrap } from './http';
+import { idempotencyKey, parseBody, requireAdmin, unavailable, wrap } from './http';
 import { listingRoutes } from './listing';
+import { ApiMetrics } from './metrics';
+import { openApiDocument } from './openapi';
+import { requestLog } from './request-log';
+import { WORKSPACE_OPERATIONS } from './operations';
 import { HttpProblem, sendProblem } from './problem';
 import { statusRoutes } from './status';
 
@@ -54,21 +43,17 @@ export interface ApiDeps {
   nodeTokens: () => readonly TokenEntry[];
   /** The allocator (default: one over `client`). */
   allocator?: AllocatorClient;
+  /** Where request lines go (default: the process logger). */
+  logger?: Logger;
+  /** The metrics `/metrics` serves (default: new ones over `client` and the allocator). */
+  metrics?: ApiMetrics;
 }
 
 /** Tasks that copy bytes and heartbeat their progress. */
 const COPY_TASKS = new Set<WorkspaceDescription['task']>(['staging-in', 'propagating', 'unpropagating', 'staging-out']);
 
-/** The API's view of a workspace: the description plus links. */
-/** The operations clients reach as `POST /workspaces/:id/<operation>`, with their body schema and Update. */
-const OPERATIONS = {
-  start: { schema: startRequestSchema, update: startUpdate, takesArgs: true },
-  pause: { schema: emptyRequestSchema, update: pauseUpdate, takesArgs: false },
-  unpause: { schema: emptyRequestSchema, update: unpauseUpdate, takesArgs: false },
-  reboot: { schema: emptyRequestSchema, update: rebootUpdate, takesArgs: false },
-  shutdown: { schema: emptyRequestSchema, update: shutdownUpdate, takesArgs: false },
-  'shutdown-save': { schema: shutdownSaveRequestSchema, update: shutdownSaveUpdate, takesArgs: true },
-} as const;
+/** The operations clients reach as `POST /workspaces/:id/<operation>` (see `operations.ts`). */
+const OPERATIONS = WORKSPACE_OPERATIONS;
 
 /** True when an Update was rejected by the workflow's validator (the state table said no). */
 function isRefusal(e: unknown): e is WorkflowUpdateFailedError & { cause: ApplicationFailure } {
@@ -91,8 +76,12 @@ export function createApp(deps: ApiDeps): express.Express {
   const { config, client } = deps;
   const allocator = deps.allocator ?? new AllocatorClient(client, config);
   const factory = new Factory(config, client, allocator);
+  const metrics = deps.metrics ?? new ApiMetrics({ config, client, allocator });
   const app = express();
   app.disable('x-powered-by');
+  // First, so that every answer is counted and logged, refusals of bad JSON and of tokens included.
+  app.use(metrics.middleware());
+  app.use(requestLog(deps.logger ?? log));
   app.use(express.json({ limit: '64kb' }));
 
   /** Reads a workspace the principal owns; others' workspaces do not exist for it (404). */
@@ -133,6 +122,23 @@ export function createApp(deps: ApiDeps): express.Express {
   app.get('/healthz', (_req, res) => {
     res.json({ ok: true });
   });
+
+  app.get('/openapi.json', (_req, res) => {
+    res.json(openApiDocument());
+  });
+
+  // Admin-only unless the site opts in (`api.metricsPublic`): the metrics show the site's nodes and use.
+  const metricsAuth = config.api.metricsPublic
+    ? [(_req: Request, _res: Response, next: NextFunction) => next()]
+    : [requireToken(deps.clientTokens), (_req: Request, res: Response, next: NextFunction) => (requireAdmin(res), next())];
+  app.get(
+    '/metrics',
+    ...metricsAuth,
+    wrap(async (_req, res) => {
+      const { contentType, body } = await metrics.render();
+      res.type(contentType).send(body);
+    }),
+  );
 
   // Image repository, for node workers (node token).
   app.get(

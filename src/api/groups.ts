@@ -20,19 +20,12 @@ import {
   groupDescribeQuery,
   groupOperateUpdate,
 } from '../domain/messages';
-import {
-  createEnsembleSchema,
-  emptyRequestSchema,
-  ensembleIdSchema,
-  ensembleMemberSchema,
-  groupIdSchema,
-  shutdownSaveRequestSchema,
-  startRequestSchema,
-} from '../domain/requests';
+import { createEnsembleSchema, emptyRequestSchema, ensembleIdSchema, ensembleMemberSchema, groupIdSchema } from '../domain/requests';
 import { log } from '../log';
 import type { Factory } from './factory';
 import { idempotencyKey, parseBody, principalOf, queryOwned, wrap } from './http';
 import { bodyHash } from './idempotency';
+import { GROUP_OPERATIONS } from './operations';
 import { failureProblem, HttpProblem, problemType } from './problem';
 import { invalid, targetProblem } from './workspace-spec';
 
@@ -42,16 +35,6 @@ export interface GangRouteDeps {
   client: Client;
   factory: Factory;
 }
-
-/** Group operations reachable as `POST /groups/:id/<operation>` (destroy is `DELETE /groups/:id`), with their body schema. */
-const GROUP_OPERATIONS = {
-  start: startRequestSchema,
-  pause: emptyRequestSchema,
-  unpause: emptyRequestSchema,
-  reboot: emptyRequestSchema,
-  shutdown: emptyRequestSchema,
-  'shutdown-save': shutdownSaveRequestSchema,
-} as const;
 
 /** A failed Update on a group or ensemble: its typed refusal, or 409 when the workflow has ended. */
 function updateProblem(e: unknown, what: string, id: string): never {

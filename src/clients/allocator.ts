@@ -1,11 +1,14 @@
 /**
  * The allocator as its callers see it: the head's activities (for workflows, which cannot send Updates
  * to each other) and the API's factory (which reserves before it starts a workspace, so a refusal is the
- * create's own answer). Temporal client calls only; Update-with-Start brings the allocator into being on
- * first use, so no caller depends on another having started it.
+ * create's own answer). Temporal client calls only. Each call is a plain Update; only when the allocator
+ * does not exist (or has ended) is it repeated as Update-with-Start, which brings the allocator into being,
+ * so no caller depends on another having started it, and the initial ledger (the whole pools) is not sent
+ * on every call (the allocator benchmark measured plain Updates at about four times the rate).
  */
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, WorkflowNotFoundError, type UpdateDefinition } from '@temporalio/common';
 import { WithStartWorkflowOperation, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+
 import type { GangRequest, Grant, Ledger, ReleaseInfo, SlotRequest } from '../domain/allocation';
 import {
   configureUpdate,
@@ -78,62 +81,54 @@ export class AllocatorClient {
     });
   }
 
-  /** Grants a slot and an address per NIC, or fails with a typed refusal (`NoCapacity`, `QuotaExceeded`). Repeats by the same holder return its grant. */
-  async reserve(request: SlotRequest): Promise<Grant> {
+  /**
+   * Sends an Update to the allocator; if it does not exist (never started, or ended), sends it again as
+   * Update-with-Start. A refusal comes back as a typed `ApplicationFailure` (see {@link unwrapRefusal}).
+   */
+  private async update<Ret, Args extends [unknown, ...unknown[]]>(def: UpdateDefinition<Ret, Args>, args: Args): Promise<Ret> {
     try {
-      return await this.client.workflow.executeUpdateWithStart(reserveUpdate, { args: [request], startWorkflowOperation: this.startOp() });
+      try {
+        return await this.client.workflow.getHandle(this.workflowId).executeUpdate(def, { args });
+      } catch (e) {
+        if (!(e instanceof WorkflowNotFoundError)) throw e;
+        return await this.client.workflow.executeUpdateWithStart(def, { args, startWorkflowOperation: this.startOp() });
+      }
     } catch (e) {
       return unwrapRefusal(e);
     }
+  }
+
+  /** Grants a slot and an address per NIC, or fails with a typed refusal (`NoCapacity`, `QuotaExceeded`). Repeats by the same holder return its grant. */
+  async reserve(request: SlotRequest): Promise<Grant> {
+    return this.update(reserveUpdate, [request]);
   }
 
   /** Grants every member of a gang, or none (typed refusal). Repeats return the same grants. */
   async reserveGang(request: GangRequest): Promise<Grant[]> {
-    try {
-      return await this.client.workflow.executeUpdateWithStart(reserveGangUpdate, { args: [request], startWorkflowOperation: this.startOp() });
-    } catch (e) {
-      return unwrapRefusal(e);
-    }
+    return this.update(reserveGangUpdate, [request]);
   }
 
   /** Releases the holder's grant (idempotent); `info` reports the running time used, for accounting. */
   async release(holder: string, info?: ReleaseInfo): Promise<boolean> {
-    try {
-      return await this.client.workflow.executeUpdateWithStart(releaseUpdate, { args: info ? [holder, info] : [holder], startWorkflowOperation: this.startOp() });
-    } catch (e) {
-      return unwrapRefusal(e);
-    }
+    return this.update(releaseUpdate, info ? [holder, info] : [holder]);
   }
 
   /** Releases every grant the gang reserved (idempotent); answers how many there were. */
   async releaseGang(gang: string): Promise<number> {
-    try {
-      return await this.client.workflow.executeUpdateWithStart(releaseGangUpdate, { args: [gang], startWorkflowOperation: this.startOp() });
-    } catch (e) {
-      return unwrapRefusal(e);
-    }
+    return this.update(releaseGangUpdate, [gang]);
   }
 
   /** Drains or undrains a node; answers every node's capacity and use. */
   async drain(node: string, drained: boolean): Promise<NodeUse[]> {
-    try {
-      return await this.client.workflow.executeUpdateWithStart(drainUpdate, { args: [{ node, drained }], startWorkflowOperation: this.startOp() });
-    } catch (e) {
-      return unwrapRefusal(e);
-    }
+    return this.update(drainUpdate, [{ node, drained }]);
   }
 
   /** Gives the allocator this configuration's nodes, pools, placement, quotas and charge granularity; live grants and drain flags are kept. */
   async configure(): Promise<void> {
     const { nodes, pools, placement, quotas, chargeGranularitySeconds } = this.ledger;
-    try {
-      await this.client.workflow.executeUpdateWithStart(configureUpdate, {
-        args: [{ nodes, pools, ...(placement ? { placement } : {}), ...(quotas ? { quotas } : {}), ...(chargeGranularitySeconds ? { chargeGranularitySeconds } : {}) }],
-        startWorkflowOperation: this.startOp(),
-      });
-    } catch (e) {
-      unwrapRefusal(e);
-    }
+    await this.update(configureUpdate, [
+      { nodes, pools, ...(placement ? { placement } : {}), ...(quotas ? { quotas } : {}), ...(chargeGranularitySeconds ? { chargeGranularitySeconds } : {}) },
+    ]);
   }
 
   /** Every live grant. */

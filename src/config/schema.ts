@@ -321,6 +321,11 @@ export const configSchema = z
       .object({
         host: z.string().default('0.0.0.0'),
         port: z.number().int().min(0).max(65535).default(8080),
+        /**
+         * Serve `GET /metrics` to anyone (a scraper without a token). Off by default: the metrics show the
+         * site's use and nodes, so only an admin token may read them unless the site opts in.
+         */
+        metricsPublic: z.boolean().default(false),
       })
       .strict()
       .prefault({}),

@@ -32,10 +32,13 @@ export function recordGrant(ledger: Ledger, grant: Grant): void {
   pushEvent(ledger, { kind: 'CREATED', holder: grant.holder, owner: grant.owner, at: grant.grantedAt, memoryMiB: grant.memoryMiB, reservedSeconds: grant.reservedSeconds ?? 0 });
 }
 
-/** Whole seconds from `from` to `to` (ISO times), never negative. */
+/**
+ * Seconds from `from` to `to` (ISO times or epoch ms), to the millisecond and never negative: not rounded
+ * to whole seconds, so a grant held for a moment is still charged one unit.
+ */
 function secondsBetween(from: string, to: string | number): number {
   const end = typeof to === 'number' ? to : Date.parse(to);
-  return Math.max(0, Math.round((end - Date.parse(from)) / 1000));
+  return Math.max(0, end - Date.parse(from)) / 1000;
 }
 
 /**

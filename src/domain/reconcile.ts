@@ -143,7 +143,8 @@ const seconds = (from: string, to: string) => (Date.parse(to) - Date.parse(from)
  *
  * - A grant is held while its holder workflow is open. A gang member's grant whose holder was never
  *   started is held while its gang workflow is open (the gang reserves first, then starts its members).
- *   Otherwise, once older than the grace period, it is released, but never before its VM is confirmed
+ *   Otherwise it is released (a holder that was never found: once the grant is older than the grace
+ *   period, since the API reserves before it starts the workspace), but never before its VM is confirmed
  *   gone: not while the node does not answer, and not while the VM still runs (the VM, unowned, is
  *   destroyed after its own grace period first; an address must not be handed out to a second VM).
  * - A VM named like a workspace id that no open workspace workflow under any prefix owns is reported at
@@ -188,7 +189,9 @@ export function planReconcile(o: ReconcileObservation): ReconcilePlan {
     if (status === 'open') continue;
     if (status === 'missing' && g.gang && o.holders[g.gang] === 'open') continue;
     const age = seconds(g.grantedAt, o.now);
-    if (age < o.graceSeconds) {
+    // A holder not found may yet start (the API and gangs reserve before they start the workspace);
+    // a closed one never comes back, so its grant needs no grace.
+    if (status === 'missing' && age < o.graceSeconds) {
       waiting.push({ holder: g.holder, detail: `holder ${status}; granted ${Math.floor(age)} s ago, within the grace period of ${o.graceSeconds} s` });
       continue;
     }

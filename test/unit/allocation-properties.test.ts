@@ -103,6 +103,9 @@ function checkPlacement(before: Ledger, request: SlotRequest, g: Grant): void {
 
 describe('allocator fitting, for random sites and request sequences', () => {
   it('never overcommits a node, never holds an address twice, and a refusal changes nothing', () => {
+    // Outcomes seen over all runs, so the test shows it exercised grants and refusals of every kind.
+    const seen: Record<string, number> = {};
+    const tally = (k: string) => (seen[k] = (seen[k] ?? 0) + 1);
     fc.assert(
       fc.property(siteArb, fc.array(commandArb, { maxLength: 40 }), (site, commands) => {
         const l = buildLedger(site);
@@ -113,6 +116,7 @@ describe('allocator fitting, for random sites and request sequences', () => {
             case 'reserve': {
               const held = before.grants[c.request.holder];
               const r = reserve(l, c.request, now);
+              tally(r.ok ? 'reserve granted' : `reserve ${r.type}`);
               if (!r.ok) expect(l).toEqual(before);
               else if (held) expect(l).toEqual(before);
               else checkPlacement(before, c.request, r.grant);
@@ -120,6 +124,7 @@ describe('allocator fitting, for random sites and request sequences', () => {
             }
             case 'reserveGang': {
               const r = reserveGang(l, { gang: c.gang, members: c.members }, now);
+              tally(r.ok ? 'gang granted' : `gang ${r.type}`);
               if (!r.ok) expect(l).toEqual(before);
               else {
                 expect(r.grants.map((g) => g.holder)).toEqual(c.members.map((m) => m.holder));
@@ -151,5 +156,7 @@ describe('allocator fitting, for random sites and request sequences', () => {
       }),
       { numRuns: 300 },
     );
+    const outcomes = ['reserve granted', 'reserve NoCapacity', 'reserve QuotaExceeded', 'gang granted', 'gang NoCapacity', 'gang QuotaExceeded', 'gang InvalidSpec'];
+    expect(outcomes.filter((k) => !seen[k])).toEqual([]);
   });
 });

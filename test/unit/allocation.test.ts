@@ -322,6 +322,12 @@ describe('accounting', () => {
     expect(chargeUp(0, 60)).toBe(0);
     expect(chargeUp(60, 60)).toBe(60);
     expect(chargeUp(60.5, 60)).toBe(120);
+    // A grant held for a moment is still charged one whole unit.
+    l.chargeGranularitySeconds = 60;
+    reserve(l, member('c', 64, { owner: 'alice' }), at(200));
+    releaseGrant(l, 'c', undefined, new Date(Date.parse(at(200)) + 15).toISOString());
+    expect(l.events!.at(-1)).toMatchObject({ kind: 'REMOVED', holder: 'c', reservedSeconds: 0.015 });
+    expect(l.usage!.alice).toEqual({ reservedSeconds: 210, usedSeconds: 150, released: 3 });
   });
 
   it('reports reserved as closed plus live time so far, used as reported, held as live reservations', () => {

@@ -71,10 +71,12 @@ describe('grants', () => {
     expect(plan.release[1].detail).toContain('not found');
   });
 
-  it('waits within the grace period (the API reserves before it starts the workspace)', () => {
+  it('waits within the grace period for a holder not found (the API reserves before it starts the workspace), not for a closed one', () => {
     const plan = planReconcile(observe({ grants: [grant(A, { grantedAt: ago(59) })] }));
     expect(plan.release).toEqual([]);
     expect(plan.waiting[0].detail).toMatch(/within the grace period of 60 s/);
+    const closed = planReconcile(observe({ grants: [grant(A, { grantedAt: NOW })], holders: { [`${P}-${A}`]: 'closed' } }));
+    expect(closed.release.map((r) => r.workspaceId)).toEqual([A]);
   });
 
   it('releases at once with grace 0', () => {

@@ -1,0 +1,206 @@
+/**
+ * Benchmark of vws's orchestration alone (no hypervisor, no guest), on the dev server:
+ *  - a 100-member ensemble (4 groups of 25): time from `done` to every member Running, the spread of
+ *    the members' start times (goal ≤ 1 s), and destroy-all to Ended;
+ *  - sustained full lifecycles (create → Running → destroy → Cancelled) per second (goal ≥ 10 on 2 cores).
+ *
+ *   VWS_BENCH=1 TEMPORAL_ADDRESS=127.0.0.1:7233 VWS_LOG_LEVEL=warn npx jest --runInBand --selectProjects bench bench/ensemble.bench.ts
+ *
+ * The nodes are node workers in this process with `driver: bench` (VM states in memory). Everything
+ * else is real: Temporal, the allocator, the workspace, group and ensemble workflows, the head's
+ * activities, and propagation (each member's qcow2 overlay made with qemu-img over a base copied into
+ * the node's cache from the repository). The one stand-in beside the driver is DHCP: a bench VM has no
+ * guest to ask for a lease, so on these nodes the entry activities record entries and `waitForLease`
+ * answers the entry's address at once, as a guest's DHCP would; no DHCP server runs. Never a default.
+ */
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Worker } from '@temporalio/worker';
+import { createNodeActivities } from '../src/activities/node';
+import type { DhcpEntryInput, WaitForLeaseInput } from '../src/activities/network/dhcp';
+import { headTaskQueue, nodeTaskQueue, workspaceRouting } from '../src/config/names';
+import type { VwsConfig } from '../src/config/schema';
+import type { EnsembleInput } from '../src/domain/groups';
+import { describeQuery, destroyUpdate, ensembleDescribeQuery, ensembleDestroyUpdate, ensembleDoneUpdate, ensembleRegisterUpdate, VwsOwner, VwsState } from '../src/domain/messages';
+import type { ResolvedImage, WorkspaceInput, WorkspaceSpec } from '../src/domain/workspace';
+import { LocalExecutor } from '../src/exec/local';
+import { stageLocalFile } from '../src/repository';
+import { createHeadWorker } from '../src/workers/head';
+import type { ensembleWorkflow } from '../src/workflows/ensemble';
+import type { workspaceWorkflow } from '../src/workflows/workspace';
+import { connect, testConfig, workflowBundle, type TestConnections } from '../test/helpers/temporal';
+
+const OWNER = '/O=Grid/OU=bench/CN=bench';
+const NODES = Number(process.env.VWS_BENCH_ENSEMBLE_NODES ?? 10);
+const MEMBERS = 100;
+const LIFECYCLE_SECONDS = Number(process.env.VWS_BENCH_LIFECYCLE_SECONDS ?? 30);
+const LANES = Number(process.env.VWS_BENCH_LANES ?? 12);
+
+/** DHCP on a bench node: no guest asks, so the lease is the entry's own address (see the file comment). */
+function benchDhcp() {
+  const entries = new Map<string, string>();
+  return {
+    async addDhcpEntry(input: DhcpEntryInput): Promise<void> {
+      entries.set(input.entry.mac, input.entry.ip);
+    },
+    async removeDhcpEntry(input: DhcpEntryInput): Promise<void> {
+      entries.delete(input.entry.mac);
+    },
+    async waitForLease(input: WaitForLeaseInput): Promise<string> {
+      const ip = entries.get(input.mac);
+      if (!ip) throw new Error(`no DHCP entry for ${input.mac}`);
+      return ip;
+    },
+  };
+}
+
+let conn: TestConnections;
+let config: VwsConfig;
+let image: ResolvedImage;
+const workers: Worker[] = [];
+const runs: Promise<void>[] = [];
+
+beforeAll(async () => {
+  conn = await connect();
+  const dir = mkdtempSync('/tmp/vws-bench-ensemble-');
+  const nodeNames = Array.from({ length: NODES }, (_, i) => `b${i + 1}`);
+  config = testConfig({
+    stateDir: dir,
+    repository: { dir: join(dir, 'repository'), url: 'http://127.0.0.1:9/repository', nodeTokenFile: join(dir, 'node.token') },
+    clients: [{ name: 'bench', identity: OWNER, tokenFile: join(dir, 'bench.token') }],
+    networks: [{ name: 'public', subnet: '10.99.0.0/24', gateway: '10.99.0.1', ranges: [{ first: '10.99.0.10', last: '10.99.0.250' }] }],
+    nodes: nodeNames.map((name) => ({ name, memoryMiB: 64 * 1024, cpus: 64, driver: 'bench', bridges: { public: 'br0' }, antiSpoofing: false })),
+  });
+  const raw = join(dir, 'tiny.raw');
+  writeFileSync(raw, randomBytes(1024 * 1024));
+  image = await stageLocalFile(config, 'tiny', raw);
+  const bundle = await workflowBundle();
+  workers.push(await createHeadWorker({ config, connection: conn.native, client: conn.client, workflowBundle: bundle }));
+  for (const node of nodeNames) {
+    const nodeDir = join(dir, `node-${node}`);
+    mkdirSync(nodeDir);
+    const nodeConfig = { ...config, node: { ...config.node, dir: nodeDir } };
+    workers.push(
+      await Worker.create({
+        connection: conn.native,
+        namespace: config.temporal.namespace,
+        taskQueue: nodeTaskQueue(config, node),
+        activities: {
+          ...createNodeActivities({ config: nodeConfig, node, exec: new LocalExecutor(), repositoryToken: () => '', localRepositoryDir: config.repository.dir }),
+          ...benchDhcp(),
+        },
+        maxConcurrentActivityTaskExecutions: 8,
+      }),
+    );
+  }
+  for (const w of workers) runs.push(w.run());
+});
+
+afterAll(async () => {
+  workers.forEach((w) => w.shutdown());
+  await Promise.all(runs);
+  await conn?.close();
+});
+
+const specOf = (memoryMiB = 64): WorkspaceSpec => ({
+  image,
+  memoryMiB,
+  vcpus: 1,
+  durationSeconds: 3600,
+  targetState: 'Running',
+  shutdownMechanism: 'Trash',
+  trashAtShutdown: false,
+  networks: ['public'],
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+describe('ensemble and lifecycle orchestration (bench driver)', () => {
+  it(`co-schedules a ${MEMBERS}-member ensemble and prints the start skew`, async () => {
+    const id = `ens-${randomBytes(6).toString('hex')}`;
+    const input: EnsembleInput = { id, owner: OWNER, routing: workspaceRouting(config), createdAt: new Date().toISOString(), deadlineSeconds: 600 };
+    const handle = await conn.client.workflow.start<typeof ensembleWorkflow>('ensembleWorkflow', {
+      workflowId: `${config.temporal.prefix}-${id}`,
+      taskQueue: headTaskQueue(config),
+      args: [input],
+      typedSearchAttributes: [{ key: VwsOwner, value: OWNER }],
+    });
+    for (let g = 0; g < 4; g++) await handle.executeUpdate(ensembleRegisterUpdate, { args: [{ spec: specOf(), count: MEMBERS / 4 }] });
+    const t0 = Date.now();
+    await handle.executeUpdate(ensembleDoneUpdate);
+    let d = await handle.query(ensembleDescribeQuery);
+    const phases: Record<string, number> = {};
+    while (d.state !== 'Ready' && d.state !== 'Ended') {
+      await sleep(100);
+      d = await handle.query(ensembleDescribeQuery);
+      phases[d.state] ??= Date.now() - t0;
+    }
+    const doneToRunning = Date.now() - t0;
+    expect(d.state).toBe('Ready');
+    expect(d.members.flatMap((m) => m.workspaces)).toHaveLength(MEMBERS);
+    const t1 = Date.now();
+    await handle.executeUpdate(ensembleDestroyUpdate);
+    const final = await handle.result();
+    const destroyMs = Date.now() - t1;
+    expect(final.members.flatMap((m) => m.workspaces).every((w) => w.state === 'Cancelled')).toBe(true);
+    console.log(
+      [
+        `${MEMBERS}-member ensemble on ${NODES} bench nodes (4 groups of ${MEMBERS / 4}):`,
+        `| done → all Running | start skew (first → last firstStartedAt) | destroy-all → Ended | entered Deploying after done |`,
+        `| ${(doneToRunning / 1000).toFixed(1)} s | ${d.started?.skewMs} ms | ${(destroyMs / 1000).toFixed(1)} s | ${phases.Deploying ?? 0} ms |`,
+      ].join('\n'),
+    );
+  }, 900_000);
+
+  it(`sustains full lifecycles for ${LIFECYCLE_SECONDS} s and prints lifecycles per second`, async () => {
+    const prefix = config.temporal.prefix;
+    const latencies: number[] = [];
+    const failures: string[] = [];
+    const stopAt = Date.now() + LIFECYCLE_SECONDS * 1000;
+    const t0 = Date.now();
+    const lane = async () => {
+      while (Date.now() < stopAt) {
+        const start = Date.now();
+        const id = `ws-${randomBytes(6).toString('hex')}`;
+        const input: WorkspaceInput = { id, owner: OWNER, spec: specOf(), routing: workspaceRouting(config), createdAt: new Date().toISOString() };
+        const handle = await conn.client.workflow.start<typeof workspaceWorkflow>('workspaceWorkflow', {
+          workflowId: `${prefix}-${id}`,
+          taskQueue: headTaskQueue(config),
+          args: [input],
+          typedSearchAttributes: [
+            { key: VwsOwner, value: OWNER },
+            { key: VwsState, value: 'Unpropagated' },
+          ],
+        });
+        for (;;) {
+          const ws = await handle.query(describeQuery);
+          if (ws.state === 'Running' && ws.task === null) break;
+          if (ws.state === 'Corrupted' || ws.state === 'Cancelled') {
+            failures.push(`${id}: ${ws.state} ${ws.reason}`);
+            break;
+          }
+          await sleep(50);
+        }
+        await handle.executeUpdate(destroyUpdate);
+        const end = await handle.result();
+        if (end.state !== 'Cancelled') failures.push(`${id} ended ${end.state}`);
+        latencies.push(Date.now() - start);
+      }
+    };
+    await Promise.all(Array.from({ length: LANES }, lane));
+    const seconds = (Date.now() - t0) / 1000;
+    expect(failures).toEqual([]);
+    console.log(
+      [
+        `full lifecycles (create → Running → destroy → Cancelled), ${LANES} concurrent clients for ${LIFECYCLE_SECONDS} s on ${NODES} bench nodes:`,
+        `| lifecycles | per second | median lifecycle |`,
+        `| ${latencies.length} | ${(latencies.length / seconds).toFixed(1)} | ${median(latencies)} ms |`,
+      ].join('\n'),
+    );
+  }, 600_000);
+});
