@@ -306,7 +306,18 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
   async function allocate(): Promise<void> {
     d.task = 'allocating';
     // Histories without a given grant schedule the same reserve as before.
-    grant = given ?? (await head.reserve({ holder, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, ...(spec.networks ? { networks: spec.networks } : {}) }));
+    // The owner and the running time still to come are charged, so quotas hold for a later start too.
+    grant =
+      given ??
+      (await head.reserve({
+        holder,
+        memoryMiB: spec.memoryMiB,
+        vcpus: spec.vcpus,
+        ...(spec.networks ? { networks: spec.networks } : {}),
+        ...(spec.nodeProperties?.length ? { nodeProperties: spec.nodeProperties } : {}),
+        owner: input.owner,
+        reservedSeconds: Math.max(1, Math.round(timeLeftMs() / 1000)),
+      }));
     given = undefined; // released at StagedOut, the slot must be reserved again for a later start
     d.node = grant.node;
     d.nics = nicsOf(grant);
