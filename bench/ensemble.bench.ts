@@ -35,7 +35,7 @@ const OWNER = '/O=Grid/OU=bench/CN=bench';
 const NODES = Number(process.env.VWS_BENCH_ENSEMBLE_NODES ?? 10);
 const MEMBERS = 100;
 const LIFECYCLE_SECONDS = Number(process.env.VWS_BENCH_LIFECYCLE_SECONDS ?? 30);
-const LANES = Number(process.env.VWS_BENCH_LANES ?? 12);
+const LANES = Number(process.env.VWS_BENCH_LANES ?? 16);
 
 /** DHCP on a bench node: no guest asks, so the lease is the entry's own address (see the file comment). */
 function benchDhcp() {
@@ -184,7 +184,7 @@ describe('ensemble and lifecycle orchestration (bench driver)', () => {
             failures.push(`${id}: ${ws.state} ${ws.reason}`);
             break;
           }
-          await sleep(50);
+          await sleep(200);
         }
         await handle.executeUpdate(destroyUpdate);
         const end = await handle.result();

@@ -221,6 +221,8 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     };
   };
   const nics = () => (grant ? grantNics(grant) : []);
+  /** True while the DHCP entries added ahead of the first boot (ensemble members) are still to be used by it. */
+  let entriesServed = false;
   async function addDhcpEntries(): Promise<void> {
     for (const nic of nics()) {
       const { server, quick } = dhcpFor(nic, FORWARD_RETRY);
@@ -364,7 +366,9 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     const n = node(FORWARD_RETRY);
     d.task = 'starting';
     forgetObtained();
-    await addDhcpEntries();
+    // An ensemble member's entries were served at Propagated: its co-scheduled start is the boot alone.
+    if (entriesServed) entriesServed = false;
+    else await addDhcpEntries();
     await n.long.bootVm(bootInput());
     d.firstStartedAt ??= new Date().toISOString();
     setState('Running');
@@ -529,8 +533,11 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       await allocate();
       await propagate(rootImage!);
       if (spec.targetState === 'Running') await boot();
-      // An ensemble member's addresses are served before the co-scheduled start, so that start is the boot alone.
-      else if (input.ensemble) await addDhcpEntries();
+      else if (input.ensemble) {
+        // An ensemble member's addresses are served before the co-scheduled start, so that start is the boot alone.
+        await addDhcpEntries();
+        entriesServed = true;
+      }
     });
 
     while (!destroyRequested) {
