@@ -6,7 +6,12 @@ import { ConfigError, loadConfig, parseConfig } from '../../src/config/load';
 describe('the configuration', () => {
   it('has embedded defaults: one qemu node vmm1 and the testbed network', () => {
     const c = parseConfig({});
-    expect(c.nodes).toEqual([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridges: { public: 'br0' }, antiSpoofing: true, agent: 'worker' }]);
+    expect(c.nodes).toEqual([{ name: 'vmm1', memoryMiB: 2048, cpus: 4, driver: 'qemu', bridges: { public: 'br0' }, antiSpoofing: true, properties: [], agent: 'worker' }]);
+    // Site policy, placement, accounting and the reconciler have defaults a site can override.
+    expect(c.allocator).toEqual({ placement: 'greedy' });
+    expect(c.policies).toMatchObject({ maxDurationSeconds: 7 * 24 * 3600, maxNodesPerRequest: 64 });
+    expect(c.accounting).toEqual({ chargeGranularitySeconds: 60 });
+    expect(c.reconciler).toEqual({ enabled: true, periodSeconds: 60, graceSeconds: 120 });
     expect(c.networks).toEqual([
       expect.objectContaining({ name: 'public', subnet: '10.213.0.0/24', ranges: [{ first: '10.213.0.100', last: '10.213.0.199', hostnamePrefix: 'ws-' }], dhcp: { server: 'dnsmasq', on: 'node' } }),
     ]);
@@ -98,6 +103,26 @@ describe('the configuration', () => {
       expect(msg).toMatch(/nics\.defaultNetworks\.0: network dmz is not in networks/);
       expect(msg).toMatch(/networks\.0\.entries\.0\.mac: must be a unicast MAC/);
     });
+  });
+
+  it('refuses bad quotas, policies, placement and reconciler settings by path', () => {
+    const msg = (() => {
+      try {
+        parseConfig({
+          clients: [{ name: 'a', identity: '/CN=a', tokenFile: '/t', quota: { maxWorkspaces: -1 } }],
+          policies: { maxNodesPerRequest: 0 },
+          allocator: { placement: 'random' },
+          reconciler: { periodSeconds: 1 },
+        });
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return '';
+    })();
+    expect(msg).toMatch(/clients\.0\.quota\.maxWorkspaces/);
+    expect(msg).toMatch(/policies\.maxNodesPerRequest/);
+    expect(msg).toMatch(/allocator\.placement/);
+    expect(msg).toMatch(/reconciler\.periodSeconds/);
   });
 
   it('refuses unknown settings by name', () => {
