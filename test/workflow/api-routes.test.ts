@@ -89,7 +89,6 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  const t0 = Date.now();
   server?.close();
   // Nothing here can finish without a node worker: end every workflow this file started.
   const ends: Promise<unknown>[] = [];
@@ -97,10 +96,14 @@ afterAll(async () => {
     ends.push(conn.client.workflow.getHandle(w.workflowId).terminate('api-routes test done').catch(() => undefined));
   }
   await Promise.all(ends);
-  console.log('terminated', ends.length, Date.now() - t0);
+  // Head activities of the ended groups (watching members with queries this worker answers) stop once
+  // their next heartbeat learns the workflow is gone: let them, while the worker still answers queries.
+  for (let i = 0; i < 100 && worker.getStatus().numInFlightActivities > 0; i++) await new Promise((r) => setTimeout(r, 200));
   worker?.shutdown();
   await running;
-  console.log('worker down', Date.now() - t0);
+  // A group's fan-out can leave member Updates retrying in the background; on terminated workflows they
+  // end at their next try. Closing the connection under them would throw from the client's retry timer.
+  await new Promise((r) => setTimeout(r, 2000));
   await conn.close();
   jest.restoreAllMocks();
 });
@@ -365,30 +368,36 @@ describe('fuzzing request bodies', () => {
     }
   }
 
-  const amount = fc.oneof(fc.integer({ min: -10, max: 5000 }), fc.record({ min: fc.integer({ min: 0, max: 3000 }), max: fc.integer({ min: 0, max: 3000 }) }), fc.double(), fc.string(), fc.constant(null));
-  /** Bodies that look like creates, mostly wrong somewhere; a few valid ones may create (then counted). */
-  const createBody = fc.oneof(
+    /** An amount as the schema takes it: exact, or a range with min ≤ max. */
+  const amount = (lo: number, hi: number) =>
+    fc.oneof(fc.integer({ min: lo, max: hi }), fc.tuple(fc.integer({ min: lo, max: hi }), fc.integer({ min: lo, max: hi })).map(([a, b]) => ({ min: Math.min(a, b), max: Math.max(a, b) })));
+  /** Valid creates within the site's policy: created while there is room, refused by the allocator (409) after. */
+  const validCreate = fc.record(
+    {
+      image: fc.constant('sample'),
+      memoryMiB: amount(64, 1024),
+      vcpus: amount(1, 64),
+      durationSeconds: amount(1, 7 * 24 * 3600),
+      count: fc.constant(1),
+      targetState: fc.constantFrom('Propagated', 'Running'),
+      shutdownMechanism: fc.constantFrom('Normal', 'Trash'),
+      trashAtShutdown: fc.boolean(),
+      nics: fc.constant([{ network: 'public' }]),
+      unpropagationTarget: fc.constantFrom('my-image', 'file:///tmp/vws-api-exports/x.img'),
+    },
+    { requiredKeys: ['image'] },
+  );
+  const FIELDS = ['image', 'imageSha256', 'partitions', 'nics', 'memoryMiB', 'vcpus', 'durationSeconds', 'count', 'nodeProperties', 'targetState', 'shutdownMechanism', 'trashAtShutdown', 'unpropagationTarget', 'extra'];
+  const nearMiss = fc.oneof(
     fc.anything(),
-    fc.string(),
-    fc.record(
-      {
-        image: fc.oneof(fc.constant('sample'), fc.constantFrom('nope', '', '../etc/passwd', 'file:///etc/passwd', 'http://127.0.0.1:9/x.img', 'sftp://u@h/x'), fc.string(), fc.integer()),
-        memoryMiB: amount,
-        vcpus: amount,
-        durationSeconds: amount,
-        count: fc.oneof(fc.integer({ min: -2, max: 3 }), fc.string()),
-        targetState: fc.oneof(fc.constantFrom('Propagated', 'Running', 'Cancelled'), fc.string()),
-        shutdownMechanism: fc.oneof(fc.constantFrom('Normal', 'Serialize', 'Trash'), fc.string()),
-        trashAtShutdown: fc.oneof(fc.boolean(), fc.string()),
-        partitions: fc.array(fc.record({ image: fc.string(), blankMiB: fc.integer({ min: -1, max: 1 << 20 }), filesystem: fc.string() }, { requiredKeys: [] }), { maxLength: 3 }),
-        nics: fc.array(fc.record({ network: fc.constantFrom('public', 'private', 'Public', '') }), { maxLength: 3 }),
-        nodeProperties: fc.array(fc.string(), { maxLength: 2 }),
-        unpropagationTarget: fc.oneof(fc.string(), fc.constantFrom('my-image', 'file:///etc/x', 'http://h/x')),
-        imageSha256: fc.oneof(fc.string(), fc.constant('a'.repeat(64))),
-        extra: fc.anything(),
-      },
-      { requiredKeys: [] },
-    ),
+    fc.constantFrom('nope', '', '../etc/passwd', 'file:///etc/passwd', 'http://127.0.0.1:9/x.img', -1, 0, 63, 1 << 30, 1.5, { min: 5, max: 1 }, [{ blankMiB: 10, image: 'sample' }], [{ network: 'private' }], ['gpu'], 'Serialize', null),
+  );
+  /** Bodies that look like creates: a valid one now and then, mostly one with a field replaced by a near miss or anything. */
+  const createBody = fc.oneof(
+    { arbitrary: fc.anything(), weight: 2 },
+    { arbitrary: fc.string(), weight: 1 },
+    { arbitrary: validCreate, weight: 1 },
+    { arbitrary: fc.tuple(validCreate, fc.constantFrom(...FIELDS), nearMiss).map(([b, k, v]) => ({ ...b, [k]: v })), weight: 6 },
   );
 
   it('never answers 5xx to a create, and creates nothing on a 4xx', async () => {
@@ -410,7 +419,7 @@ describe('fuzzing request bodies', () => {
           if (res.status === 202) accepted++;
           if (res.status >= 400) expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
         }),
-        { numRuns: 2500 },
+        { numRuns: 2000 },
       );
       // A repeated key answers 202 without creating: count the distinct ids instead of the 202s.
       const grantsAfter = (await call('root', 'get', '/admin/leases')).body.count as number;
@@ -418,8 +427,10 @@ describe('fuzzing request bodies', () => {
       expect(after - before).toBe(grantsAfter - grantsBefore);
       expect(grantsAfter - grantsBefore).toBeLessThanOrEqual(accepted);
       expect([...statuses.keys()].every((s) => s < 500)).toBe(true);
-      expect(statuses.get(400)).toBeGreaterThan(1000);
-      console.log('fuzz statuses', JSON.stringify([...statuses]), 'created', grantsAfter - grantsBefore);
+      expect(statuses.get(400)).toBeGreaterThan(500);
+      // Some bodies were valid and went as far as the allocator: created (202) or refused there (409).
+      expect(accepted).toBeGreaterThan(0);
+      expect(statuses.get(409) ?? 0).toBeGreaterThan(0);
     } finally {
       fuzzServer.close();
     }
