@@ -24,6 +24,7 @@ import type { VwsConfig } from '../src/config/schema';
 import type { EnsembleInput } from '../src/domain/groups';
 import { describeQuery, destroyUpdate, ensembleDescribeQuery, ensembleDestroyUpdate, ensembleDoneUpdate, ensembleRegisterUpdate, VwsOwner, VwsState } from '../src/domain/messages';
 import type { ResolvedImage, WorkspaceInput, WorkspaceSpec } from '../src/domain/workspace';
+import { memberSpec } from '../test/helpers/member-spec';
 import { LocalExecutor } from '../src/exec/local';
 import { stageLocalFile } from '../src/repository';
 import { createHeadWorker } from '../src/workers/head';
@@ -103,16 +104,7 @@ afterAll(async () => {
   await conn?.close();
 });
 
-const specOf = (memoryMiB = 64): WorkspaceSpec => ({
-  image,
-  memoryMiB,
-  vcpus: 1,
-  durationSeconds: 3600,
-  targetState: 'Running',
-  shutdownMechanism: 'Trash',
-  trashAtShutdown: false,
-  networks: ['public'],
-});
+const specOf = (memoryMiB = 64): WorkspaceSpec => memberSpec(image, { memoryMiB });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const median = (xs: number[]) => {

@@ -12,6 +12,7 @@ import { headTaskQueue, workspaceRouting } from '../../src/config/names';
 import type { EnsembleDescription, EnsembleInput } from '../../src/domain/groups';
 import { describeQuery, ensembleDescribeQuery, ensembleDestroyUpdate, ensembleDoneUpdate, ensembleRegisterUpdate, VwsOwner } from '../../src/domain/messages';
 import type { ResolvedImage, WorkspaceSpec } from '../../src/domain/workspace';
+import { memberSpec } from '../helpers/member-spec';
 import { resolveImage, stageLocalFile } from '../../src/repository';
 import type { ensembleWorkflow } from '../../src/workflows/ensemble';
 import { eventually, GUEST_DISK, startStack, type Stack } from '../helpers/stack';
@@ -29,16 +30,7 @@ afterAll(async () => {
 const alice = () => stack.config.clients[0].identity;
 const wfId = (id: string) => `${stack.config.temporal.prefix}-${id}`;
 
-const specOf = (image: ResolvedImage, memoryMiB = 128): WorkspaceSpec => ({
-  image,
-  memoryMiB,
-  vcpus: 1,
-  durationSeconds: 3600,
-  targetState: 'Running',
-  shutdownMechanism: 'Trash',
-  trashAtShutdown: false,
-  networks: ['public'],
-});
+const specOf = (image: ResolvedImage, memoryMiB = 128): WorkspaceSpec => memberSpec(image, { memoryMiB });
 
 /** Starts an ensemble workflow as the API would (workflow id `<prefix>-<ensemble id>`). */
 async function startEnsemble(deadlineSeconds: number) {

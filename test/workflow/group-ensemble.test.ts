@@ -16,6 +16,7 @@ import type { VwsConfig } from '../../src/config/schema';
 import type { EnsembleDescription, EnsembleInput } from '../../src/domain/groups';
 import { ensembleDescribeQuery, ensembleDestroyUpdate, ensembleDoneUpdate, ensembleRegisterUpdate, grantsQuery } from '../../src/domain/messages';
 import type { WorkspaceSpec } from '../../src/domain/workspace';
+import { memberSpec } from '../helpers/member-spec';
 import { createHeadWorker } from '../../src/workers/head';
 import type { ensembleWorkflow } from '../../src/workflows/ensemble';
 import { connect, testConfig, workflowBundle, type TestConnections } from '../helpers/temporal';
@@ -54,16 +55,8 @@ const grants = () =>
       throw e;
     });
 
-const spec = (memoryMiB: number): WorkspaceSpec => ({
-  image: { name: 'sample', url: 'http://127.0.0.1:9/repository/sample', sha256: '0'.repeat(64), sizeBytes: 1 },
-  memoryMiB,
-  vcpus: 1,
-  durationSeconds: 600,
-  targetState: 'Running',
-  shutdownMechanism: 'Trash',
-  trashAtShutdown: false,
-  networks: ['public'],
-});
+const spec = (memoryMiB: number): WorkspaceSpec =>
+  memberSpec({ name: 'sample', url: 'http://127.0.0.1:9/repository/sample', sha256: '0'.repeat(64), sizeBytes: 1 }, { memoryMiB, durationSeconds: 600 });
 
 async function startEnsemble(deadlineSeconds: number) {
   const id = `ens-${randomBytes(6).toString('hex')}`;

@@ -15,6 +15,7 @@ import { ensureToken } from '../../src/config/secrets';
 import type { GroupDescription, GroupInput } from '../../src/domain/groups';
 import { describeQuery, grantsQuery, groupDescribeQuery, groupOperateUpdate, VwsGroup, VwsOwner, VwsState } from '../../src/domain/messages';
 import type { ResolvedImage, WorkspaceSpec } from '../../src/domain/workspace';
+import { memberSpec } from '../helpers/member-spec';
 import { stageLocalFile } from '../../src/repository';
 import { createHeadWorker } from '../../src/workers/head';
 import { createNodeWorker } from '../../src/workers/node';
@@ -87,16 +88,7 @@ async function startSite(nodeMemoryMiB = 512): Promise<Site> {
   };
 }
 
-const specOf = (image: ResolvedImage, memoryMiB = 128): WorkspaceSpec => ({
-  image,
-  memoryMiB,
-  vcpus: 1,
-  durationSeconds: 3600,
-  targetState: 'Propagated',
-  shutdownMechanism: 'Trash',
-  trashAtShutdown: false,
-  networks: ['public'],
-});
+const specOf = (image: ResolvedImage, memoryMiB = 128): WorkspaceSpec => memberSpec(image, { memoryMiB, targetState: 'Propagated' });
 
 /** Starts a group workflow the way the API does (workflow id `<prefix>-<group id>`). */
 async function startGroup(site: Site, count: number, spec: WorkspaceSpec, extra: Partial<GroupInput> = {}) {
