@@ -56,7 +56,7 @@ describe('lifecycle edges', () => {
     const second = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 1024 });
     expect(second.status).toBe(409);
     expect(second.body).toMatchObject({ type: 'urn:vws:problem:NoCapacity', title: 'No capacity' });
-    expect(String(second.body.detail)).toMatch(/^no node has 1024 MiB and 1 CPU\(s\) free/);
+    expect(String(second.body.detail)).toMatch(/^no node has 1024 MiB and 1 CPU free \(free: vmm1 0 MiB/);
     expect(await stack.grants()).toHaveLength(1);
     // Nothing was started for the refused request: the client has one workspace.
     expect((await stack.call('alice', 'GET', '/workspaces')).body.count).toBe(1);

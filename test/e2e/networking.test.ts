@@ -127,15 +127,13 @@ describe('networks, DHCP and anti-spoofing on two nodes', () => {
   it('refuses an exhausted pool, an unknown network and too many NICs clearly, holding nothing', async () => {
     const p = [await deploy(stack, { targetState: 'Propagated', nics: [{ network: 'private' }] }), await deploy(stack, { targetState: 'Propagated', nics: [{ network: 'private' }] })];
     await Promise.all(p.map((id) => settled(stack, id, 'Propagated')));
-    const third = await deploy(stack, { targetState: 'Propagated', nics: [{ network: 'public' }, { network: 'private' }] });
-    const refusedWs = await eventually(60, async () => {
-      const ws = await show(stack, third);
-      return ws.state === 'Cancelled' ? ws : null;
-    }, 'the third workspace refused');
-    expect(refusedWs.reason).toMatch(/refused: network private has no free address \(2 in pool, all held\)/);
-    const grants = (await stack.grants()) as Array<{ holder: string }>;
-    expect(grants).toHaveLength(2);
-    expect(grants.map((g) => g.holder).some((h) => h.endsWith(third))).toBe(false);
+    // The factory reserves before it starts anything: the refusal is the create's answer, and not even
+    // the public address of the request is held.
+    const third = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', targetState: 'Propagated', nics: [{ network: 'public' }, { network: 'private' }] });
+    expect(third.status).toBe(409);
+    expect(third.body).toMatchObject({ type: 'urn:vws:problem:NoCapacity' });
+    expect(String(third.body.detail)).toMatch(/network private has no free address \(2 in pool, all held\)/);
+    expect(await stack.grants()).toHaveLength(2);
 
     const unknown = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', nics: [{ network: 'public' }, { network: 'dmz' }] });
     expect(unknown.status).toBe(400);
@@ -177,12 +175,9 @@ describe('an address whose VM is not confirmed destroyed is never handed out aga
     expect(((await stack.grants()) as Array<{ holder: string }>).map((g) => g.holder)).toEqual([expect.stringMatching(new RegExp(`${id}$`))]);
 
     // Another request for the pool is refused: its only address still belongs to a live VM.
-    const other = await deploy(stack, { targetState: 'Propagated' });
-    const refusedWs = await eventually(60, async () => {
-      const ws = await show(stack, other);
-      return ws.state === 'Cancelled' ? ws : null;
-    }, 'the second workspace refused');
-    expect(refusedWs.reason).toMatch(/network public has no free address/);
+    const other = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', targetState: 'Propagated' });
+    expect(other.status).toBe(409);
+    expect(String(other.body.detail)).toMatch(/network public has no free address/);
 
     // The node recovers: destroy is confirmed, and only then does the address come back.
     stack.injectFault(null);

@@ -37,7 +37,14 @@ afterAll(async () => {
 });
 
 afterEach(async () => {
-  expect(await stack.grants()).toEqual([]);
+  const held = (await stack.grants()) as Array<{ holder: string }>;
+  // A failed scenario must not leave its workspaces to the next one: destroy them, then fail here.
+  for (const { holder } of held) {
+    const id = holder.slice(stack.config.temporal.prefix.length + 1);
+    if ((await stack.call('alice', 'DELETE', `/workspaces/${id}`)).status !== 202) continue;
+    await eventually(60, async () => (await show(stack, id)).state === 'Cancelled', `cleanup of ${id}`).catch(() => undefined);
+  }
+  expect(held).toEqual([]);
   expect(await stack.leftovers()).toEqual([]);
 });
 
