@@ -15,6 +15,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { FailureType } from '../../domain/errors';
 import type { Executor } from '../../exec/executor';
 import { withFileLock } from '../file-lock';
+import { log } from '../../log';
 import {
   ackedIp,
   dhcpdConf,
@@ -64,6 +65,13 @@ export interface WaitForLeaseInput {
 
 /** How often `waitForLease` looks. */
 const LEASE_POLL_MS = 500;
+/**
+ * How long `waitForLease` waits before it restarts a dnsmasq that has the entry but gave no lease. On the
+ * testbed, dnsmasq 2.90 was seen to stop answering right after an offer (its log ends mid-transaction, the
+ * guest keeps asking, nothing more is logged) until it was restarted; a restart loses nothing (the lease
+ * file stays) and the guest's client retries every second.
+ */
+const LEASE_KICK_MS = 20_000;
 /** dnsmasq's log (`log-dhcp` is verbose) is rotated at a restart once it is this big. */
 const LOG_ROTATE_BYTES = 8 * 1024 * 1024;
 /**
@@ -209,9 +217,21 @@ export function createDhcpActivities(deps: DhcpDeps) {
       if (!(Number.isFinite(input.timeoutSeconds) && input.timeoutSeconds >= 0)) throw invalid(`timeoutSeconds ${input.timeoutSeconds} is not a duration`);
       const f = dhcpFiles(dir, s.network);
       const deadline = now() + input.timeoutSeconds * 1000;
+      let kickAt = s.server === 'dnsmasq' ? now() + LEASE_KICK_MS : Infinity;
       for (;;) {
         const ip = await obtained(s, f, mac);
         if (ip) return ip;
+        if (now() >= kickAt && now() < deadline) {
+          kickAt = Infinity; // once per wait: a server that does not help after a restart is not hung
+          await locked(f, async () => {
+            if (!(await readState(f)).entries.some((e) => e.mac === mac)) return;
+            const ctl = serverControl(exec, s, f, { sleep, now });
+            await ctl.stop();
+            await ctl.start();
+          });
+          log.warn({ network: s.network, mac, where: exec.where }, 'no DHCP lease after 20 s: restarted dnsmasq');
+          continue;
+        }
         if (now() >= deadline) {
           const known = (await readState(f)).entries.some((e) => e.mac === mac);
           throw ApplicationFailure.nonRetryable(
