@@ -155,6 +155,20 @@ describe.each(['dnsmasq', 'isc-dhcpd'] as const)('%s', (backend) => {
     }
   }, 90_000);
 
+  test('a retried add after a crash between writing the files and restarting the server restarts it', async () => {
+    const before = await servers();
+    // A worker killed mid-change: the new entry is in vws's record and the files, the server never restarted.
+    const served = join(dir, 'dhcp', 'testnet', 'served');
+    await acts.addDhcpEntry({ server, entry: entry(41) });
+    writeFileSync(served, 'a crashed change\n');
+    await acts.addDhcpEntry({ server, entry: entry(41) }); // the retry
+    const after = await servers();
+    expect(after).toHaveLength(1);
+    expect(after).not.toEqual(before);
+    expect(readFileSync(served, 'utf8')).toMatch(new RegExp(`^${after[0]} [0-9a-f]{64}\\n$`));
+    expect((await dhcpClient(entry(41).mac))?.ip).toBe('10.77.0.41');
+  });
+
   test('a server that died is started again by the next change', async () => {
     const [pid] = await servers();
     process.kill(pid, 'SIGKILL');

@@ -23,6 +23,12 @@ export interface DhcpFiles {
   dhcpdConf: string;
   leases: string;
   pid: string;
+  /**
+   * `<pid> <digest>`: the server process that was started on files with that digest. A worker killed
+   * between writing new files and restarting the server leaves a server running on the old ones; the
+   * digest tells the next change (or its retry) to restart it.
+   */
+  served: string;
   /** The server's log (dnsmasq `log-facility`, dhcpd's stderr); rotated to `.1` when the server stops for good. */
   log: string;
 }
@@ -40,6 +46,7 @@ export function dhcpFiles(dir: string, network: string): DhcpFiles {
     dhcpdConf: `${d}/dhcpd.conf`,
     leases: `${d}/leases`,
     pid: `${d}/server.pid`,
+    served: `${d}/served`,
     log: `${d}/server.log`,
   };
 }

@@ -9,7 +9,7 @@
  * VMs on one host run concurrently, and read-modify-write of the entries must not interleave. Only
  * executor operations are used, so the same code runs locally and over SSH.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureType } from '../../domain/errors';
@@ -107,17 +107,25 @@ export function createDhcpActivities(deps: DhcpDeps) {
     return true;
   }
 
-  /** Writes the backend's files for `entries`; answers whether any of them changed. */
-  async function writeServerFiles(s: Server, f: DhcpFiles, entries: DhcpEntry[]): Promise<boolean> {
+  /** Writes the backend's files for `entries`; answers whether any of them changed, and their digest. */
+  async function writeServerFiles(s: Server, f: DhcpFiles, entries: DhcpEntry[]): Promise<{ changed: boolean; digest: string }> {
     // Sorted, so the same entries always render the same files whatever order they were added in.
     const sorted = [...entries].sort((a, b) => a.mac.localeCompare(b.mac));
-    if (s.server === 'isc-dhcpd') return writeIfChanged(f.dhcpdConf, dhcpdConf(s, s.net, sorted));
-    const changed = [
-      await writeIfChanged(f.hosts, dnsmasqHosts(sorted)),
-      await writeIfChanged(f.options, dnsmasqOptions(sorted)),
-      await writeIfChanged(f.dnsmasqConf, dnsmasqConf(s, s.net, f)),
-    ];
-    return changed.includes(true);
+    const files: Array<[string, string]> =
+      s.server === 'isc-dhcpd'
+        ? [[f.dhcpdConf, dhcpdConf(s, s.net, sorted)]]
+        : [
+            [f.hosts, dnsmasqHosts(sorted)],
+            [f.options, dnsmasqOptions(sorted)],
+            [f.dnsmasqConf, dnsmasqConf(s, s.net, f)],
+          ];
+    const digest = createHash('sha256');
+    let changed = false;
+    for (const [path, content] of files) {
+      digest.update(`${path}\0${content}\0`);
+      if (await writeIfChanged(path, content)) changed = true;
+    }
+    return { changed, digest: digest.digest('hex') };
   }
 
   async function rotateLog(f: DhcpFiles): Promise<void> {
@@ -136,13 +144,16 @@ export function createDhcpActivities(deps: DhcpDeps) {
     if (after.entries.length === 0) {
       await ctl.stop();
       // Nothing of the server stays but its last log (and vws's empty record).
-      for (const p of [f.leases, `${f.leases}~`, f.hosts, f.options, f.dnsmasqConf, f.dhcpdConf]) await exec.remove(p);
+      for (const p of [f.leases, `${f.leases}~`, f.hosts, f.options, f.dnsmasqConf, f.dhcpdConf, f.served]) await exec.remove(p);
       await rotateLog(f);
       return;
     }
-    const changed = await writeServerFiles(s, f, after.entries);
+    const { changed, digest } = await writeServerFiles(s, f, after.entries);
     const stale = s.server === 'dnsmasq' && parseLeases((await exec.readFile(f.leases)) ?? '').some(staleLease);
-    if (!changed && !stale && (await ctl.live())?.server === s.server) return;
+    const live = await ctl.live();
+    // The running server must be the one started on these very files (see DhcpFiles.served).
+    const current = live?.server === s.server && (await exec.readFile(f.served))?.trim() === `${live.pid} ${digest}`;
+    if (!changed && !stale && current) return;
     await ctl.stop();
     if (s.server === 'dnsmasq') {
       // Read again now that it is down: dnsmasq may have written the file until it exited.
@@ -152,6 +163,8 @@ export function createDhcpActivities(deps: DhcpDeps) {
       if (((await exec.fileSize(f.log)) ?? 0) > LOG_ROTATE_BYTES) await rotateLog(f);
     }
     await ctl.start();
+    const started = await ctl.live();
+    if (started) await exec.writeFileAtomic(f.served, `${started.pid} ${digest}\n`);
   }
 
   /** The IP `mac` obtained from the server, or null. */
