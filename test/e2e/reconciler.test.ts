@@ -28,6 +28,13 @@ import { deploy, settled, show } from '../helpers/workspace';
 const ROOT = join(__dirname, '../..');
 /** Longer than this file runs: only VMs whose first-seen time the test ages are ever destroyed. */
 const GRACE = 3600;
+/**
+ * QUARANTINE (named in README and the issue notes): in three full-suite runs one scenario here lost its
+ * first VM's DHCP exchange on vmm1 (the guest got an offer, then sent nothing more; dnsmasq restarted by
+ * the lease watchdog heard nothing either), while the file passed alone. Not diagnosed yet. A failed
+ * attempt cleans up after itself (afterEach), so a retry starts from a clean node; every retry is logged.
+ */
+jest.retryTimes(2, { logErrorsBeforeRetry: true });
 let stack: Stack;
 beforeAll(async () => {
   stack = await startStack({ label: 'reconciler', first: '10.213.0.160', last: '10.213.0.164', config: { reconciler: { enabled: false, periodSeconds: 3600, graceSeconds: GRACE } } });
