@@ -6,7 +6,7 @@
  */
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { exec, startStack, testNodes, type Stack, type TestNode } from '../helpers/stack';
+import { eventually, exec, startStack, testNodes, type Stack, type TestNode } from '../helpers/stack';
 import { deploy, destroyAndCheck, operate, refused, settled } from '../helpers/workspace';
 
 const RANGES: Record<TestNode, [string, string]> = {
@@ -39,7 +39,9 @@ describe.each(testNodes(['vmm1', 'vmm2', 'xen1'] as TestNode[]))('every operatio
     ({ ws, seconds: times.start } = await operate(stack, id, 'start', 'Running'));
     expect(ws.obtainedIp).toBe(ws.network!.ip);
     expect(await stack.vmStatus(id)).toBe('running');
-    expect(await stack.console(id)).toContain(`VWS-GUEST-READY host=${ws.network!.hostname}`);
+    // The guest prints its ready line after the DHCP script has run; the serial log may lag the lease.
+    const ready = `VWS-GUEST-READY host=${ws.network!.hostname}`;
+    expect(await eventually(30, async () => ((await stack.console(id)).includes(ready) ? await stack.console(id) : null), 'the ready line')).toContain(ready);
     for (const op of ['start', 'unpause']) await refused(stack, id, op, 'Running');
 
     ({ seconds: times.pause } = await operate(stack, id, 'pause', 'Paused'));
