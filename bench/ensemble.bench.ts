@@ -140,11 +140,17 @@ describe('ensemble and lifecycle orchestration (bench driver)', () => {
     const final = await handle.result();
     const destroyMs = Date.now() - t1;
     expect(final.members.flatMap((m) => m.workspaces).every((w) => w.state === 'Cancelled')).toBe(true);
+    // Each member's start against the ensemble's planned common start time (how late the fan-out reached it).
+    const planned = Date.parse(d.started?.planned ?? '');
+    const late = d.members
+      .flatMap((m) => m.workspaces)
+      .map((w) => Date.parse(w.firstStartedAt ?? '') - planned)
+      .sort((a, b) => a - b);
     console.log(
       [
         `${MEMBERS}-member ensemble on ${NODES} bench nodes (4 groups of ${MEMBERS / 4}):`,
-        `| done → all Running | start skew (first → last firstStartedAt) | destroy-all → Ended | entered Deploying after done |`,
-        `| ${(doneToRunning / 1000).toFixed(1)} s | ${d.started?.skewMs} ms | ${(destroyMs / 1000).toFixed(1)} s | ${phases.Deploying ?? 0} ms |`,
+        `| done → all Running | start skew (first → last firstStartedAt) | destroy-all → Ended | entered Deploying after done | start − planned: min / median / max | members > 100 ms late |`,
+        `| ${(doneToRunning / 1000).toFixed(1)} s | ${d.started?.skewMs} ms | ${(destroyMs / 1000).toFixed(1)} s | ${phases.Deploying ?? 0} ms | ${late[0]} / ${median(late)} / ${late[late.length - 1]} ms | ${late.filter((x) => x > 100).length} |`,
       ].join('\n'),
     );
   }, 900_000);

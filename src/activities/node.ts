@@ -45,6 +45,26 @@ export interface BootInput {
   rootDisk: string;
   /** Disks after the root, in order (partitions). */
   disks?: ExtraDisk[];
+  /**
+   * Boot no earlier than this instant (ISO). An ensemble gives all its members one such start time, a
+   * little ahead, so they start together however long its fan-out took to reach each node.
+   */
+  notBefore?: string;
+}
+
+/** What `bootVm` reports: the driver's time and the instant the VM was started. */
+export interface BootResult extends DriverTiming {
+  /** When the hypervisor's create returned (the node's clock). */
+  startedAt: string;
+}
+
+/** Longest `notBefore` wait honoured, so a bad value cannot park an activity slot for long. */
+const MAX_START_WAIT_MS = 120_000;
+
+/** Waits until `notBefore` (at most MAX_START_WAIT_MS); at once if it has passed or is absent. */
+async function waitUntil(notBefore: string | undefined): Promise<void> {
+  const ms = notBefore ? Math.min(Date.parse(notBefore) - Date.now(), MAX_START_WAIT_MS) : 0;
+  if (ms > 0) await new Promise((r) => setTimeout(r, ms));
 }
 
 /** One NIC of a VM to boot. */
@@ -132,10 +152,14 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     ...createDhcpActivities({ exec: deps.exec, dir: paths.dhcp }),
 
     /** Boots the workspace's VM; succeeds at once if it already runs. */
-    async bootVm(input: BootInput): Promise<DriverTiming> {
+    async bootVm(input: BootInput): Promise<BootResult> {
       const spec = vmSpec(input); // an unknown network fails here, before anything is made
       await guard(input);
-      return withHeartbeat(beat, 'boot', () => timed(() => driver.create(spec)));
+      return withHeartbeat(beat, 'boot', async () => {
+        await waitUntil(input.notBefore);
+        const timing = await timed(() => driver.create(spec));
+        return { ...timing, startedAt: new Date().toISOString() };
+      });
     },
 
     /** Resumes the VM from its saved state (`vmstate` in the workspace dir); succeeds if it already runs. */

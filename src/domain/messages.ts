@@ -70,6 +70,11 @@ export const destroyUpdate = defineUpdate<WorkspaceDescription>('destroy');
 /** Arguments of `start`: new running time, needed when none is left (a serialized workspace resuming). */
 export interface StartArgs {
   durationSeconds?: number;
+  /**
+   * Boot no earlier than this instant (ISO): the common start time an ensemble gives all its members.
+   * Only the first boot honours it; it is not part of the public API.
+   */
+  notBefore?: string;
 }
 /** Arguments of `shutdown-save`: an alternate unpropagation target (repository image name). */
 export interface ShutdownSaveArgs {

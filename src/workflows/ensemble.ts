@@ -14,6 +14,7 @@ import { allHandlersFinished, ApplicationFailure, CancellationScope, condition, 
 import type { Grant } from '../domain/allocation';
 import { FailureType } from '../domain/errors';
 import type { EnsembleDescription, EnsembleInput, EnsembleMemberRequest, EnsembleRegistration } from '../domain/groups';
+import { ensembleStartLeadMs } from '../domain/groups';
 import { ensembleDescribeQuery, ensembleDestroyUpdate, ensembleDoneUpdate, ensembleRegisterUpdate } from '../domain/messages';
 import { awaitTarget, endAll, failureOf, fanOut, gangActivities, newId, pendingView, prefixOf, reserveGang, startMembers, summaryOf, type GangMember } from './gang';
 
@@ -169,8 +170,10 @@ export async function ensembleWorkflow(input: EnsembleInput): Promise<EnsembleDe
     if (destroyRequested) return await end();
     if (failure) return await end(`backed out before start: ${failure}`);
 
-    // Start every member at once: one concurrent fan-out; none keeps running unless all started.
-    const outcomes = (await interruptible(() => fanOut(acts, all(), { op: 'start' }, `${self}/start`))) ?? [];
+    // Start every member at once: one concurrent fan-out carrying one common start time a little ahead,
+    // which each node waits for before it boots; none keeps running unless all started.
+    const planned = new Date(Date.now() + ensembleStartLeadMs(all().length)).toISOString();
+    const outcomes = (await interruptible(() => fanOut(acts, all(), { op: 'start', args: { notBefore: planned } }, `${self}/start`))) ?? [];
     if (destroyRequested) return await end();
     const failed = outcomes.findIndex((o) => !o.ok || o.view?.state !== 'Running');
     if (failed >= 0) {
@@ -184,7 +187,7 @@ export async function ensembleWorkflow(input: EnsembleInput): Promise<EnsembleDe
     if (starts.length) {
       const first = starts[0];
       const last = starts[starts.length - 1];
-      d.started = { first, last, skewMs: Date.parse(last) - Date.parse(first) };
+      d.started = { first, last, skewMs: Date.parse(last) - Date.parse(first), planned };
     }
     d.state = 'Ready';
 

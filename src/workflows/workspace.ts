@@ -249,6 +249,9 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     if (op === 'start' && timeLeftMs() <= 0 && !args?.durationSeconds) {
       refuse('this workspace has no running time left; start it with durationSeconds to give it more');
     }
+    if (op === 'start' && args?.notBefore !== undefined && Number.isNaN(Date.parse(args.notBefore))) {
+      refuse(`notBefore: "${args.notBefore}" is not an ISO date-time`);
+    }
   };
   /** Queues an operation for the loop and answers when it is done (or failed, typed). */
   const enqueue = async (op: Job['op'], args: Job['args'] = {}): Promise<WorkspaceDescription> => {
@@ -362,15 +365,16 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     ...(disks.length ? { disks } : {}),
   });
 
-  async function boot(): Promise<void> {
+  async function boot(notBefore?: string): Promise<void> {
     const n = node(FORWARD_RETRY);
     d.task = 'starting';
     forgetObtained();
     // An ensemble member's entries were served at Propagated: its co-scheduled start is the boot alone.
     if (entriesServed) entriesServed = false;
     else await addDhcpEntries();
-    await n.long.bootVm(bootInput());
-    d.firstStartedAt ??= new Date().toISOString();
+    const booted = await n.long.bootVm({ ...bootInput(), ...(notBefore ? { notBefore } : {}) });
+    // The node's instant of the start, when it reports one: an ensemble's start spread is measured there.
+    d.firstStartedAt ??= booted?.startedAt ?? new Date().toISOString();
     setState('Running');
     d.task = 'awaiting-address';
     for (const [i, nic] of nics().entries()) {
@@ -405,7 +409,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       return;
     }
     if (d.state === 'Unpropagated') await propagate(rootImage!);
-    await boot();
+    await boot(args.notBefore);
   }
 
   async function shutdown(): Promise<void> {

@@ -76,7 +76,10 @@ export function viewOf(d: WorkspaceDescription): MemberView {
 function sendUpdate(h: WorkflowHandle, op: GroupOperation, updateId: string): Promise<WorkspaceDescription> {
   switch (op.op) {
     case 'start':
-      return h.executeUpdate(startUpdate, { args: [op.args?.durationSeconds ? { durationSeconds: op.args.durationSeconds } : {}], updateId });
+      return h.executeUpdate(startUpdate, {
+        args: [{ ...(op.args?.durationSeconds ? { durationSeconds: op.args.durationSeconds } : {}), ...(op.args?.notBefore ? { notBefore: op.args.notBefore } : {}) }],
+        updateId,
+      });
     case 'pause':
       return h.executeUpdate(pauseUpdate, { updateId });
     case 'unpause':
