@@ -7,7 +7,7 @@ import { resolve as resolvePath } from 'node:path';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { WorkflowNotFoundError, WorkflowUpdateFailedError, WorkflowUpdateStage, type Client } from '@temporalio/client';
-import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
+import { ApplicationFailure } from '@temporalio/common';
 import { AllocatorClient } from '../clients/allocator';
 import { workspaceWorkflowId } from '../config/names';
 import type { VwsConfig } from '../config/schema';
@@ -20,8 +20,10 @@ import { acceptUpload, resolveImage, UploadRefused } from '../repository';
 import { invalid, targetProblem } from './workspace-spec';
 import { log } from '../log';
 import { requireToken, type Principal, type TokenEntry } from './auth';
+import { requireClient } from './client-auth';
 import { adminRoutes } from './admin';
 import { createDriftRouter } from './drift';
+import { eventRoutes, type EventStreamOptions } from './events';
 import { Factory } from './factory';
 import { ensembleRoutes, groupRoutes } from './groups';
 import { idempotencyKey, parseBody, requireAdmin, unavailable, wrap } from './http';
@@ -32,6 +34,8 @@ import { requestLog } from './request-log';
 import { WORKSPACE_OPERATIONS } from './operations';
 import { HttpProblem, sendProblem } from './problem';
 import { statusRoutes } from './status';
+import { pilotRoutes } from './pilot';
+import { presentWorkspace, withCopyProgress } from './workspace-view';
 
 /** Dependencies of the API. */
 export interface ApiDeps {
@@ -47,10 +51,9 @@ export interface ApiDeps {
   logger?: Logger;
   /** The metrics `/metrics` serves (default: new ones over `client` and the allocator). */
   metrics?: ApiMetrics;
+  /** How event streams poll and keep alive (default: see `events.ts`). */
+  events?: EventStreamOptions;
 }
-
-/** Tasks that copy bytes and heartbeat their progress. */
-const COPY_TASKS = new Set<WorkspaceDescription['task']>(['staging-in', 'propagating', 'unpropagating', 'staging-out']);
 
 /** The operations clients reach as `POST /workspaces/:id/<operation>` (see `operations.ts`). */
 const OPERATIONS = WORKSPACE_OPERATIONS;
@@ -60,16 +63,7 @@ function isRefusal(e: unknown): e is WorkflowUpdateFailedError & { cause: Applic
   return e instanceof WorkflowUpdateFailedError && e.cause instanceof ApplicationFailure && e.cause.type === FailureType.OperationNotAllowed;
 }
 
-function present(config: VwsConfig, d: WorkspaceDescription) {
-  const wf = encodeURIComponent(workspaceWorkflowId(config, d.id));
-  return {
-    ...d,
-    links: {
-      self: `/workspaces/${d.id}`,
-      temporalUi: `${config.temporal.uiUrl}/namespaces/${encodeURIComponent(config.temporal.namespace)}/workflows/${wf}`,
-    },
-  };
-}
+const present = presentWorkspace;
 
 /** Creates the express application. */
 export function createApp(deps: ApiDeps): express.Express {
@@ -101,23 +95,7 @@ export function createApp(deps: ApiDeps): express.Express {
   }
 
   /** Copy progress (bytes of total) from the heartbeat of the copy in flight, when there is one. */
-  async function withProgress(d: WorkspaceDescription): Promise<WorkspaceDescription> {
-    if (!d.task || !COPY_TASKS.has(d.task)) return d;
-    try {
-      const desc = await client.workflow.getHandle(workspaceWorkflowId(config, d.id)).describe();
-      for (const a of desc.raw.pendingActivities ?? []) {
-        const payload = a.heartbeatDetails?.payloads?.[0];
-        if (!payload) continue;
-        const p = defaultPayloadConverter.fromPayload<{ bytes?: unknown; total?: unknown; image?: unknown }>(payload);
-        if (typeof p?.bytes === 'number' && typeof p.total === 'number' && p.total > 0) {
-          return { ...d, progress: { bytes: p.bytes, total: p.total, ...(typeof p.image === 'string' ? { image: p.image } : {}) } };
-        }
-      }
-    } catch (e) {
-      log.debug({ err: e, workspace: d.id }, 'no progress for the workspace');
-    }
-    return d;
-  }
+  const withProgress = (d: WorkspaceDescription) => withCopyProgress(client, config, d);
 
   app.get('/healthz', (_req, res) => {
     res.json({ ok: true });
@@ -130,7 +108,7 @@ export function createApp(deps: ApiDeps): express.Express {
   // Admin-only unless the site opts in (`api.metricsPublic`): the metrics show the site's nodes and use.
   const metricsAuth = config.api.metricsPublic
     ? [(_req: Request, _res: Response, next: NextFunction) => next()]
-    : [requireToken(deps.clientTokens), (_req: Request, res: Response, next: NextFunction) => (requireAdmin(res), next())];
+    : [requireClient(deps.clientTokens, config.api.tls), (_req: Request, res: Response, next: NextFunction) => (requireAdmin(res), next())];
   app.get(
     '/metrics',
     ...metricsAuth,
@@ -172,8 +150,12 @@ export function createApp(deps: ApiDeps): express.Express {
     }),
   );
 
+  // Pilots authenticate by their message's signature, not a bearer token: before the token middleware.
+  app.use(pilotRoutes({ config, client }));
+
   const clients = express.Router();
-  clients.use(requireToken(deps.clientTokens));
+  // The token, or with mutual TLS the client certificate (and a token, if sent, of the same client).
+  clients.use(requireClient(deps.clientTokens, config.api.tls));
 
   // One workspace, or a group when count > 1 (seed 002 NodeNumber); reserved before anything starts.
   clients.post(
@@ -261,11 +243,12 @@ export function createApp(deps: ApiDeps): express.Express {
   );
 
   clients.use(listingRoutes(config, client));
+  clients.use(eventRoutes(config, client, deps.events));
   clients.use(groupRoutes({ config, client, factory }));
   clients.use(ensembleRoutes({ config, client, factory }));
   clients.use(statusRoutes(config, client, allocator));
   clients.use(adminRoutes(config, allocator));
-  clients.use(createDriftRouter(deps));
+  clients.use(createDriftRouter({ ...deps, authenticate: requireClient(deps.clientTokens, config.api.tls) }));
   app.use(clients);
 
   app.use((req, _res, next) => next(new HttpProblem(404, 'Not Found', `no route ${req.method} ${req.path}`)));

@@ -20,7 +20,8 @@ export interface TokenEntry {
   principal: Principal;
 }
 
-function bearer(req: Request): string | null {
+/** The bearer token a request carries (`Authorization: Bearer <token>`), or null. */
+export function bearerToken(req: Request): string | null {
   const h = req.headers.authorization;
   const m = h ? /^Bearer\s+(\S+)$/i.exec(h) : null;
   return m ? m[1] : null;
@@ -40,7 +41,7 @@ export function lookup(tokens: readonly TokenEntry[], token: string): Principal 
 /** Middleware: requires a valid token and puts the principal in `res.locals.principal`. */
 export function requireToken(tokens: () => readonly TokenEntry[]) {
   return (req: Request, res: Response, next: NextFunction) => {
-    const token = bearer(req);
+    const token = bearerToken(req);
     const principal = token ? lookup(tokens(), token) : null;
     if (!principal) {
       res.setHeader('WWW-Authenticate', 'Bearer realm="vws"');

@@ -15,6 +15,8 @@ import { HttpProblem, problemType } from './problem';
 export interface DriftRouteDeps {
   config: VwsConfig;
   clientTokens: () => readonly TokenEntry[];
+  /** How the caller is authenticated (default: its bearer token); the API passes its certificate-aware check. */
+  authenticate?: express.RequestHandler;
 }
 
 /** Reads the listing; before the first run there is none, which is an empty listing, not an error. */
@@ -32,7 +34,7 @@ async function readListing(config: VwsConfig): Promise<DriftListing> {
 /** The router of `GET /admin/drift`. */
 export function createDriftRouter(deps: DriftRouteDeps): express.Router {
   const router = express.Router();
-  router.get('/admin/drift', requireToken(deps.clientTokens), (req: Request, res: Response, next: NextFunction) => {
+  router.get('/admin/drift', deps.authenticate ?? requireToken(deps.clientTokens), (req: Request, res: Response, next: NextFunction) => {
     const principal = res.locals.principal as Principal;
     if (!principal.admin) {
       next(new HttpProblem(403, 'Forbidden', 'the drift listing is for site administrators only', { type: problemType('Forbidden') }));

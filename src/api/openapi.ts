@@ -18,6 +18,7 @@ import {
   listWorkspacesSchema,
   workspaceIdSchema,
 } from '../domain/requests';
+import { signedPilotMessageSchema } from '../domain/pilot-message';
 import { GROUP_OPERATIONS, WORKSPACE_OPERATIONS } from './operations';
 import {
   createdSchema,
@@ -38,8 +39,11 @@ import {
   workspaceSchema,
 } from './openapi-schemas';
 
-/** Who may call a route: nobody in particular, a client token, an admin's token, a node token, or the metrics rule. */
-export type RouteAuth = 'none' | 'client' | 'admin' | 'node' | 'metrics';
+/**
+ * Who may call a route: nobody in particular, a client token, an admin's token, a node token, the metrics
+ * rule, or a pilot (no token: the body's HMAC signature with the site's pilot secret).
+ */
+export type RouteAuth = 'none' | 'client' | 'admin' | 'node' | 'metrics' | 'pilot';
 
 /** One route of the API. */
 export interface ApiRoute {
@@ -66,6 +70,9 @@ const ensId = { id: ensembleIdSchema };
 
 /** Example bodies of the operations that take one. */
 const OPERATION_EXAMPLES: Record<string, unknown> = { start: { durationSeconds: 600 }, 'shutdown-save': { target: 'my-image' } };
+
+/** The answer to a delivered pilot notification. */
+const pilotDeliveredSchema = z.object({ delivered: z.literal(true), slotId: z.string(), event: z.string(), receivedAt: z.string() }).openapi('PilotDelivered');
 
 /** Every route the API serves. */
 export const API_ROUTES: readonly ApiRoute[] = [
@@ -228,6 +235,24 @@ export const API_ROUTES: readonly ApiRoute[] = [
     success: { status: 202, description: 'destroy accepted', schema: ensembleSchema },
     errors: [409, 503],
   },
+  ...(
+    [
+      ['workspaces', wsId, 'a workspace: state, task, obtained IP, bytes copied; `end` when Cancelled or Corrupted'],
+      ['groups', grpId, 'a group: its state and each member; `end` when Ended'],
+      ['ensembles', ensId, 'an ensemble report: its state and each member; `end` when Ended'],
+    ] as const
+  ).map(
+    ([collection, params, what]): ApiRoute => ({
+      method: 'get',
+      path: `/${collection}/{id}/events`,
+      summary: `Server-sent events following ${what}. Each event's data is the object as GET answers it, sent when it changes; comment lines keep the stream alive`,
+      tag: collection,
+      auth: 'client',
+      params,
+      success: { status: 200, description: 'a `text/event-stream` of `workspace`/`group`/`ensemble` events, then one `end` event (or `error` when the head stops answering)', schema: z.string(), contentType: 'text/event-stream' },
+      errors: [503],
+    }),
+  ),
   {
     method: 'get',
     path: '/status',
@@ -255,6 +280,28 @@ export const API_ROUTES: readonly ApiRoute[] = [
   { method: 'get', path: '/admin/leases', summary: 'Every live grant', tag: 'admin', auth: 'admin', success: { status: 200, description: 'the leases', schema: leasesSchema }, errors: [503] },
   { method: 'get', path: '/admin/drift', summary: "The reconciler's drift listing", tag: 'admin', auth: 'admin', success: { status: 200, description: 'the listing', schema: driftSchema } },
   {
+    method: 'post',
+    path: '/pilot/notifications',
+    summary:
+      "A pilot's signed notification about its slot, delivered to the slot's workflow. No bearer token: the HMAC-SHA256 `signature` with the site's pilot secret authenticates it (401 if forged); 409 if outside the time window or replayed; 404 if the slot has no running workflow",
+    tag: 'pilot',
+    auth: 'pilot',
+    body: {
+      schema: named('SignedPilotMessage', signedPilotMessageSchema),
+      example: {
+        slotId: 'slot-0123456789ab',
+        node: 'vmm1',
+        event: 'reserved',
+        at: '2026-12-01T17:00:00.000Z',
+        nonce: 'q1Jx7m2Ck9vHs0aTzR4wYg',
+        memoryMiB: 1024,
+        signature: '5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592',
+      },
+    },
+    success: { status: 202, description: 'verified and delivered', schema: pilotDeliveredSchema },
+    errors: [404, 409, 503],
+  },
+  {
     method: 'get',
     path: '/repository/{name}',
     summary: 'An image of the site repository (for node workers)',
@@ -278,10 +325,10 @@ export const API_ROUTES: readonly ApiRoute[] = [
 /** What each error status means on this API. */
 const ERROR_MEANING: Record<number, string> = {
   400: 'invalid request: `errors` names each field (or header) at fault',
-  401: 'no valid bearer token',
+  401: 'no valid bearer token (pilot notifications: a forged signature)',
   403: 'not allowed: admin only, or over the client quota (`urn:vws:problem:QuotaExceeded`)',
   404: 'no such object, or it belongs to another client',
-  409: 'refused in the current state (`state` names it), no capacity, or already ended',
+  409: 'refused in the current state (`state` names it), no capacity, or already ended; a pilot notification that is stale or replayed',
   413: 'body larger than 64 KiB',
   422: 'the Idempotency-Key was already used with another body',
   503: 'the head worker does not answer; nothing is lost, try again',
@@ -319,7 +366,8 @@ function routeConfig(route: ApiRoute): RouteConfig {
     summary: route.summary,
     tags: [route.tag],
     operationId: `${route.method}${route.path.replace(/[{}]/g, '').replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ? c.toUpperCase() : ''))}`,
-    security: route.auth === 'none' ? [] : route.auth === 'metrics' ? [{ bearer: [] }, {}] : [{ bearer: [] }],
+    // A pilot's route takes no HTTP credential: the signature is part of the body.
+    security: route.auth === 'none' || route.auth === 'pilot' ? [] : route.auth === 'metrics' ? [{ bearer: [] }, {}] : [{ bearer: [] }],
     request: {
       ...(route.params ? { params: z.object(route.params) } : {}),
       ...(route.query ? { query: route.query } : {}),

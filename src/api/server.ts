@@ -3,6 +3,8 @@ import { Client, Connection } from '@temporalio/client';
 import { loadConfig } from '../config/load';
 import { log } from '../log';
 import { createApp } from './app';
+import { closeEventStreams } from './events';
+import { apiScheme, createApiServer } from './listen';
 import { loadTokens } from './tokens';
 
 async function main(): Promise<void> {
@@ -13,10 +15,15 @@ async function main(): Promise<void> {
     namespace: config.temporal.namespace,
   });
   const app = createApp({ config, client, clientTokens: () => tokens.clients, nodeTokens: () => tokens.nodes });
-  const server = app.listen(config.api.port, config.api.host, () => {
-    log.info({ host: config.api.host, port: config.api.port }, 'API listening');
+  // HTTPS (optionally mutual TLS) when api.tls is set.
+  const server = createApiServer(config, app).listen(config.api.port, config.api.host, () => {
+    log.info({ host: config.api.host, port: config.api.port, scheme: apiScheme(config), clientCertificates: !!config.api.tls?.clientCaFile }, 'API listening');
   });
-  const stop = () => server.close(() => process.exit(0));
+  // Open event streams would hold close() until their clients leave: end them first.
+  const stop = () => {
+    closeEventStreams();
+    server.close(() => process.exit(0));
+  };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
 }

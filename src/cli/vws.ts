@@ -4,6 +4,14 @@
  * ranges and an idempotency key), show, list, destroy and every workspace operation; groups, ensembles,
  * the status service and the admin commands. `--json` prints the API's answer for scripts.
  *
+ * `--wait` follows the object's server-sent events (`GET …/events`) and prints one line per change on
+ * stderr (time since the command started, state, task, bytes copied, the IP obtained); it polls instead
+ * when the stream cannot be had or breaks. The summary (or the JSON answer) goes to stdout alone.
+ *
+ * Settings: options, then environment variables (`VWS_API`, `VWS_TOKEN` the token itself,
+ * `VWS_TOKEN_FILE`), then the file named by `--config` or `VWS_CLI_CONFIG` (default
+ * `~/.config/vws/cli.yaml` if present; see `config.ts`), then the defaults of a local installation.
+ *
  * Exit codes: 0 done; 1 any other failure (e.g. the API failed); 2 bad usage or an invalid request
  * (400); 3 the API cannot be reached; 4 not found (404); 5 refused in the current state or for lack of
  * capacity (409), or an idempotency key reused with another request (422); 6 a workspace, group or
@@ -12,11 +20,20 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { CliConfigError, DEFAULT_CLI_CONFIG, readCliConfig } from './config';
+import { serverEvents } from './sse';
 
 interface Globals {
   api: string;
   tokenFile: string;
+  config?: string;
   json?: boolean;
+}
+
+/** Where requests go and with which token, once options, environment and file are combined. */
+interface Target {
+  api: string;
+  token: string;
 }
 
 class CliError extends Error {
@@ -37,22 +54,50 @@ function exitCodeOf(status: number, type: unknown): number {
   return 1;
 }
 
-async function call(g: Globals, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Record<string, unknown>> {
-  let token: string;
+let resolved: Target | undefined;
+
+/** The API and token (see the file's comment for the order of precedence); read once per command. */
+function target(g: Globals): Target {
+  if (resolved) return resolved;
+  let file;
   try {
-    token = readFileSync(g.tokenFile, 'utf8').trim();
+    file = g.config ? readCliConfig(g.config, true) : readCliConfig(DEFAULT_CLI_CONFIG, false);
   } catch (e) {
-    throw new CliError(`cannot read the token file ${g.tokenFile} (${(e as NodeJS.ErrnoException).code}); set --token-file or VWS_TOKEN_FILE`, 2);
+    if (e instanceof CliConfigError) throw new CliError(e.message, 2);
+    throw e;
   }
+  const from = (key: string) => program.getOptionValueSource(key);
+  const readToken = (path: string, how: string) => {
+    try {
+      return readFileSync(path, 'utf8').trim();
+    } catch (e) {
+      throw new CliError(`cannot read the token file ${path} (${(e as NodeJS.ErrnoException).code}); ${how}`, 2);
+    }
+  };
+  const fix = 'set --token-file, VWS_TOKEN_FILE or VWS_TOKEN, or tokenFile in the configuration file';
+  const envToken = process.env.VWS_TOKEN?.trim();
+  let token: string;
+  if (from('tokenFile') === 'cli') token = readToken(g.tokenFile, fix);
+  else if (envToken) token = envToken;
+  else if (from('tokenFile') === 'env') token = readToken(g.tokenFile, fix);
+  else if (file.token) token = file.token;
+  else token = readToken(file.tokenFile ?? g.tokenFile, fix);
+  const api = from('api') === 'cli' || from('api') === 'env' ? g.api : (file.api ?? g.api);
+  resolved = { api: api.replace(/\/+$/, ''), token };
+  return resolved;
+}
+
+async function call(g: Globals, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Record<string, unknown>> {
+  const { api, token } = target(g);
   let res: globalThis.Response;
   try {
-    res = await fetch(`${g.api}${path}`, {
+    res = await fetch(`${api}${path}`, {
       method,
       headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}), ...headers },
       body: body ? JSON.stringify(body) : undefined,
     });
   } catch (e) {
-    throw new CliError(`cannot reach the vws API at ${g.api}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`, 3);
+    throw new CliError(`cannot reach the vws API at ${api}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`, 3);
   }
   const data = (await res.json().catch(() => ({}))) as Record<string, unknown>;
   if (!res.ok) {
@@ -111,22 +156,115 @@ const progressLine = (p: Progress) =>
   `${mib(p.bytes)} of ${mib(p.total)}${p.total ? ` (${Math.floor((100 * p.bytes) / p.total)}%)` : ''}${p.image ? ` ${p.image}` : ''}`;
 const savedLine = (s: { disk: string; sha256?: string }) => `${s.disk}${s.sha256 ? ` (sha256 ${s.sha256})` : ''}`;
 
-/** Polls until `done(d)` or the timeout; prints each state change, and copy progress, unless --json. */
-async function waitFor(g: Globals, id: string, done: (d: Record<string, unknown>) => boolean, timeoutSeconds: number) {
-  const deadline = Date.now() + timeoutSeconds * 1000;
+type Described = Record<string, unknown>;
+
+/** How to follow an object until it is where the command wants it. */
+interface FollowSpec {
+  /** The object's path (`/workspaces/ws-…`); its events are at `<path>/events`. */
+  path: string;
+  /** True when the command's wait is over. */
+  done(d: Described): boolean;
+  /** A failure to report instead (checked first), or null. */
+  fail(d: Described): CliError | null;
+  /** The progress line of a description (printed when it differs from the last one). */
+  line(d: Described): string;
+  timeoutSeconds: number;
+  /** Interval of the polling fallback. */
+  pollMs: number;
+}
+
+/**
+ * Waits for `spec.done`, printing a line on stderr for each change: from the object's event stream,
+ * or by polling when the stream cannot be had, breaks, or ends before the wait is over (e.g. destroying
+ * a Corrupted workspace: its stream ends at Corrupted, the destroy goes on).
+ */
+async function follow(g: Globals, spec: FollowSpec): Promise<Described> {
+  const t0 = Date.now();
+  const deadline = t0 + spec.timeoutSeconds * 1000;
   let last = '';
-  for (;;) {
-    const d = await call(g, 'GET', `/workspaces/${id}`);
-    const p = d.progress as Progress | undefined;
-    const now = `${String(d.state)}${d.task ? ` (${String(d.task)})` : ''}`;
-    const line = p?.total ? `${now} ${progressLine(p)}` : now;
-    if (line !== last && !g.json) console.error(`  ${new Date().toISOString()}  ${line}`);
+  const seen = (d: Described): Described | null => {
+    const line = spec.line(d);
+    if (line !== last) console.error(`  +${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s  ${line}`);
     last = line;
-    if (done(d)) return d;
-    if (d.state === 'Corrupted') throw new CliError(`workspace ${id} is Corrupted: ${String(d.reason)}`, 6);
-    if (Date.now() > deadline) throw new CliError(`gave up waiting after ${timeoutSeconds} s; state ${now}`, 7);
-    await new Promise((r) => setTimeout(r, 500));
+    const failure = spec.fail(d);
+    if (failure) throw failure;
+    return spec.done(d) ? d : null;
+  };
+  const gaveUp = () => new CliError(`gave up waiting after ${spec.timeoutSeconds} s; state ${last || 'unknown'}`, 7);
+  try {
+    const reached = await followEvents(g, spec.path, seen, deadline);
+    if (reached) return reached;
+  } catch (e) {
+    if (e instanceof CliError) throw e;
+    if (Date.now() >= deadline) throw gaveUp();
+    console.error(`  (live events unavailable: ${(e as Error).message}; polling)`);
   }
+  for (;;) {
+    const d = seen(await call(g, 'GET', spec.path));
+    if (d) return d;
+    if (Date.now() >= deadline) throw gaveUp();
+    await new Promise((r) => setTimeout(r, spec.pollMs));
+  }
+}
+
+/**
+ * Reads `<path>/events` until `seen` says done (returns the description) or the stream ends (null).
+ * Throws a plain Error when the stream cannot be had or breaks, and what `seen` throws.
+ */
+async function followEvents(g: Globals, path: string, seen: (d: Described) => Described | null, deadline: number): Promise<Described | null> {
+  const { api, token } = target(g);
+  const stop = new AbortController();
+  const timer = setTimeout(() => stop.abort(), Math.max(0, deadline - Date.now()));
+  try {
+    const res = await fetch(`${api}${path}/events`, { headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream' }, signal: stop.signal });
+    if (!res.ok || !res.body || !String(res.headers.get('content-type')).startsWith('text/event-stream')) {
+      await res.body?.cancel();
+      throw new Error(`GET ${path}/events answered ${res.status}`);
+    }
+    for await (const e of serverEvents(res.body)) {
+      if (e.event === 'error') throw new Error(`the stream reported: ${String((JSON.parse(e.data) as Described).detail)}`);
+      if (!['workspace', 'group', 'ensemble', 'end'].includes(e.event)) continue;
+      const d = seen(JSON.parse(e.data) as Described);
+      if (d) return d;
+      if (e.event === 'end') return null;
+    }
+    throw new Error('the stream closed before the end');
+  } finally {
+    clearTimeout(timer);
+    stop.abort(); // closes the connection: the server stops following at once
+  }
+}
+
+/** A workspace's progress line: state, task, bytes copied, the IP it obtained. */
+function workspaceLine(d: Described): string {
+  const p = d.progress as Progress | undefined;
+  const copied = (d.propagation as { bytesCopied?: number } | undefined)?.bytesCopied;
+  return [
+    `${String(d.state)}${d.task ? ` (${String(d.task)})` : ''}`,
+    p?.total ? progressLine(p) : copied !== undefined ? `copied ${mib(copied)}` : '',
+    d.obtainedIp && d.state !== 'Cancelled' ? `ip ${String(d.obtainedIp)}` : '',
+    d.state === 'Corrupted' && d.reason ? `reason: ${String(d.reason)}` : '',
+  ]
+    .filter(Boolean)
+    .join('  ');
+}
+
+/**
+ * Waits until `done(d)` on a workspace. A workspace that becomes Corrupted or Cancelled on the way is a
+ * failure (exit 6), unless `destroying`: then Corrupted is a step on the way to Cancelled, the goal.
+ */
+async function waitFor(g: Globals, id: string, done: (d: Described) => boolean, timeoutSeconds: number, destroying = false): Promise<Described> {
+  return follow(g, {
+    path: `/workspaces/${id}`,
+    done,
+    fail: (d) =>
+      destroying || (d.state !== 'Corrupted' && d.state !== 'Cancelled')
+        ? null
+        : new CliError(`workspace ${id} is ${String(d.state)}${d.reason ? `: ${String(d.reason)}` : ''}`, 6),
+    line: workspaceLine,
+    timeoutSeconds,
+    pollMs: 500,
+  });
 }
 
 /** `--partition` values: `blank:<MiB>[:fs]` or an image reference (the API checks the details). */
@@ -139,7 +277,8 @@ function partitionOption(v: string): Record<string, unknown> {
 const program = new Command('vws')
   .description('Client for the vws Virtual Workspace Service')
   .addOption(new Option('--api <url>', 'vws API base URL').env('VWS_API').default('http://127.0.0.1:8080'))
-  .addOption(new Option('--token-file <file>', 'file holding your bearer token').env('VWS_TOKEN_FILE').default('/var/lib/vws/secrets/demo.token'))
+  .addOption(new Option('--token-file <file>', 'file holding your bearer token (or set VWS_TOKEN to the token)').env('VWS_TOKEN_FILE').default('/var/lib/vws/secrets/demo.token'))
+  .addOption(new Option('--config <file>', `settings file (YAML or JSON: api, token or tokenFile); default ${DEFAULT_CLI_CONFIG} if present`).env('VWS_CLI_CONFIG'))
   .option('--json', 'print JSON for scripts')
   // Commander's own usage errors (unknown option, bad value) exit 2; help stays 0. Inherited by every subcommand.
   .exitOverride((e) => process.exit(e.exitCode === 0 ? 0 : 2))
@@ -148,7 +287,16 @@ const program = new Command('vws')
     `
 Exit codes: 0 done; 1 other failure; 2 bad usage or invalid request (400); 3 API unreachable; 4 not found;
 5 refused in this state, no capacity, or idempotency key reused (409, 422); 6 Corrupted or ended with a reason;
-7 gave up waiting; 8 refused by site policy or quota (400 PolicyViolation, 403).`,
+7 gave up waiting; 8 refused by site policy or quota (400 PolicyViolation, 403).
+
+--wait prints one line per change on stderr (seconds since start, state, task, bytes copied, IP); stdout
+has only the summary, or the JSON answer with --json.
+
+Settings, first found wins: options; VWS_API, VWS_TOKEN (the token itself), VWS_TOKEN_FILE; the file named
+by --config or VWS_CLI_CONFIG (else ~/.config/vws/cli.yaml if present), e.g.
+  api: https://vws.example.org:8080
+  tokenFile: ~/.vws/token
+then the local installation's defaults.`,
   );
 
 /** `--memory 512` or `--memory 256-1024`: an exact value or a range the factory picks from. */
@@ -282,21 +430,23 @@ function printGang(g: Globals, d: Record<string, unknown>): void {
   console.log(lines.filter(Boolean).join('\n'));
 }
 
-/** Polls a group or ensemble until Ready; Ended is a failure (exit 6). */
-async function waitForGang(g: Globals, path: string, timeoutSeconds: number): Promise<Record<string, unknown>> {
-  const deadline = Date.now() + timeoutSeconds * 1000;
-  let last = '';
-  for (;;) {
-    const d = await call(g, 'GET', path);
-    const members = ((d.members as MemberLine[] | undefined) ?? []).concat(((d.members as Array<{ workspaces?: MemberLine[] }> | undefined) ?? []).flatMap((m) => m.workspaces ?? []));
-    const line = `${String(d.state)} ${members.filter((m) => m.state).map((m) => m.state).join(' ')}`;
-    if (line !== last && !g.json) console.error(`  ${new Date().toISOString()}  ${line}`);
-    last = line;
-    if (d.state === 'Ready') return d;
-    if (d.state === 'Ended') throw new CliError(`${path.slice(1)} ended: ${String(d.reason ?? 'destroyed')}`, 6);
-    if (Date.now() > deadline) throw new CliError(`gave up waiting after ${timeoutSeconds} s; state ${String(d.state)}`, 7);
-    await new Promise((r) => setTimeout(r, 1000));
-  }
+/** A group's or ensemble's progress line: its state and each member's. */
+function gangLine(d: Described): string {
+  const members = ((d.members as MemberLine[] | undefined) ?? []).concat(((d.members as Array<{ workspaces?: MemberLine[] }> | undefined) ?? []).flatMap((m) => m.workspaces ?? []));
+  const member = (m: MemberLine) => `${m.id} ${m.state}${m.task ? ` (${m.task})` : ''}${m.ip && m.state !== 'Cancelled' ? ` ${m.ip}` : ''}`;
+  return [String(d.state), ...members.filter((m) => m.state).map(member)].join('  ');
+}
+
+/** Follows a group or ensemble until Ready; Ended is a failure (exit 6). */
+async function waitForGang(g: Globals, path: string, timeoutSeconds: number): Promise<Described> {
+  return follow(g, {
+    path,
+    done: (d) => d.state === 'Ready',
+    fail: (d) => (d.state === 'Ended' ? new CliError(`${path.slice(1)} ended: ${String(d.reason ?? 'destroyed')}`, 6) : null),
+    line: gangLine,
+    timeoutSeconds,
+    pollMs: 1000,
+  });
 }
 
 program
@@ -315,7 +465,7 @@ program
   .action(async (id: string, o: { wait?: boolean; timeout: number }) => {
     const g = program.opts<Globals>();
     let d = await call(g, 'DELETE', `/workspaces/${id}`);
-    if (o.wait) d = await waitFor(g, id, (x) => x.state === 'Cancelled', o.timeout);
+    if (o.wait) d = await waitFor(g, id, (x) => x.state === 'Cancelled', o.timeout, true);
     print(g, d);
   });
 
@@ -408,15 +558,9 @@ function printOperation(g: Globals, d: Record<string, unknown>): void {
   if (members.some((m) => !m.ok)) process.exitCode = 5;
 }
 
-/** Polls a group or ensemble until it has ended. */
-async function waitUntilEnded(g: Globals, path: string, timeoutSeconds: number): Promise<Record<string, unknown>> {
-  const deadline = Date.now() + timeoutSeconds * 1000;
-  for (;;) {
-    const d = await call(g, 'GET', path);
-    if (d.state === 'Ended') return d;
-    if (Date.now() > deadline) throw new CliError(`gave up waiting after ${timeoutSeconds} s; state ${String(d.state)}`, 7);
-    await new Promise((r) => setTimeout(r, 1000));
-  }
+/** Follows a group or ensemble until it has ended. */
+async function waitUntilEnded(g: Globals, path: string, timeoutSeconds: number): Promise<Described> {
+  return follow(g, { path, done: (d) => d.state === 'Ended', fail: () => null, line: gangLine, timeoutSeconds, pollMs: 1000 });
 }
 
 const ensemble = program.command('ensemble').description('co-scheduled ensembles: register members, then done starts them all at once or none');

@@ -44,6 +44,11 @@ export function ensembleWorkflowId(config: VwsConfig, ensembleId: string): strin
   return `${config.temporal.prefix}-${ensembleId}`;
 }
 
+/** Workflow id of a pilot slot (one batch job of the pilot): the prefix, `pilot-` and the slot id. */
+export function pilotSlotWorkflowId(config: VwsConfig, slotId: string): string {
+  return `${config.temporal.prefix}-pilot-${slotId}`;
+}
+
 /** Where a new workspace workflow sends its work, fixed at its start (it travels in the workflow's input). */
 export function workspaceRouting(config: VwsConfig): WorkspaceRouting {
   return {

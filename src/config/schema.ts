@@ -34,8 +34,17 @@ export const clientSchema = z
     name,
     /** Grid-style identity, e.g. `/O=Grid/OU=site/CN=alice`. */
     identity: z.string().min(1),
-    /** File holding the bearer token (created with a random token if missing). */
-    tokenFile: z.string().min(1),
+    /** File holding the bearer token (created with a random token if missing). Give this or `tokenSha256`. */
+    tokenFile: z.string().min(1).optional(),
+    /**
+     * The sha256 of the bearer token, as 64 hex digits (`node dist/config/hash-token.js < token`): the
+     * token itself then lives only with the client. Give this or `tokenFile`.
+     */
+    tokenSha256: z
+      .string()
+      .regex(/^[0-9a-fA-F]{64}$/, 'must be the sha256 of the token as 64 hex digits; make it with: node dist/config/hash-token.js < token-file')
+      .transform((h) => h.toLowerCase())
+      .optional(),
     admin: z.boolean().default(false),
     /**
      * URL prefixes this client may name as an unpropagation target (`sftp://user@host/dir/`,
@@ -53,7 +62,15 @@ export const clientSchema = z
       .strict()
       .optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    // Exactly one source for the token: two could disagree, and none would lock the client out unnoticed.
+    if (c.tokenFile !== undefined && c.tokenSha256 !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['tokenSha256'], message: `client ${c.name} has both tokenFile and tokenSha256: keep one of them` });
+    } else if (c.tokenFile === undefined && c.tokenSha256 === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['tokenFile'], message: `client ${c.name} has no token: give tokenFile (a file holding the token) or tokenSha256 (its sha256, from node dist/config/hash-token.js)` });
+    }
+  });
 
 /** A VMM node as the allocator and the head see it. */
 export const nodeSchema = z
@@ -235,6 +252,46 @@ export const nodeSideSchema = z
   })
   .strict();
 
+/**
+ * HTTPS for the API and, with `clientCaFile`, mutual TLS: a client certificate that verifies against
+ * that CA identifies its holder by its subject DN (grid style, `/O=Grid/OU=site/CN=alice`), which must
+ * equal a configured `clients[].identity`.
+ */
+export const apiTlsSchema = z
+  .object({
+    /** PEM certificate of the API (with its chain, if an intermediate CA issued it). */
+    certFile: z.string().startsWith('/'),
+    /** PEM private key of that certificate. */
+    keyFile: z.string().startsWith('/'),
+    /** PEM CA certificate(s) client certificates must verify against; absent: no client certificates are asked for. */
+    clientCaFile: z.string().startsWith('/').optional(),
+    /**
+     * Refuse (401) every client request without a verified client certificate; a bearer token alone is
+     * then not enough. Node workers' repository requests still use their node token.
+     */
+    requireClientCert: z.boolean().default(false),
+  })
+  .strict()
+  .superRefine((t, ctx) => {
+    if (t.requireClientCert && !t.clientCaFile) {
+      ctx.addIssue({ code: 'custom', path: ['clientCaFile'], message: 'requireClientCert needs clientCaFile: the CA that client certificates must verify against' });
+    }
+  });
+
+/**
+ * With client certificates, a subject DN must name one client: two clients with one identity would make
+ * a certificate's client (and its admin role) ambiguous.
+ */
+function checkClientIdentities(c: { api: { tls?: { clientCaFile?: string } }; clients: Array<{ identity: string }> }, ctx: z.RefinementCtx): void {
+  if (!c.api.tls?.clientCaFile) return;
+  const seen = new Map<string, number>();
+  c.clients.forEach((client, i) => {
+    const first = seen.get(client.identity);
+    if (first !== undefined) ctx.addIssue({ code: 'custom', path: ['clients', i, 'identity'], message: `identity ${client.identity} is also clients.${first}'s: with client certificates (api.tls.clientCaFile) each identity must name one client` });
+    else seen.set(client.identity, i);
+  });
+}
+
 /** Refuses two entries with the same `name` in a list, naming the second. */
 function uniqueNames(what: string) {
   return (items: Array<{ name: string }>, ctx: z.RefinementCtx) => {
@@ -326,6 +383,8 @@ export const configSchema = z
          * site's use and nodes, so only an admin token may read them unless the site opts in.
          */
         metricsPublic: z.boolean().default(false),
+        /** Serve HTTPS, optionally with client certificates (mutual TLS); absent: plain HTTP. */
+        tls: apiTlsSchema.optional(),
       })
       .strict()
       .prefault({}),
@@ -404,6 +463,19 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * The workspace pilot (issue 7): pilots on the nodes sign their notifications with the shared secret
+     * in `secretFile` (created with a random secret if missing, mode 0600; copy it to the nodes). Absent:
+     * `POST /pilot/notifications` answers 503.
+     */
+    pilot: z
+      .object({
+        secretFile: z.string().startsWith('/'),
+        /** A notification is accepted within this many seconds of its timestamp, either way. */
+        windowSeconds: z.number().int().min(1).max(3600).default(60),
+      })
+      .strict()
+      .optional(),
     timeouts: z
       .object({
         /** Seconds a booted VM has to obtain its DHCP address. */
@@ -415,7 +487,8 @@ export const configSchema = z
       .prefault({}),
   })
   .strict()
-  .superRefine(checkNetworks);
+  .superRefine(checkNetworks)
+  .superRefine(checkClientIdentities);
 
 /** A validated configuration with every default filled in. */
 export type VwsConfig = z.infer<typeof configSchema>;

@@ -25,6 +25,13 @@ export const FailureType = {
   AddressTimeout: 'AddressTimeout',
   /** Pause, unpause or reboot named a VM the node's driver does not run; retrying cannot make it appear. */
   VmNotFound: 'VmNotFound',
+  /**
+   * The batch system (Slurm, PBS) refused a job at submission: unknown partition/queue, node, feature or
+   * account, a limit the queue does not allow. The same request would be refused again.
+   */
+  BatchSubmitRefused: 'BatchSubmitRefused',
+  /** The batch system's controller did not answer (down, unreachable, timed out). Retryable: it may come back. */
+  BatchSystemUnavailable: 'BatchSystemUnavailable',
 } as const;
 
 /** One of {@link FailureType}'s values. */
@@ -41,4 +48,5 @@ export const NON_RETRYABLE_FAILURES: FailureTypeName[] = [
   FailureType.SourceUnavailable,
   FailureType.OperationNotAllowed,
   FailureType.VmNotFound,
+  FailureType.BatchSubmitRefused,
 ];

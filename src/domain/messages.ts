@@ -6,6 +6,7 @@ import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/commo
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
 import type { ClientQuota, Grant, GangRequest, NodeCapacity, Placement, PoolAddress, ReleaseInfo, SlotRequest } from './allocation';
 import type { EnsembleDescription, EnsembleMemberRequest, EnsembleRegistration, GroupDescription, GroupOperation, GroupOperationResult } from './groups';
+import type { PilotMessage } from './pilot-message';
 import type { WorkspaceDescription } from './workspace';
 
 /** Allocator: grant a whole request atomically or fail with `NoCapacity`; repeats by the same holder return its grant. */
@@ -132,3 +133,14 @@ export const VwsEnsemble = defineSearchAttributeKey('VwsEnsemble', SearchAttribu
 
 /** Every search attribute vws registers on the Temporal server, as `Name=Type` for `--search-attribute`. */
 export const SEARCH_ATTRIBUTES = [VwsState, VwsOwner, VwsNode, VwsGroup, VwsEnsemble];
+
+/**
+ * A verified pilot notification as the API delivers it to the slot's workflow: the signed message (its
+ * signature checked and dropped), when vws received it and how it came (HTTP, or the SSH fallback).
+ */
+export interface PilotNotification extends PilotMessage {
+  receivedAt: string;
+  via: 'http' | 'ssh';
+}
+/** Pilot slot: a notification from its pilot (`<prefix>-pilot-<slotId>`); recorded even while no worker runs. */
+export const pilotNotificationSignal = defineSignal<[PilotNotification]>('pilotNotification');

@@ -246,7 +246,7 @@ describe('groups and ensembles through the API', () => {
 describe('the CLI', () => {
   it('deploys with a range and an idempotency key, twice with one answer, and shows status', async () => {
     const cli = (...args: string[]) =>
-      promisify(execFile)(process.execPath, [join(__dirname, '../../dist/cli/vws.js'), '--api', stack.api, '--token-file', stack.config.clients[0].tokenFile, '--json', ...args]);
+      promisify(execFile)(process.execPath, [join(__dirname, '../../dist/cli/vws.js'), '--api', stack.api, '--token-file', stack.config.clients[0].tokenFile!, '--json', ...args]);
     const argv = ['deploy', '--image', 'sample', '--memory', '64-100000', '--duration', '60-600', '--target-state', 'Propagated', '--idempotency-key', `cli-${Date.now()}`];
     const one = JSON.parse((await cli(...argv)).stdout) as Record<string, unknown>;
     const two = JSON.parse((await cli(...argv)).stdout) as Record<string, unknown>;

@@ -143,3 +143,44 @@ describe('the configuration', () => {
     expect(() => loadConfig({ VWS_CONFIG: '/nonexistent/vws.yaml' })).toThrow(/cannot read VWS_CONFIG=\/nonexistent\/vws.yaml/);
   });
 });
+
+describe('client authentication settings', () => {
+  const problems = (raw: Record<string, unknown>): string => {
+    try {
+      parseConfig(raw);
+      return '';
+    } catch (e) {
+      return (e as Error).message;
+    }
+  };
+  const DIGEST = 'A'.repeat(8) + '0123456789abcdef'.repeat(3) + 'b'.repeat(8);
+
+  it('takes a token as tokenSha256 (64 hex digits, kept lowercase) instead of tokenFile', () => {
+    const c = parseConfig({ clients: [{ name: 'alice', identity: '/O=Grid/CN=alice', tokenSha256: DIGEST }] });
+    expect(c.clients[0]).toMatchObject({ name: 'alice', tokenSha256: DIGEST.toLowerCase() });
+    expect(c.clients[0].tokenFile).toBeUndefined();
+  });
+
+  it('wants exactly one of tokenFile and tokenSha256, naming the field', () => {
+    expect(problems({ clients: [{ name: 'alice', identity: '/CN=a' }] })).toMatch(/clients\.0\.tokenFile: client alice has no token: give tokenFile .* or tokenSha256/);
+    expect(problems({ clients: [{ name: 'alice', identity: '/CN=a', tokenFile: '/t', tokenSha256: DIGEST }] })).toMatch(/clients\.0\.tokenSha256: client alice has both tokenFile and tokenSha256/);
+    expect(problems({ clients: [{ name: 'alice', identity: '/CN=a', tokenSha256: 'secret-token' }] })).toMatch(/clients\.0\.tokenSha256: must be the sha256 of the token as 64 hex digits; make it with: node dist\/config\/hash-token\.js/);
+    expect(problems({ clients: [{ name: 'alice', identity: '/CN=a', tokenSha256: DIGEST.slice(1) + 'g' }] })).toMatch(/clients\.0\.tokenSha256: must be the sha256/);
+  });
+
+  it('takes api.tls with its files, and checks client certificates have a CA and one client per identity', () => {
+    expect(parseConfig({}).api.tls).toBeUndefined();
+    const tls = { certFile: '/etc/vws/api.crt', keyFile: '/etc/vws/api.key', clientCaFile: '/etc/vws/ca.crt' };
+    expect(parseConfig({ api: { tls } }).api.tls).toEqual({ ...tls, requireClientCert: false });
+    expect(problems({ api: { tls: { certFile: '/c', keyFile: '/k', requireClientCert: true } } })).toMatch(/api\.tls\.clientCaFile: requireClientCert needs clientCaFile/);
+    expect(problems({ api: { tls: { certFile: 'api.crt', keyFile: '/k' } } })).toMatch(/api\.tls\.certFile:/);
+    expect(problems({ api: { tls: { keyFile: '/k' } } })).toMatch(/api\.tls\.certFile:/);
+    const twins = [
+      { name: 'alice', identity: '/O=Grid/CN=alice', tokenFile: '/a' },
+      { name: 'alice2', identity: '/O=Grid/CN=alice', tokenFile: '/b', admin: true },
+    ];
+    expect(problems({ api: { tls }, clients: twins })).toMatch(/clients\.1\.identity: identity \/O=Grid\/CN=alice is also clients\.0's/);
+    // Without client certificates, two tokens may share one identity (as before).
+    expect(problems({ clients: twins })).toBe('');
+  });
+});

@@ -256,7 +256,8 @@ describe('reads and operations', () => {
 
 describe('authentication and ownership', () => {
   it('refuses every route but the open ones without a valid token (401)', async () => {
-    for (const r of API_ROUTES.filter((x) => x.auth !== 'none')) {
+    // Pilot notifications take no token (their signature is in the body): test/workflow/pilot-notify.test.ts.
+    for (const r of API_ROUTES.filter((x) => x.auth !== 'none' && x.auth !== 'pilot')) {
       for (const who of [null, 'not-a-token']) {
         const res = await call(who, r.method, concrete(r.path), r.body?.example);
         const body = problem(res, 401);
@@ -281,6 +282,33 @@ describe('authentication and ownership', () => {
     // Nothing bob tried changed alice's objects.
     expect((await call('alice', 'get', `/ensembles/${created.ens}`)).body.state).toBe('Registering');
     expect((await call('alice', 'get', `/workspaces/${created.ws}`)).body.task).not.toBe('destroying');
+  });
+
+  it("answers 404 to another client on alice's group members too, lists none of hers by filter, and shows all to an admin", async () => {
+    const members = ((await call('alice', 'get', `/groups/${created.grp}`)).body.members as Array<{ id: string }>).map((m) => m.id);
+    expect(members).toHaveLength(2);
+    // Every workspace route (GET, each operation, DELETE) on each member; the event stream is tested with its route.
+    const wsRoutes = API_ROUTES.filter((r) => r.path.startsWith('/workspaces/{id}') && !r.path.endsWith('/events'));
+    expect(wsRoutes.length).toBeGreaterThanOrEqual(8);
+    for (const id of members) {
+      for (const r of wsRoutes) {
+        const body = problem(await call('bob', r.method, r.path.replace('{id}', id), r.body?.example), 404);
+        expect({ route: `${r.method} ${r.path}`, detail: body.detail }).toEqual({ route: `${r.method} ${r.path}`, detail: `no workspace ${id}` });
+      }
+    }
+    // A filter naming alice's group or ensemble finds nothing for bob, while it finds her members for her.
+    for (let i = 0; i < 40 && (await call('alice', 'get', `/workspaces?group=${created.grp}`)).body.workspaces.length < 2; i++) await new Promise((r) => setTimeout(r, 250));
+    expect(((await call('alice', 'get', `/workspaces?group=${created.grp}`)).body.workspaces as Array<{ id: string }>).map((w) => w.id).sort()).toEqual([...members].sort());
+    for (const q of [`group=${created.grp}`, `ensemble=${created.ens}`]) {
+      const res = await call('bob', 'get', `/workspaces?${q}`);
+      expect({ q, status: res.status, workspaces: res.body.workspaces }).toEqual({ q, status: 200, workspaces: [] });
+    }
+    // An admin reads every one of alice's objects.
+    for (const path of [`/workspaces/${created.ws}`, `/groups/${created.grp}`, `/ensembles/${created.ens}`, ...members.map((id) => `/workspaces/${id}`)]) {
+      expect({ path, status: (await call('root', 'get', path)).status }).toEqual({ path, status: 200 });
+    }
+    // Nothing bob tried touched the members.
+    for (const id of members) expect((await call('alice', 'get', `/workspaces/${id}`)).body.task).not.toBe('destroying');
   });
 
   it('keeps admin routes and metrics for admins (403)', async () => {
