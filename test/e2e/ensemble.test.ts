@@ -132,6 +132,8 @@ describe('co-scheduled ensembles on vmm1 + vmm2', () => {
 
     await destroyAllAndCheck(e);
     await nothingLeft();
+    await stack.recordWorkflowHistory(wfId(e.id), 'ensemble-two-groups-real-vms');
+    await stack.recordHistory(ids[0], 'ensemble-member');
   }, 600_000);
 
   it('backs out every member, none started and nothing held, when one member\'s image is gone at done time', async () => {
@@ -156,6 +158,7 @@ describe('co-scheduled ensembles on vmm1 + vmm2', () => {
       expect(w.firstStartedAt).toBeUndefined(); // none ran
     }
     await nothingLeft();
+    await stack.recordWorkflowHistory(wfId(e.id), 'ensemble-backed-out-image-gone');
   }, 600_000);
 
   it('runs one of two gangs that each need more than half the site, keeps the other waiting holding nothing, then runs it', async () => {

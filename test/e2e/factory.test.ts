@@ -7,7 +7,7 @@
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { workspaceWorkflowId } from '../../src/config/names';
+import { groupWorkflowId, workspaceWorkflowId } from '../../src/config/names';
 import { eventually, startStack, TEST_NODES, type Stack } from '../helpers/stack';
 import { settled } from '../helpers/workspace';
 
@@ -215,6 +215,7 @@ describe('groups and ensembles through the API', () => {
     expect(destroyed.status).toBe(202);
     await eventually(120, async () => (await stack.call('alice', 'GET', `/groups/${id}`)).body.state === 'Ended', 'the group Ended');
     expect((await grants()).filter((g) => g.gang)).toEqual([]);
+    await stack.recordWorkflowHistory(groupWorkflowId(stack.config, id), 'group-created-and-destroyed');
   });
 
   it('creates an ensemble, registers members idempotently, reports them, and destroys all', async () => {

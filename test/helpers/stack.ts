@@ -103,6 +103,8 @@ export interface Stack {
    * the replay test. The allocator's is saved once, at stop, as DIR/allocator-LABEL.json.
    */
   recordHistory(workspaceId: string, name: string): Promise<void>;
+  /** With VWS_RECORD_HISTORIES=DIR, saves any workflow's history as DIR/FILE.json (groups, ensembles). */
+  recordWorkflowHistory(workflowId: string, file: string): Promise<void>;
   /** kill -9 the head worker process (only with `headProcess`), and start it again. */
   killHead(): void;
   startHead(): Promise<void>;
@@ -279,6 +281,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     async recordHistory(workspaceId, name) {
       await record(workspaceWorkflowId(config, workspaceId), `workspace-${name}`);
     },
+    recordWorkflowHistory: record,
     killHead() {
       if (!headChild) throw new Error('killHead needs a stack started with headProcess: true');
       headChild.kill('SIGKILL');

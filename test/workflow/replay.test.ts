@@ -14,6 +14,18 @@ const dir = join(__dirname, '../fixtures/histories');
 const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
 const load = (f: string) => JSON.parse(readFileSync(join(dir, f), 'utf8')) as unknown;
 
+/**
+ * The id the recorded workflow ran under: groups and ensembles derive their members' ids from their own,
+ * so they must replay under it. It is `<prefix>-<input.id>`, the prefix being the head task queue's.
+ */
+function recordedWorkflowId(file: string): string {
+  const started = (load(file) as { events: Array<Record<string, any>> }).events[0].workflowExecutionStartedEventAttributes;
+  const payload = started?.input?.payloads?.[0]?.data as string | undefined;
+  const input = payload ? (JSON.parse(Buffer.from(payload, 'base64').toString('utf8')) as { id?: unknown }) : {};
+  const queue = String(started?.taskQueue?.name ?? '');
+  return typeof input.id === 'string' && queue.endsWith('-head') ? `${queue.slice(0, -'-head'.length)}-${input.id}` : file;
+}
+
 describe('recorded histories', () => {
   it('are decoded by the one protobufjs 8 that the SDK resolves (not a nested copy)', () => {
     const fromSdk = require.resolve('protobufjs/package.json', { paths: [dirname(require.resolve('@temporalio/proto'))] });
@@ -21,13 +33,12 @@ describe('recorded histories', () => {
     expect((require(fromSdk) as { version: string }).version).toMatch(/^8\./);
   });
 
-  it('include both workflow types', () => {
-    expect(files.some((f) => f.startsWith('workspace-'))).toBe(true);
-    expect(files.some((f) => f.startsWith('allocator-'))).toBe(true);
+  it('include every long-lived workflow type', () => {
+    for (const kind of ['workspace-', 'allocator-', 'group-', 'ensemble-']) expect(files.some((f) => f.startsWith(kind))).toBe(true);
   });
 
   it.each(files)('%s replays against the current workflow code', async (file) => {
-    await Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, load(file), file);
+    await Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, load(file), recordedWorkflowId(file));
   });
 
   it('fail to replay against incompatible workflow code', async () => {
