@@ -1,0 +1,285 @@
+#!/usr/bin/env node
+/**
+ * `vws-pilot` (`node dist/pilot/main.js`): the program that runs on a VMM node.
+ *
+ * - `run`: the batch job of one pilot slot (see `run.ts`): lock, reserve, notify, hold, hand back.
+ * - `reset`: at the node's boot (and by hand): every vws VM destroyed, memory exactly at its configured
+ *   value, a stale lock removed. Idempotent. Refuses while a live pilot holds the lock, unless `--force`.
+ * - `kill-all`: the admin's emergency stop on every configured node (see `kill-all.ts`).
+ *
+ * Every step is one JSON line on stdout. Exit codes: `exit-codes.ts`.
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { Command, Option } from 'commander';
+import { loadConfig } from '../config/load';
+import type { VwsConfig } from '../config/schema';
+import { LocalExecutor } from '../exec/local';
+import { PILOT_EXIT } from './exit-codes';
+import { killAll } from './kill-all';
+import { acquirePilotLock, pilotLockFile, PilotLockHeld, type PilotLock } from './lock';
+import { pilotLogger, type Logger } from './logger';
+import { nodeControl, resetNodeState } from './node-control';
+import { PilotNotifier } from './notifier';
+import {
+  apiOption,
+  endOption,
+  intOption,
+  memoryOption,
+  nodeOption,
+  numberOption,
+  pathOption,
+  PilotUsageError,
+  readSecretOption,
+  slotOption,
+  sshHostsOption,
+} from './options';
+import { runPilot } from './run';
+
+const DEFAULT_NODE_DIR = '/var/lib/vws/node';
+
+/** Signals that end a slot early: scancel/qdel/preemption/shutdown (TERM), Slurm's pre-end signal (USR1), a person (INT). */
+const TERMINATING_SIGNALS = ['SIGTERM', 'SIGUSR1', 'SIGINT'] as const;
+
+/** Loads the site configuration from `--config` (or `VWS_CONFIG`, or the embedded defaults). */
+function siteConfig(file: string | undefined): VwsConfig {
+  return loadConfig(file ? { ...process.env, VWS_CONFIG: file } : process.env);
+}
+
+/** Ends the process with `code` after the log is written (the logger writes synchronously). */
+function exit(code: number): never {
+  process.exit(code);
+}
+
+/** Runs a command's body, turning usage errors into exit 2 and anything unexpected into exit 1. */
+async function guarded(log: Logger, body: () => Promise<number>): Promise<never> {
+  try {
+    exit(await body());
+  } catch (e) {
+    if (e instanceof PilotUsageError) {
+      log.error({ step: 'usage', option: e.option }, e.message);
+      exit(PILOT_EXIT.usage);
+    }
+    log.error({ step: 'fatal', err: (e as Error).message, stack: (e as Error).stack }, `pilot failed: ${(e as Error).message}`);
+    exit(PILOT_EXIT.internal);
+  }
+}
+
+interface RunFlags {
+  slot?: string;
+  node?: string;
+  api?: string;
+  secretFile?: string;
+  reserveMib?: string;
+  memory?: string;
+  configuredMib?: string;
+  end?: string;
+  marginSeconds: string;
+  graceSeconds: string;
+  graceRatio: string;
+  pilotNeedsSeconds: string;
+  notifySeconds: string;
+  memoryTimeoutSeconds: string;
+  nodeDir: string;
+  lockFile?: string;
+  config?: string;
+}
+
+async function runCommand(f: RunFlags): Promise<never> {
+  // Signals are caught from the first instant: a scancel during start-up still gets a clean hand-back.
+  const pending: string[] = [];
+  let deliver: ((signal: string) => void) | undefined;
+  let firstSignalAt: number | undefined;
+  const graceGuess = Number(f.graceSeconds);
+  let log = pilotLogger({ slot: f.slot, node: f.node });
+  for (const sig of TERMINATING_SIGNALS) {
+    process.on(sig, () => {
+      if (firstSignalAt === undefined) {
+        firstSignalAt = Date.now();
+        // Last resort: whatever is still running, exit before the batch system's SIGKILL.
+        if (Number.isFinite(graceGuess) && graceGuess > 0) {
+          setTimeout(() => {
+            log.error({ step: 'exit', reason: 'grace period over', sinceSignalMs: Date.now() - firstSignalAt! }, 'grace period over before the hand-back finished: the node needs `vws-pilot reset`');
+            exit(PILOT_EXIT.unreserveFailed);
+          }, Math.max(0, graceGuess * 1000 - 100));
+        }
+      }
+      if (deliver) deliver(sig);
+      else pending.push(sig);
+    });
+  }
+  return guarded(log, async () => {
+    const slotId = slotOption(f.slot);
+    const node = nodeOption(f.node);
+    log = pilotLogger({ slot: slotId, node });
+    const api = apiOption(f.api);
+    const secret = readSecretOption(f.secretFile);
+    const reserveMiB = intOption('--reserve-mib', f.reserveMib, 0);
+    if (reserveMiB === undefined) throw new PilotUsageError('--reserve-mib', 'required (MiB reserved for VMs)');
+    const memory = memoryOption(f.memory);
+    const configuredMiB = intOption('--configured-mib', f.configuredMib, 1);
+    const endAt = endOption(f.end);
+    const marginMs = numberOption('--margin-seconds', f.marginSeconds, 0, 86_400)! * 1000;
+    const graceSeconds = numberOption('--grace-seconds', f.graceSeconds, 0, 3600)!;
+    const graceRatio = numberOption('--grace-ratio', f.graceRatio, 0, 1, true)!;
+    const pilotNeedsMs = numberOption('--pilot-needs-seconds', f.pilotNeedsSeconds, 0, 3600)! * 1000;
+    const notifyReservedMs = numberOption('--notify-seconds', f.notifySeconds, 0, 3600)! * 1000;
+    const memoryTimeoutMs = numberOption('--memory-timeout-seconds', f.memoryTimeoutSeconds, 1, 3600)! * 1000;
+    const nodeDir = pathOption('--node-dir', f.nodeDir);
+    const lockFile = f.lockFile ? pathOption('--lock-file', f.lockFile) : pilotLockFile(nodeDir);
+    if (endAt - marginMs <= Date.now()) throw new PilotUsageError('--end', `the slot ends at ${new Date(endAt).toISOString()}, within the ${marginMs / 1000} s margin: nothing to hold`);
+    const config = siteConfig(f.config);
+    log.info(
+      { step: 'start', api, reserveMiB, memory, configuredMiB, end: new Date(endAt).toISOString(), marginMs, graceSeconds, graceRatio, nodeDir, lockFile },
+      'pilot starting',
+    );
+    mkdirSync(dirname(lockFile), { recursive: true, mode: 0o755 });
+    const control = await nodeControl({ exec: new LocalExecutor(), node, nodeDir, memory, ...(configuredMiB !== undefined ? { configuredMiB } : {}), config });
+    const notifier = new PilotNotifier({
+      api,
+      secret,
+      slotId,
+      node,
+      onRetry: (i) => log.warn({ step: 'notify-retry', event: i.event, attempt: i.attempt, last: i.last, backoffMs: i.backoffMs }, `notification ${i.event} not delivered yet`),
+    });
+    const result = await runPilot(
+      { slotId, node, reserveMiB, endAt, marginMs, graceSeconds, graceRatio, pilotNeedsMs, lockFile, notifyReservedMs, memoryTimeoutMs },
+      {
+        control,
+        notifier,
+        log,
+        onTerminate: (handler) => {
+          deliver = handler;
+          for (const sig of pending.splice(0)) handler(sig);
+        },
+      },
+    );
+    return result.exitCode;
+  });
+}
+
+interface ResetFlags {
+  node?: string;
+  memory?: string;
+  configuredMib?: string;
+  nodeDir: string;
+  lockFile?: string;
+  config?: string;
+  force?: boolean;
+}
+
+async function resetCommand(f: ResetFlags): Promise<never> {
+  const log = pilotLogger({ node: f.node, command: 'reset' });
+  return guarded(log, async () => {
+    const node = nodeOption(f.node);
+    const memory = memoryOption(f.memory);
+    const configuredMiB = intOption('--configured-mib', f.configuredMib, 1);
+    const nodeDir = pathOption('--node-dir', f.nodeDir);
+    const lockFile = f.lockFile ? pathOption('--lock-file', f.lockFile) : pilotLockFile(nodeDir);
+    const config = siteConfig(f.config);
+    mkdirSync(dirname(lockFile), { recursive: true, mode: 0o755 });
+    // Holding the lock keeps a pilot from starting mid-reset; taking it removes a stale one.
+    let lock: PilotLock | undefined;
+    try {
+      lock = await acquirePilotLock(lockFile, { slotId: 'reset' });
+    } catch (e) {
+      if (!(e instanceof PilotLockHeld)) throw e;
+      if (!f.force) {
+        log.error({ step: 'lock', lockFile, holder: { pid: e.holder.pid, slotId: e.holder.slotId } }, `a live pilot holds the node (${e.message}); not resetting (use --force, or kill-all)`);
+        return PILOT_EXIT.lockHeld;
+      }
+      log.warn({ step: 'lock', lockFile, holder: { pid: e.holder.pid, slotId: e.holder.slotId } }, 'a live pilot holds the node; resetting anyway (--force), its lock stays');
+    }
+    try {
+      const control = await nodeControl({ exec: new LocalExecutor(), node, nodeDir, memory, ...(configuredMiB !== undefined ? { configuredMiB } : {}), config });
+      const r = await resetNodeState(control);
+      const ok = r.vms.failed.length === 0;
+      log[ok ? 'info' : 'error'](
+        { step: 'reset', destroyed: r.vms.destroyed, failed: r.vms.failed, memoryBeforeMiB: r.memoryBeforeMiB, memoryAfterMiB: r.memory.reachedMiB, configuredMiB: r.configuredMiB },
+        ok ? `node reset: ${r.vms.destroyed.length} VMs destroyed, memory at ${r.memory.reachedMiB} MiB` : 'node reset incomplete',
+      );
+      return ok ? PILOT_EXIT.ok : PILOT_EXIT.unreserveFailed;
+    } finally {
+      lock?.release();
+    }
+  });
+}
+
+interface KillAllFlags {
+  config?: string;
+  ssh: string[];
+  node: string[];
+  nodeTimeoutSeconds: string;
+}
+
+async function killAllCommand(f: KillAllFlags): Promise<never> {
+  const log = pilotLogger({ command: 'kill-all' });
+  return guarded(log, async () => {
+    const sshHosts = sshHostsOption(f.ssh);
+    const nodeTimeoutMs = numberOption('--node-timeout-seconds', f.nodeTimeoutSeconds, 1, 3600)! * 1000;
+    const config = siteConfig(f.config);
+    const started = Date.now();
+    let reports;
+    try {
+      reports = await killAll(config, { sshHosts, nodeTimeoutMs, ...(f.node.length ? { only: f.node } : {}) });
+    } catch (e) {
+      throw new PilotUsageError('--node/--ssh', (e as Error).message);
+    }
+    for (const r of reports) log[r.ok ? 'info' : 'error']({ step: 'kill-all-node', ...r }, r.ok ? `${r.node}: ${r.destroyed.length} VMs destroyed, memory at ${r.memoryAfterMiB ?? '-'} MiB` : `${r.node}: FAILED: ${r.error}`);
+    const failed = reports.filter((r) => !r.ok).map((r) => r.node);
+    log[failed.length ? 'error' : 'info']({ step: 'kill-all', nodes: reports.length, failed, ms: Date.now() - started }, failed.length ? `kill-all: ${failed.length} of ${reports.length} nodes failed` : `kill-all: ${reports.length} nodes reset`);
+    return failed.length ? PILOT_EXIT.someNodesFailed : PILOT_EXIT.ok;
+  });
+}
+
+const collect = (v: string, all: string[]) => [...all, v];
+
+const program = new Command('vws-pilot')
+  .description('the vws pilot: holds a VMM node for vws as a batch job, and resets nodes')
+  .showHelpAfterError()
+  .exitOverride((err) => exit(err.exitCode === 0 ? 0 : PILOT_EXIT.usage));
+
+program
+  .command('run')
+  .description('hold this node for one slot (run as the batch job)')
+  .option('--slot <id>', 'the slot id (the batch job vws submitted)')
+  .option('--node <name>', "this node's name in vws's configuration")
+  .option('--api <url>', "vws's API, e.g. http://10.213.0.1:8080")
+  .option('--secret-file <file>', 'the shared pilot secret (pilot.secretFile copied to the node)')
+  .option('--reserve-mib <n>', 'memory to reserve for VMs, MiB')
+  .addOption(new Option('--memory <mode>', 'xen: balloon dom0 (xl mem-set 0); host: the QEMU node reservation file').choices(['xen', 'host']))
+  .option('--configured-mib <n>', "the node's memory with nothing reserved (xen: default dom0_mem from xl info)")
+  .option('--end <iso>', "the slot's end (ISO 8601 with zone)")
+  .option('--margin-seconds <s>', 'start unreserving this long before --end', '10')
+  .option('--grace-seconds <s>', "the batch system's SIGTERM→SIGKILL grace (Slurm KillWait)", '30')
+  .option('--grace-ratio <r>', "share of the grace given to vws to trash its VMs, in [0, 1)", '0.5')
+  .option('--pilot-needs-seconds <s>', 'the least of the grace the pilot keeps for its own cleanup', '2')
+  .option('--notify-seconds <s>', 'longest the pilot retries the reserved notification', '20')
+  .option('--memory-timeout-seconds <s>', 'longest a memory change may take to reach its target', '60')
+  .option('--node-dir <dir>', 'the node directory (node.dir)', DEFAULT_NODE_DIR)
+  .option('--lock-file <file>', 'the node lock (default <node-dir>/pilot/pilot.lock)')
+  .option('--config <file>', "vws's configuration (driver settings); default VWS_CONFIG or the embedded defaults")
+  .action((f: RunFlags) => runCommand(f));
+
+program
+  .command('reset')
+  .description("destroy every vws VM on this node, restore memory to its configured value, remove a stale lock")
+  .option('--node <name>', "this node's name in vws's configuration")
+  .addOption(new Option('--memory <mode>', 'xen or host').choices(['xen', 'host']))
+  .option('--configured-mib <n>', "the node's memory with nothing reserved (xen: default dom0_mem from xl info)")
+  .option('--node-dir <dir>', 'the node directory (node.dir)', DEFAULT_NODE_DIR)
+  .option('--lock-file <file>', 'the node lock (default <node-dir>/pilot/pilot.lock)')
+  .option('--config <file>', "vws's configuration; default VWS_CONFIG or the embedded defaults")
+  .option('--force', 'reset even while a live pilot holds the node (its lock stays)')
+  .action((f: ResetFlags) => resetCommand(f));
+
+program
+  .command('kill-all')
+  .description('emergency stop: on every configured node, destroy every vws VM and reset memory')
+  .option('--config <file>', "vws's configuration; default VWS_CONFIG or the embedded defaults")
+  .option('--ssh <node=host>', 'reach NODE over SSH at HOST (repeatable; default: the node\'s ssh address, else local commands)', collect, [])
+  .option('--node <name>', 'only this node (repeatable; default: all)', collect, [])
+  .option('--node-timeout-seconds <s>', 'longest one node may take', '90')
+  .action((f: KillAllFlags) => killAllCommand(f));
+
+void program.parseAsync(process.argv);

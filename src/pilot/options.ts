@@ -1,0 +1,116 @@
+/**
+ * The pilot's command-line options, checked before anything on the node is touched: every bad value is
+ * refused with the option's name, so a misconfigured pilot job fails at once and changes nothing.
+ */
+import { readFileSync } from 'node:fs';
+import { isAbsolute } from 'node:path';
+import { pilotSlotIdSchema } from '../domain/pilot-message';
+import type { MemoryMode } from './node-control';
+
+/** A bad option value: names the option. */
+export class PilotUsageError extends Error {
+  override name = 'PilotUsageError';
+  constructor(
+    readonly option: string,
+    message: string,
+  ) {
+    super(`${option}: ${message}`);
+  }
+}
+
+/** `--slot`: a slot id (it names the slot's workflow and files). */
+export function slotOption(v: string | undefined): string {
+  if (v === undefined) throw new PilotUsageError('--slot', 'required');
+  const r = pilotSlotIdSchema.safeParse(v);
+  if (!r.success) throw new PilotUsageError('--slot', `${JSON.stringify(v)} ${r.error.issues[0].message}`);
+  return v;
+}
+
+/** `--node`: a node name as the configuration spells it. */
+export function nodeOption(v: string | undefined): string {
+  if (v === undefined) throw new PilotUsageError('--node', 'required');
+  if (!/^[a-z][a-z0-9-]{0,30}$/.test(v)) throw new PilotUsageError('--node', `${JSON.stringify(v)} must be lowercase letters, digits and -, starting with a letter`);
+  return v;
+}
+
+/** An integer option within bounds; `undefined` stays undefined. */
+export function intOption(option: string, v: string | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!/^-?\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min || n > max) throw new PilotUsageError(option, `must be an integer from ${min} to ${max}, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+/** A number option within bounds (`maxExclusive` excludes the upper bound); `undefined` stays undefined. */
+export function numberOption(option: string, v: string | undefined, min: number, max: number, maxExclusive = false): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < min || (maxExclusive ? n >= max : n > max)) {
+    throw new PilotUsageError(option, `must be a number from ${min} to ${max}${maxExclusive ? ' (exclusive)' : ''}, got ${JSON.stringify(v)}`);
+  }
+  return n;
+}
+
+/** `--memory`: `xen` (dom0 ballooning) or `host` (the QEMU node's reservation file). */
+export function memoryOption(v: string | undefined): MemoryMode {
+  if (v !== 'xen' && v !== 'host') throw new PilotUsageError('--memory', `must be xen or host, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** `--end`: an ISO 8601 time with its zone; answers ms since the epoch. */
+export function endOption(v: string | undefined, now = Date.now()): number {
+  if (v === undefined) throw new PilotUsageError('--end', 'required (the slot\'s end, ISO 8601, e.g. 2026-12-01T18:00:00Z)');
+  if (!/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/.test(v)) throw new PilotUsageError('--end', `must be ISO 8601 with a zone (e.g. 2026-12-01T18:00:00Z), got ${JSON.stringify(v)}`);
+  const t = Date.parse(v);
+  // Date.parse rolls Feb 30 over into March: check the calendar fields themselves.
+  const [y, mo, d, h, mi, se] = v.split(/[-T:.Z+]/).map(Number);
+  const day = new Date(Date.UTC(y, mo - 1, d));
+  const real = day.getUTCFullYear() === y && day.getUTCMonth() === mo - 1 && day.getUTCDate() === d && h < 24 && mi < 60 && (Number.isNaN(se) || se < 60);
+  if (Number.isNaN(t) || !real) throw new PilotUsageError('--end', `not a real time: ${JSON.stringify(v)}`);
+  if (t <= now) throw new PilotUsageError('--end', `${v} is already past`);
+  return t;
+}
+
+/** An absolute path option. */
+export function pathOption(option: string, v: string): string {
+  if (!isAbsolute(v)) throw new PilotUsageError(option, `must be an absolute path, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** `--api`: the vws API's base URL. */
+export function apiOption(v: string | undefined): string {
+  if (v === undefined) throw new PilotUsageError('--api', 'required (vws\'s API, e.g. http://10.213.0.1:8080)');
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    throw new PilotUsageError('--api', `not a URL: ${JSON.stringify(v)}`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new PilotUsageError('--api', `must be http or https, got ${u.protocol}`);
+  return v;
+}
+
+/** `--secret-file`: the shared pilot secret (at least 16 bytes). The secret itself is never printed. */
+export function readSecretOption(file: string | undefined): string {
+  if (file === undefined) throw new PilotUsageError('--secret-file', 'required (the site\'s pilot secret, `pilot.secretFile`)');
+  let text: string;
+  try {
+    text = readFileSync(pathOption('--secret-file', file), 'utf8').trim();
+  } catch (e) {
+    if (e instanceof PilotUsageError) throw e;
+    throw new PilotUsageError('--secret-file', `cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  if (Buffer.byteLength(text) < 16) throw new PilotUsageError('--secret-file', `${file} holds fewer than 16 bytes`);
+  return text;
+}
+
+/** `--ssh NODE=HOST` (repeatable) into a map. */
+export function sshHostsOption(values: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const v of values) {
+    const m = /^([a-z][a-z0-9-]{0,30})=([A-Za-z0-9.:_-]+)$/.exec(v);
+    if (!m) throw new PilotUsageError('--ssh', `must be NODE=HOST, got ${JSON.stringify(v)}`);
+    out[m[1]] = m[2];
+  }
+  return out;
+}

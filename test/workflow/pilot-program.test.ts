@@ -1,0 +1,427 @@
+/**
+ * The real pilot program (`dist/pilot/main.js run`) as a real Slurm batch job on the testbed's node
+ * vmm1, notifying the real `POST /pilot/notifications` route, which delivers to a recorder workflow on
+ * the dev server under the slot's workflow id. Scenarios: a normal slot (reserved, then unreserving,
+ * signed and in order; the reservation exists while reserved and is gone after; the job ends before its
+ * limit), scancel while reserved (early-unreserving, exit within KillWait, memory restored, lock gone),
+ * a second pilot on the node (refused at once, touching nothing), Slurm's USR1 (handled as SIGTERM),
+ * and vws unreachable (the node is handed back on time all the same).
+ *
+ * Each pilot uses a node directory of its own inside vmm1 (`/var/lib/vws/node/<prefix>-pilot`), so its
+ * "destroy every vws VM on the node" can never reach the VMs of other tests running on vmm1.
+ * Needs: the dev server (TEMPORAL_ADDRESS), the testbed (Slurm, vmm1), and a fresh `dist/`.
+ */
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { Worker } from '@temporalio/worker';
+import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
+import type { BatchJobStatus } from '../../src/activities/lrm/types';
+import { createApp } from '../../src/api/app';
+import { ApiMetrics } from '../../src/api/metrics';
+import { AllocatorClient } from '../../src/clients/allocator';
+import { pilotSlotWorkflowId } from '../../src/config/names';
+import type { VwsConfig } from '../../src/config/schema';
+import type { PilotNotification } from '../../src/domain/messages';
+import { LocalExecutor } from '../../src/exec/local';
+import { receivedQuery, stopSignal } from '../fixtures/pilot-recorder-workflows';
+import { connect, testConfig, type TestConnections } from '../helpers/temporal';
+
+jest.setTimeout(240_000);
+
+const TB = process.env.VWS_TESTBED_DIR ?? '/var/lib/vws/testbed';
+const SLURM_CONF = join(TB, 'slurm', 'slurm.conf');
+const NODE = 'vmm1';
+/** vmm1's node directory as the head sees it (inside vmm1 it is /var/lib/vws/node). */
+const NODE_DIR_ON_HEAD = join(TB, 'hosts', NODE, 'node');
+const MAIN = resolve(__dirname, '../../dist/pilot/main.js');
+/** The testbed's KillWait (slurm.conf). */
+const KILL_WAIT_S = 5;
+const CONFIGURED_MIB = 4096;
+const RESERVE_MIB = 64;
+
+let conn: TestConnections;
+let config: VwsConfig;
+let stateDir: string;
+let worker: Worker;
+let running: Promise<void>;
+let server: Server;
+let apiUrl: string;
+let slurm: SlurmBatchSystem;
+/** The pilots' node directory: inside vmm1, and the same directory seen from the head. */
+let pilotDir: string;
+let pilotDirOnHead: string;
+const slots: string[] = [];
+const timings: Record<string, number> = {};
+
+const recorderQueue = () => `${config.temporal.prefix}-pilot-recorder`;
+const jobPrefix = () => `${config.temporal.prefix}-pilot`;
+const lockOnHead = () => join(pilotDirOnHead, 'pilot', 'pilot.lock');
+const reservationOnHead = () => join(pilotDirOnHead, 'pilot', 'reserved-memory.json');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const run = promisify(execFile);
+const TESTBED = resolve(__dirname, '../../testbed/testbed.sh');
+const BOOT_VM = resolve(__dirname, '../fixtures/boot-pilot-vm.js');
+/** VMs this test booted (killed in afterAll if a scenario failed before the pilot destroyed them). */
+const vms: string[] = [];
+
+/** Boots a real QEMU VM in vmm1, in the pilots' node directory, through vws's own QEMU driver. */
+async function bootVmOnNode(name: string): Promise<void> {
+  vms.push(name);
+  const r = await run(TESTBED, ['exec', NODE, '--', process.execPath, BOOT_VM, pilotDir, name], { timeout: 60_000 });
+  expect(r.stdout.trim()).toBe(name);
+}
+
+/** True while a QEMU process of `name` runs (anywhere on this machine: the namespaces share the pid space). */
+async function qemuRuns(name: string): Promise<boolean> {
+  try {
+    await run('pgrep', ['-f', `qemu-system.*${name}`]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function startRecorder(slotId: string): Promise<void> {
+  slots.push(slotId);
+  await conn.client.workflow.start('pilotRecorderWorkflow', { taskQueue: recorderQueue(), workflowId: pilotSlotWorkflowId(config, slotId) });
+}
+
+async function received(slotId: string): Promise<PilotNotification[]> {
+  return conn.client.workflow.getHandle(pilotSlotWorkflowId(config, slotId)).query(receivedQuery);
+}
+
+/** Polls `f` until it answers something truthy, or fails after `ms` naming `what`. */
+async function waitFor<T>(what: string, ms: number, f: () => Promise<T | undefined | null | false>): Promise<T> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > until) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+/** A URL on the bridge where nobody listens (a port just freed). */
+async function deadApi(): Promise<string> {
+  const probe = createServer();
+  await new Promise<void>((r) => probe.listen(0, '10.213.0.1', r));
+  const url = `http://10.213.0.1:${(probe.address() as AddressInfo).port}`;
+  await new Promise<void>((r) => probe.close(() => r()));
+  return url;
+}
+
+interface PilotJob {
+  slotId: string;
+  jobId: string;
+  submittedAt: number;
+  output: string;
+}
+
+/** Submits `dist/pilot/main.js run` as a Slurm job pinned to vmm1. */
+async function submitPilot(o: { slotId: string; endInS: number; api?: string; marginS?: number; extra?: string[]; minutes?: number }): Promise<PilotJob> {
+  const name = `${jobPrefix()}-${o.slotId}`;
+  const argv = [
+    process.execPath,
+    MAIN,
+    'run',
+    '--slot', o.slotId,
+    '--node', NODE,
+    '--api', o.api ?? apiUrl,
+    '--secret-file', config.pilot!.secretFile,
+    '--reserve-mib', String(RESERVE_MIB),
+    '--memory', 'host',
+    '--configured-mib', String(CONFIGURED_MIB),
+    '--end', new Date(Date.now() + o.endInS * 1000).toISOString(),
+    '--margin-seconds', String(o.marginS ?? 5),
+    '--grace-seconds', String(KILL_WAIT_S),
+    '--grace-ratio', '0.5',
+    '--pilot-needs-seconds', '1.5',
+    '--notify-seconds', '10',
+    '--node-dir', pilotDir,
+    ...(o.extra ?? []),
+  ];
+  const output = `${pilotDir}/${name}.out`;
+  const submittedAt = Date.now();
+  const { jobId } = await slurm.submit({
+    name,
+    command: { kind: 'argv', argv },
+    node: NODE,
+    walltimeSeconds: (o.minutes ?? 3) * 60,
+    // Slurm's own "your time is nearly up" (it may come up to a minute early): the pilot treats it as SIGTERM.
+    signalBeforeEnd: { signal: 'USR1', seconds: 60 },
+    outputFile: output,
+    workDir: '/tmp',
+  });
+  return { slotId: o.slotId, jobId, submittedAt, output: join(pilotDirOnHead, `${name}.out`) };
+}
+
+/** The pilot's JSON log lines so far. */
+function logLines(job: PilotJob): Array<Record<string, unknown>> {
+  if (!existsSync(job.output)) return [];
+  return readFileSync(job.output, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+const lineOf = (job: PilotJob, step: string) => logLines(job).find((l) => l.step === step);
+
+async function ended(job: PilotJob, ms: number): Promise<Extract<BatchJobStatus, { state: 'ended' }>> {
+  return waitFor(`job ${job.jobId} to end`, ms, async () => {
+    const s = await slurm.status(job.jobId);
+    return s.state === 'ended' ? s : undefined;
+  });
+}
+
+/** The node is clean: no reservation file and no lock. */
+function expectNodeClean(): void {
+  expect(existsSync(reservationOnHead())).toBe(false);
+  expect(existsSync(lockOnHead())).toBe(false);
+}
+
+beforeAll(async () => {
+  expect(existsSync(MAIN)).toBe(true); // npx tsc -p tsconfig.build.json first
+  conn = await connect();
+  // Under /tmp: the same files inside vmm1's mount namespace, so the pilot reads the secret there.
+  stateDir = mkdtempSync(join(tmpdir(), 'vws-pilot-program-'));
+  config = testConfig({ stateDir, pilot: { secretFile: join(stateDir, 'secrets', 'pilot.secret') }, reconciler: { enabled: false } });
+  pilotDir = `/var/lib/vws/node/${config.temporal.prefix}-pilot`;
+  pilotDirOnHead = join(NODE_DIR_ON_HEAD, `${config.temporal.prefix}-pilot`);
+  mkdirSync(pilotDirOnHead, { recursive: true });
+  slurm = new SlurmBatchSystem(new LocalExecutor(), { slurmConf: SLURM_CONF });
+  worker = await Worker.create({
+    connection: conn.native,
+    namespace: config.temporal.namespace,
+    taskQueue: recorderQueue(),
+    workflowsPath: require.resolve('../fixtures/pilot-recorder-workflows'),
+  });
+  running = worker.run();
+  const metrics = new ApiMetrics({ config, client: conn.client, allocator: new AllocatorClient(conn.client, config), cacheMs: 60_000 });
+  const app = createApp({ config, client: conn.client, clientTokens: () => [], nodeTokens: () => [], metrics });
+  // On the testbed's bridge: the pilot runs inside vmm1's network namespace.
+  server = createServer(app);
+  await new Promise<void>((r) => server.listen(0, '10.213.0.1', r));
+  apiUrl = `http://10.213.0.1:${(server.address() as AddressInfo).port}`;
+});
+
+afterEach(async () => {
+  // Nothing of this test may stay in Slurm, whatever happened.
+  for (const j of await slurm.listByPrefix(jobPrefix())) await slurm.cancel(j.jobId);
+  await waitFor('no live pilot job', 20_000, async () => (await slurm.listByPrefix(jobPrefix())).length === 0);
+  expectNodeClean();
+});
+
+afterAll(async () => {
+  for (const name of vms) {
+    if (await qemuRuns(name)) await run('pkill', ['-KILL', '-f', `qemu-system.*${name}`]).catch(() => undefined);
+  }
+  for (const slot of slots) await conn.client.workflow.getHandle(pilotSlotWorkflowId(config, slot)).signal(stopSignal).catch(() => undefined);
+  server?.close();
+  worker?.shutdown();
+  await running;
+  await conn.close();
+  rmSync(pilotDirOnHead, { recursive: true, force: true });
+  rmSync(stateDir, { recursive: true, force: true });
+  // Measured timings, for the notes.
+  console.log(`pilot-program timings (ms): ${JSON.stringify(timings)}`);
+});
+
+describe('the pilot program as a Slurm job on vmm1', () => {
+  it('normal slot: reserved then unreserving arrive signed and in order; reservation held during, gone after; ends before its limit', async () => {
+    const slotId = 'normal';
+    await startRecorder(slotId);
+    const job = await submitPilot({ slotId, endInS: 40 });
+    const reserved = await waitFor('reserved notification', 30_000, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
+    timings.normalSubmitToReservedDelivered = Date.parse(reserved.receivedAt) - job.submittedAt;
+    // Delivered through the API means the HMAC and timestamp checked out; the message says what was reserved.
+    expect(reserved).toMatchObject({ slotId, node: NODE, memoryMiB: RESERVE_MIB, via: 'http' });
+    expect(JSON.parse(readFileSync(reservationOnHead(), 'utf8'))).toMatchObject({ reservedMiB: RESERVE_MIB });
+    expect(JSON.parse(readFileSync(lockOnHead(), 'utf8'))).toMatchObject({ slotId });
+
+    const end = await ended(job, 60_000);
+    const events = (await received(slotId)).map((n) => n.event);
+    expect(events).toEqual(['reserved', 'unreserving']);
+    expect(end).toMatchObject({ outcome: 'completed', exitCode: 0 });
+    // Well before Slurm's 3-minute limit: the pilot left on its own at end − margin.
+    expect(Date.now() - job.submittedAt).toBeLessThan(60_000);
+    expectNodeClean();
+    const lines = logLines(job);
+    expect(lines.map((l) => l.step)).toEqual(expect.arrayContaining(['lock', 'reserve', 'notified', 'sleep', 'restore', 'exit']));
+    expect(lines.find((l) => l.step === 'restore')).toMatchObject({ targetMiB: CONFIGURED_MIB, reachedMiB: CONFIGURED_MIB });
+    expect(lines.find((l) => l.step === 'exit')).toMatchObject({ endReason: 'completed', exitCode: 0, lockReleased: true });
+    // The secret never appears in the log.
+    expect(readFileSync(job.output, 'utf8')).not.toContain(readFileSync(config.pilot!.secretFile, 'utf8').trim());
+    timings.reservedNotificationLatency = lineOf(job, 'notified')!.latencyMs as number;
+    timings.normalTotal = lineOf(job, 'exit')!.totalMs as number;
+  });
+
+  it('scancel while reserved: a second pilot is refused meanwhile; early-unreserving arrives; exit within KillWait; memory and lock gone', async () => {
+    const slotId = 'cancelled';
+    await startRecorder(slotId);
+    const job = await submitPilot({ slotId, endInS: 150 });
+    await waitFor('reserved notification', 30_000, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
+    const heldBy = readFileSync(lockOnHead(), 'utf8');
+    const reservation = readFileSync(reservationOnHead(), 'utf8');
+
+    // A second pilot on the same node: refused at once, non-zero, nothing touched.
+    await startRecorder('second');
+    const second = await submitPilot({ slotId: 'second', endInS: 150 });
+    const secondEnd = await ended(second, 30_000);
+    expect(secondEnd).toMatchObject({ outcome: 'failed', exitCode: 4 });
+    expect(lineOf(second, 'lock')).toMatchObject({ level: 50, holder: { slotId } });
+    expect(String(lineOf(second, 'lock')!.msg)).toMatch(/refusing to run: .*pilot\.lock is held by pid \d+ \(slot cancelled\)/);
+    expect(readFileSync(lockOnHead(), 'utf8')).toBe(heldBy);
+    expect(readFileSync(reservationOnHead(), 'utf8')).toBe(reservation);
+    expect(await received('second')).toEqual([]);
+
+    const cancelledAt = Date.now();
+    await slurm.cancel(job.jobId);
+    const early = await waitFor('early-unreserving', KILL_WAIT_S * 1000, async () => (await received(slotId)).find((n) => n.event === 'early-unreserving'));
+    timings.scancelToEarlyUnreservingDelivered = Date.parse(early.receivedAt) - cancelledAt;
+    await waitFor('the lock to go', KILL_WAIT_S * 1000, async () => !existsSync(lockOnHead()));
+    timings.scancelToLockGoneObserved = Date.now() - cancelledAt;
+    const end = await ended(job, 20_000);
+    expect(end.outcome).toBe('cancelled');
+    expectNodeClean();
+    const exit = lineOf(job, 'exit')!;
+    expect(exit).toMatchObject({ endReason: 'early-unreserved', exitCode: 0, signal: 'SIGTERM', lockReleased: true });
+    expect(exit.sinceSignalMs as number).toBeLessThan(KILL_WAIT_S * 1000);
+    timings.sigtermToPilotExit = exit.sinceSignalMs as number;
+    expect((await received(slotId)).map((n) => n.event)).toEqual(['reserved', 'early-unreserving']);
+  });
+
+  it("Slurm's USR1 (--signal=B:USR1@N, here sent by hand) is handled like SIGTERM", async () => {
+    const slotId = 'usr1';
+    await startRecorder(slotId);
+    const job = await submitPilot({ slotId, endInS: 150 });
+    await waitFor('reserved notification', 30_000, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
+    await slurm.cancel(job.jobId, { signal: 'USR1' });
+    const end = await ended(job, 15_000);
+    expect(end).toMatchObject({ outcome: 'completed', exitCode: 0 });
+    expect(lineOf(job, 'exit')).toMatchObject({ endReason: 'early-unreserved', signal: 'SIGUSR1' });
+    expect((await received(slotId)).map((n) => n.event)).toEqual(['reserved', 'early-unreserving']);
+    expectNodeClean();
+  });
+
+  it('scancel with a VM left on the node: vws does not trash it (recorder), so the pilot destroys it itself within KillWait', async () => {
+    const slotId = 'leftover';
+    const vm = 'ws-00000001a701';
+    await startRecorder(slotId);
+    const job = await submitPilot({ slotId, endInS: 150 });
+    await waitFor('reserved notification', 30_000, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
+    await bootVmOnNode(vm);
+    expect(await qemuRuns(vm)).toBe(true);
+    const cancelledAt = Date.now();
+    await slurm.cancel(job.jobId);
+    const end = await ended(job, 20_000);
+    expect(end.outcome).toBe('cancelled');
+    expect(await qemuRuns(vm)).toBe(false);
+    expectNodeClean();
+    const exit = lineOf(job, 'exit')!;
+    expect(exit).toMatchObject({ endReason: 'early-unreserved', exitCode: 0, signal: 'SIGTERM' });
+    expect(exit.sinceSignalMs as number).toBeLessThan(KILL_WAIT_S * 1000);
+    expect(lineOf(job, 'destroy')).toMatchObject({ destroyed: [vm], failed: [] });
+    // vws's share of the grace (ratio 0.5 of 5 s) was waited out, since the VM was still there.
+    expect(lineOf(job, 'grace') ).toMatchObject({ vwsMs: 2500 });
+    timings.sigtermToPilotExitWithLeftoverVm = exit.sinceSignalMs as number;
+    timings.scancelToJobEndedObservedWithVm = Date.now() - cancelledAt;
+    expect((await received(slotId)).map((n) => n.event)).toEqual(['reserved', 'early-unreserving']);
+  });
+
+  it('reset after a pilot was SIGKILLed: stale lock and reservation removed, memory exact; a second reset changes nothing', async () => {
+    const slotId = 'killed';
+    await startRecorder(slotId);
+    const job = await submitPilot({ slotId, endInS: 150 });
+    await waitFor('reserved notification', 30_000, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
+    // SIGKILL of the pilot process itself (`scancel --signal=KILL` would not do: Slurm turns it into a
+    // normal cancel, SIGTERM first). The testbed's hosts share the head's pid namespace.
+    process.kill(lineOf(job, 'start')!.pid as number, 'SIGKILL');
+    await ended(job, 20_000);
+    // What a node looks like after a crash or a power cut: the dead pilot's lock and reservation.
+    expect(existsSync(lockOnHead())).toBe(true);
+    expect(existsSync(reservationOnHead())).toBe(true);
+    const reset = () => run(TESTBED, ['exec', NODE, '--', process.execPath, MAIN, 'reset', '--node', NODE, '--memory', 'host', '--configured-mib', String(CONFIGURED_MIB), '--node-dir', pilotDir], { timeout: 60_000 });
+    const first = JSON.parse((await reset()).stdout.trim().split('\n').pop()!);
+    expect(first).toMatchObject({ step: 'reset', destroyed: [], failed: [], memoryBeforeMiB: CONFIGURED_MIB - RESERVE_MIB, memoryAfterMiB: CONFIGURED_MIB });
+    expectNodeClean();
+    const second = JSON.parse((await reset()).stdout.trim().split('\n').pop()!);
+    expect(second).toMatchObject({ step: 'reset', destroyed: [], memoryBeforeMiB: CONFIGURED_MIB, memoryAfterMiB: CONFIGURED_MIB });
+    expectNodeClean();
+  });
+
+  it('kill-all (over SSH, from the head) destroys the VMs and resets memory under a live pilot; the pilot then ends cleanly', async () => {
+    const slotId = 'killall';
+    const vm = 'ws-00000001a702';
+    await startRecorder(slotId);
+    const job = await submitPilot({ slotId, endInS: 150 });
+    await waitFor('reserved notification', 30_000, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
+    await bootVmOnNode(vm);
+    const siteConfig = join(stateDir, 'site.yaml');
+    writeFileSync(
+      siteConfig,
+      JSON.stringify({
+        nodes: [{ name: NODE, memoryMiB: CONFIGURED_MIB, cpus: 4, driver: 'qemu', agent: 'ssh', ssh: { host: '10.213.0.11' } }],
+        node: { dir: pilotDir },
+        ssh: { keyFile: join(TB, 'ssh', 'id_ed25519'), knownHostsFile: join(TB, 'ssh', 'known_hosts') },
+      }),
+    );
+    const t0 = Date.now();
+    const out = await run(process.execPath, [MAIN, 'kill-all', '--config', siteConfig], { timeout: 120_000 });
+    timings.killAllOneNode = Date.now() - t0;
+    const lines = out.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.find((l) => l.step === 'kill-all-node')).toMatchObject({ node: NODE, ok: true, where: expect.stringContaining('10.213.0.11'), destroyed: [vm], memoryBeforeMiB: CONFIGURED_MIB - RESERVE_MIB, memoryAfterMiB: CONFIGURED_MIB });
+    expect(lines.find((l) => l.step === 'kill-all')).toMatchObject({ nodes: 1, failed: [] });
+    expect(await qemuRuns(vm)).toBe(false);
+    expect(existsSync(reservationOnHead())).toBe(false);
+    // The pilot still holds its lock; cancelling it hands the rest back (nothing left to do but release).
+    expect(existsSync(lockOnHead())).toBe(true);
+    await slurm.cancel(job.jobId);
+    await ended(job, 20_000);
+    expect(lineOf(job, 'exit')).toMatchObject({ endReason: 'early-unreserved', exitCode: 0 });
+    expectNodeClean();
+  });
+
+  it('vws unreachable and scancel: the pilot hands the node back within KillWait all the same', async () => {
+    const slotId = 'unreachable-cancelled';
+    const job = await submitPilot({ slotId, endInS: 150, api: await deadApi() });
+    await waitFor('the reservation', 20_000, async () => existsSync(reservationOnHead()) && lineOf(job, 'sleep'));
+    await slurm.cancel(job.jobId);
+    const end = await ended(job, 20_000);
+    expect(end.outcome).toBe('cancelled');
+    const exit = lineOf(job, 'exit')!;
+    expect(exit).toMatchObject({ endReason: 'early-unreserved', exitCode: 0, signal: 'SIGTERM' });
+    expect(exit.sinceSignalMs as number).toBeLessThan(KILL_WAIT_S * 1000);
+    expect(logLines(job).find((l) => l.step === 'notify' && l.event === 'early-unreserving')).toMatchObject({ result: 'gave-up' });
+    timings.sigtermToPilotExitVwsUnreachable = exit.sinceSignalMs as number;
+    expectNodeClean();
+  });
+
+  it('vws unreachable: the pilot still reserves, holds and hands the node back on time, memory restored', async () => {
+    const slotId = 'unreachable';
+    await startRecorder(slotId);
+    const endInS = 25;
+    const job = await submitPilot({ slotId, endInS, api: await deadApi() });
+    const endAt = Date.now() + endInS * 1000;
+    await waitFor('the reservation', 20_000, async () => existsSync(reservationOnHead()));
+    expect(JSON.parse(readFileSync(reservationOnHead(), 'utf8'))).toMatchObject({ reservedMiB: RESERVE_MIB });
+    const end = await ended(job, 45_000);
+    expect(end).toMatchObject({ outcome: 'completed', exitCode: 0 });
+    // On time: before the slot's end (it starts unreserving 5 s before it).
+    const exit = lineOf(job, 'exit')!;
+    expect(Date.parse(String(exit.time))).toBeLessThan(endAt);
+    timings.unreachableExitBeforeEndMs = endAt - Date.parse(String(exit.time));
+    expect(logLines(job).filter((l) => l.step === 'notify').map((l) => [l.event, l.result])).toEqual([
+      ['reserved', 'gave-up'],
+      ['unreserving', 'gave-up'],
+    ]);
+    expect(lineOf(job, 'restore')).toMatchObject({ reachedMiB: CONFIGURED_MIB });
+    expect(await received(slotId)).toEqual([]);
+    expectNodeClean();
+  });
+});
