@@ -188,7 +188,8 @@ describe('the vws CLI on a real VM', () => {
     expect(progressLines(destroyed.stderr).pop()).toMatch(/ {2}Cancelled {2}copied [\d.]+ MiB$/);
     expect(destroyed.stderr).not.toContain('live events unavailable');
 
-    // Nothing is left: no VM, tap, DHCP entry or lease, files, and no grant.
+    // Nothing is left: no VM, tap, DHCP entry or lease, nft table, files, and no grant (tests run serially,
+    // so anything new on vmm1 since the stack started is this test's).
     expect(await stack.leftovers()).toEqual([]);
     expect(await stack.grants()).toEqual([]);
     expect(await stack.vmStatus(id!)).toBe('absent');
