@@ -13,48 +13,28 @@
  * guest to ask for a lease, so on these nodes the entry activities record entries and `waitForLease`
  * answers the entry's address at once, as a guest's DHCP would; no DHCP server runs. Never a default.
  */
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { Worker } from '@temporalio/worker';
-import { createNodeActivities } from '../src/activities/node';
-import type { DhcpEntryInput, WaitForLeaseInput } from '../src/activities/network/dhcp';
-import { headTaskQueue, nodeTaskQueue, workspaceRouting } from '../src/config/names';
+import type { Worker } from '@temporalio/worker';
+import { headTaskQueue, workspaceRouting } from '../src/config/names';
 import type { VwsConfig } from '../src/config/schema';
 import type { EnsembleInput } from '../src/domain/groups';
 import { describeQuery, destroyUpdate, ensembleDescribeQuery, ensembleDestroyUpdate, ensembleDoneUpdate, ensembleRegisterUpdate, VwsOwner, VwsState } from '../src/domain/messages';
 import type { ResolvedImage, WorkspaceInput, WorkspaceSpec } from '../src/domain/workspace';
 import { memberSpec } from '../test/helpers/member-spec';
-import { LocalExecutor } from '../src/exec/local';
 import { stageLocalFile } from '../src/repository';
 import { createHeadWorker } from '../src/workers/head';
 import type { ensembleWorkflow } from '../src/workflows/ensemble';
 import type { workspaceWorkflow } from '../src/workflows/workspace';
 import { connect, testConfig, workflowBundle, type TestConnections } from '../test/helpers/temporal';
+import { createBenchNodeWorkers } from './helpers';
 
 const OWNER = '/O=Grid/OU=bench/CN=bench';
 const NODES = Number(process.env.VWS_BENCH_ENSEMBLE_NODES ?? 10);
 const MEMBERS = 100;
 const LIFECYCLE_SECONDS = Number(process.env.VWS_BENCH_LIFECYCLE_SECONDS ?? 30);
 const LANES = Number(process.env.VWS_BENCH_LANES ?? 16);
-
-/** DHCP on a bench node: no guest asks, so the lease is the entry's own address (see the file comment). */
-function benchDhcp() {
-  const entries = new Map<string, string>();
-  return {
-    async addDhcpEntry(input: DhcpEntryInput): Promise<void> {
-      entries.set(input.entry.mac, input.entry.ip);
-    },
-    async removeDhcpEntry(input: DhcpEntryInput): Promise<void> {
-      entries.delete(input.entry.mac);
-    },
-    async waitForLease(input: WaitForLeaseInput): Promise<string> {
-      const ip = entries.get(input.mac);
-      if (!ip) throw new Error(`no DHCP entry for ${input.mac}`);
-      return ip;
-    },
-  };
-}
 
 let conn: TestConnections;
 let config: VwsConfig;
@@ -78,23 +58,7 @@ beforeAll(async () => {
   image = await stageLocalFile(config, 'tiny', raw);
   const bundle = await workflowBundle();
   workers.push(await createHeadWorker({ config, connection: conn.native, client: conn.client, workflowBundle: bundle }));
-  for (const node of nodeNames) {
-    const nodeDir = join(dir, `node-${node}`);
-    mkdirSync(nodeDir);
-    const nodeConfig = { ...config, node: { ...config.node, dir: nodeDir } };
-    workers.push(
-      await Worker.create({
-        connection: conn.native,
-        namespace: config.temporal.namespace,
-        taskQueue: nodeTaskQueue(config, node),
-        activities: {
-          ...createNodeActivities({ config: nodeConfig, node, exec: new LocalExecutor(), repositoryToken: () => '', localRepositoryDir: config.repository.dir }),
-          ...benchDhcp(),
-        },
-        maxConcurrentActivityTaskExecutions: 8,
-      }),
-    );
-  }
+  workers.push(...(await createBenchNodeWorkers({ config, connection: conn.native, nodes: nodeNames, dir })));
   for (const w of workers) runs.push(w.run());
 });
 

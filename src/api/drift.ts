@@ -20,7 +20,7 @@ export interface DriftRouteDeps {
 }
 
 /** Reads the listing; before the first run there is none, which is an empty listing, not an error. */
-async function readListing(config: VwsConfig): Promise<DriftListing> {
+export async function readListing(config: VwsConfig): Promise<DriftListing> {
   try {
     const listing = JSON.parse(await readFile(join(config.stateDir, RECONCILE_DIR, DRIFT_FILE), 'utf8')) as DriftListing;
     // Every kind is present, even one an older file never counted.

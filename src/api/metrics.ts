@@ -15,6 +15,7 @@ import type { NodeUse } from '../domain/messages';
 import { WORKSPACE_STATES } from '../domain/states';
 import { log } from '../log';
 import { routeOf } from './openapi';
+import { readListing } from './drift';
 
 /** What the metrics read. */
 export interface MetricsDeps {
@@ -46,7 +47,7 @@ export class ApiMetrics {
   /** Temporal reads so far (each one a visibility count or a query); tests check the cache with it. */
   temporalReads = 0;
 
-  constructor(private readonly deps: MetricsDeps) {
+  constructor(readonly deps: MetricsDeps) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
     this.requests = new Counter({
@@ -97,6 +98,17 @@ export class ApiMetrics {
           for (const n of s.nodes ?? []) this.set({ node: n.name }, value(n));
         },
       });
+    new Gauge({
+      name: 'vws_reconcile_drift',
+      help: "Drift the reconciler found and put right since the installation's first run, by kind (its drift listing)",
+      labelNames: ['kind'],
+      registers,
+      async collect() {
+        const listing = await readListing(self.deps.config).catch(() => null);
+        this.reset();
+        for (const [kind, n] of Object.entries(listing?.totals ?? {})) this.set({ kind }, n);
+      },
+    });
     perNode('vws_node_memory_capacity_mib', "A node's memory for workspaces, in MiB", (n) => n.memoryMiB);
     perNode('vws_node_memory_used_mib', 'Memory granted to live workspaces on a node, in MiB', (n) => n.usedMemoryMiB);
     perNode('vws_node_vcpus_capacity', "A node's CPUs for workspaces", (n) => n.cpus);

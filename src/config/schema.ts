@@ -374,6 +374,17 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Where workers serve the Temporal SDK's worker metrics and vws's activity counters (Prometheus,
+     * `host:port`, path /metrics). Off unless set: several workers on one host need distinct ports.
+     */
+    telemetry: z
+      .object({
+        headWorkerMetrics: z.string().regex(/^[^\s:]+:\d{1,5}$/, 'a host:port to listen on, e.g. 127.0.0.1:9464').optional(),
+        nodeWorkerMetrics: z.string().regex(/^[^\s:]+:\d{1,5}$/, 'a host:port to listen on, e.g. 0.0.0.0:9465').optional(),
+      })
+      .strict()
+      .prefault({}),
     api: z
       .object({
         host: z.string().default('0.0.0.0'),

@@ -71,8 +71,8 @@ export function createHeadWorker(o: HeadWorkerOptions): Promise<Worker> {
 }
 
 async function main(): Promise<void> {
-  installRuntime();
   const config = loadConfig();
+  installRuntime({ metricsAddress: config.telemetry.headWorkerMetrics });
   const connection = await NativeConnection.connect({ address: config.temporal.address });
   const clientConnection = await Connection.connect({ address: config.temporal.address });
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });

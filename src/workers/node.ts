@@ -42,8 +42,8 @@ export function createNodeWorker(o: {
 }
 
 async function main(): Promise<void> {
-  installRuntime();
   const config = loadConfig();
+  installRuntime({ metricsAddress: config.telemetry.nodeWorkerMetrics });
   const node = process.env.VWS_NODE;
   if (!node) throw new Error('set VWS_NODE to this node\'s name (one of: ' + config.nodes.map((n) => n.name).join(', ') + ')');
   const connection = await NativeConnection.connect({ address: config.temporal.address });

@@ -24,9 +24,19 @@ export const sdkLogger: Logger = {
   error: (m, meta) => log.error({ temporal: meta }, m),
 };
 
-/** Installs the SDK runtime with {@link sdkLogger}; once per process, before any worker is created. */
-export function installRuntime(): void {
+/**
+ * Installs the SDK runtime with {@link sdkLogger}; once per process, before any worker is created.
+ * With `metricsAddress` (host:port) the SDK serves its worker metrics (task latencies, slots, polls,
+ * sticky cache) and vws's own activity counters in the Prometheus format at http://<address>/metrics.
+ */
+export function installRuntime(opts: { metricsAddress?: string } = {}): void {
   const level = (process.env.VWS_LOG_LEVEL ?? 'info').toUpperCase();
   const coreLevel = (['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR'].includes(level) ? level : 'INFO') as LogLevel;
-  Runtime.install({ logger: sdkLogger, telemetryOptions: { logging: { filter: { core: coreLevel, other: 'WARN' }, forward: {} } } });
+  Runtime.install({
+    logger: sdkLogger,
+    telemetryOptions: {
+      logging: { filter: { core: coreLevel, other: 'WARN' }, forward: {} },
+      ...(opts.metricsAddress ? { metrics: { prometheus: { bindAddress: opts.metricsAddress, countersTotalSuffix: true } } } : {}),
+    },
+  });
 }

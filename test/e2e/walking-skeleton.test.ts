@@ -9,8 +9,11 @@ import { workspaceWorkflowId } from '../../src/config/names';
 import { eventually, exec, startStack, type Stack } from '../helpers/stack';
 
 let stack: Stack;
+const VMM1 = '10.213.0.11';
+const METRICS_PORT = 9465;
 beforeAll(async () => {
-  stack = await startStack({ label: 'walking-skeleton', first: '10.213.0.200', last: '10.213.0.209' });
+  // The node worker serves its Temporal SDK metrics (and vws's activity counters) inside vmm1.
+  stack = await startStack({ label: 'walking-skeleton', first: '10.213.0.200', last: '10.213.0.209', config: { telemetry: { nodeWorkerMetrics: `${VMM1}:${METRICS_PORT}` } } });
 });
 afterAll(async () => {
   await stack?.stop();
@@ -57,6 +60,13 @@ describe('the walking skeleton', () => {
     expect(running.network!.ip).toBe('10.213.0.200');
     expect(running.obtainedIp).toBe(running.network!.ip);
     expect((running.links as { temporalUi: string }).temporalUi).toContain(encodeURIComponent(workspaceWorkflowId(stack.config, id)));
+
+    // The node worker's metrics: the SDK's own (activities it ran), and the bytes it propagated if any.
+    const metrics = await (await fetch(`http://${VMM1}:${METRICS_PORT}/metrics`)).text();
+    expect(metrics).toMatch(/^temporal_activity_execution_latency_count\{[^}]*activity_type="bootVm"[^}]*task_queue="[^"]*-node\.vmm1"[^}]*\} 1$/m);
+    const copied = (running.propagation as { bytesCopied: number } | undefined)?.bytesCopied ?? 0;
+    const counted = /^vws_propagation_bytes_total\{[^}]*\} (\d+)/m.exec(metrics);
+    expect(counted ? Number(counted[1]) : 0).toBe(copied);
 
     // The VM answers from the head, through the head bridge and vmm1's br0.
     const ping = await exec.run(['ping', '-c', '1', '-W', '3', running.network!.ip], { okCodes: [0, 1] });

@@ -6,6 +6,7 @@
  * uses the `squeue` CLI directly, so a bug in the adapter cannot hide a leaked job.
  */
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +14,6 @@ import { ApplicationFailure } from '@temporalio/common';
 import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
 import type { BatchJobStatus, PilotJobRequest } from '../../src/activities/lrm/types';
 import { LocalExecutor } from '../../src/exec/local';
-import { uniquePrefix } from '../helpers/temporal';
 
 const TB = process.env.VWS_TESTBED_DIR ?? '/var/lib/vws/testbed';
 /** The testbed's slurm.conf (what `eval "$(testbed/testbed.sh env)"` exports as SLURM_CONF). */
@@ -56,6 +56,9 @@ async function waitState(jobId: string, states: Array<BatchJobStatus['state']>, 
   await waitFor(`job ${jobId} to be ${states.join('/')} (last: ${JSON.stringify(last)})`, async () => states.includes((last = await slurm.status(jobId)).state), timeoutMs);
   return last!;
 }
+
+/** Like test/helpers' uniquePrefix, without importing that module (it installs the Temporal runtime, which keeps jest alive). */
+const uniquePrefix = () => `t${randomBytes(5).toString('hex')}`;
 
 const marker = (name: string) => join(dir, `${name}.marker`);
 const lines = (file: string) => (existsSync(file) ? readFileSync(file, 'utf8').trim().split('\n') : []);

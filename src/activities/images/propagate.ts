@@ -29,6 +29,7 @@ import { workspaceDir, type NodePaths } from '../node-paths';
 import { createBlankPartition } from './blank';
 import { cachePaths, createNodeCache } from './cache';
 import { heartbeatProgress, progressCounter, type Progress } from './progress';
+import { countInActivity } from '../metrics';
 
 /** Dependencies of the image activities. */
 export interface ImageDeps {
@@ -252,6 +253,7 @@ export function createImageActivities(deps: ImageDeps) {
           disks.push({ path, format: 'raw' });
         }
       }
+      countInActivity('vws_propagation_bytes', 'bytes', 'Bytes copied from the repository into node image caches', bytesCopied);
       return { bytesCopied, resumedFromBytes, rootDisk, disks };
     },
 

@@ -102,11 +102,18 @@ export class SlurmBatchSystem implements BatchSystem {
 
   /**
    * `scancel ID`, or with a signal `scancel --signal=SIG --full ID`: without `--full` Slurm signals only
-   * job steps, never the batch shell, i.e. never the pilot. A job that has ended or is unknown is success.
+   * job steps, never the batch shell, i.e. never the pilot. A job that has ended or is unknown is success;
+   * signalling a queued job does nothing (it has no process yet).
    */
   async cancel(jobId: string, options: CancelOptions = {}): Promise<void> {
     checkJobId(jobId);
     if (options.signal !== undefined) validateSignal(options.signal);
+    if (options.signal) {
+      // A queued job has no process to signal, and scancel retries "Job can not be altered now" on it for
+      // over 30 s (measured, 22.05) before exiting 228: ask first.
+      const now = await this.status(jobId);
+      if (now.state === 'queued' || now.state === 'ended' || now.state === 'unknown') return;
+    }
     const argv = options.signal ? ['scancel', `--signal=${options.signal}`, '--full', jobId] : ['scancel', jobId];
     try {
       // Some releases print the "already completed" error yet exit 0: nothing to do either way.
@@ -115,7 +122,7 @@ export class SlurmBatchSystem implements BatchSystem {
       const text = commandText(e);
       if (!noExitCode(e) && (isUnknownJobError(text) || isAlreadyEndedError(text))) return;
       if (options.signal && !noExitCode(e)) {
-        // A pending job has no process to signal, and 22.05 answers "Job can not be altered now" (exit 228).
+        // It ended (or was requeued) between the status and the signal.
         const now = await this.status(jobId);
         if (now.state === 'queued' || now.state === 'ended' || now.state === 'unknown') return;
       }
