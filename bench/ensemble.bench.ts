@@ -52,6 +52,9 @@ beforeAll(async () => {
     clients: [{ name: 'bench', identity: OWNER, tokenFile: join(dir, 'bench.token') }],
     networks: [{ name: 'public', subnet: '10.99.0.0/24', gateway: '10.99.0.1', ranges: [{ first: '10.99.0.10', last: '10.99.0.250' }] }],
     nodes: nodeNames.map((name) => ({ name, memoryMiB: 64 * 1024, cpus: 64, driver: 'bench', bridges: { public: 'br0' }, antiSpoofing: false })),
+    // Bench nodes are large enough that greedy placement would put all 100 members on the first one;
+    // round-robin spreads them over the ten, as memory limits would on real nodes.
+    allocator: { placement: 'round-robin' },
   });
   const raw = join(dir, 'tiny.raw');
   writeFileSync(raw, randomBytes(1024 * 1024));

@@ -53,7 +53,7 @@ export async function createBenchNodeWorkers(o: { config: VwsConfig; connection:
           ...createNodeActivities({ config: nodeConfig, node, exec: new LocalExecutor(), repositoryToken: () => '', localRepositoryDir: o.config.repository.dir }),
           ...benchDhcp(),
         },
-        maxConcurrentActivityTaskExecutions: 8,
+        maxConcurrentActivityTaskExecutions: 16, // as src/workers/node.ts
       }),
     );
   }

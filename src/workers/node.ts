@@ -36,8 +36,9 @@ export function createNodeWorker(o: {
       repositoryToken: () => readToken(o.config.repository.nodeTokenFile),
       ...(o.localRepository ? { localRepositoryDir: o.config.repository.dir } : {}),
     }),
-    // A node boots a handful of VMs at once; more would only queue inside QEMU start-up.
-    maxConcurrentActivityTaskExecutions: 8,
+    // A node boots a handful of VMs at once, but an ensemble's members wait in bootVm for their common
+    // start instant, each holding a slot: enough slots that a node's share of a large ensemble all waits.
+    maxConcurrentActivityTaskExecutions: 16,
   });
 }
 
