@@ -6,7 +6,9 @@
  *
  *   VWS_BENCH=1 TEMPORAL_ADDRESS=127.0.0.1:7233 VWS_LOG_LEVEL=warn npx jest --runInBand --selectProjects bench bench/ensemble.bench.ts
  *
- * The nodes are node workers in this process with `driver: bench` (VM states in memory). Everything
+ * Three processes, as on a site: the head worker (with the API; `head-process.ts`), the ten bench nodes
+ * (`node-workers.ts`: node workers with `driver: bench`, VM states in memory), and this one, the client
+ * (Temporal client calls, as the API makes them). Everything
  * else is real: Temporal, the allocator, the workspace, group and ensemble workflows, the head's
  * activities, and propagation (each member's qcow2 overlay made with qemu-img over a base copied into
  * the node's cache from the repository). The one stand-in beside the driver is DHCP: a bench VM has no
@@ -16,19 +18,18 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { Worker } from '@temporalio/worker';
 import { headTaskQueue, workspaceRouting } from '../src/config/names';
 import type { VwsConfig } from '../src/config/schema';
 import type { EnsembleInput } from '../src/domain/groups';
 import { describeQuery, destroyUpdate, ensembleDescribeQuery, ensembleDestroyUpdate, ensembleDoneUpdate, ensembleRegisterUpdate, VwsOwner, VwsState } from '../src/domain/messages';
 import type { ResolvedImage, WorkspaceInput, WorkspaceSpec } from '../src/domain/workspace';
 import { memberSpec } from '../test/helpers/member-spec';
+import { tokenDigest } from '../src/config/secrets';
 import { stageLocalFile } from '../src/repository';
-import { createHeadWorker } from '../src/workers/head';
 import type { ensembleWorkflow } from '../src/workflows/ensemble';
 import type { workspaceWorkflow } from '../src/workflows/workspace';
 import { connect, testConfig, workflowBundle, type TestConnections } from '../test/helpers/temporal';
-import { createBenchNodeWorkers } from './helpers';
+import { forkBenchProcess, type BenchProcess } from './helpers';
 
 const OWNER = '/O=Grid/OU=bench/CN=bench';
 const NODES = Number(process.env.VWS_BENCH_ENSEMBLE_NODES ?? 10);
@@ -39,8 +40,9 @@ const LANES = Number(process.env.VWS_BENCH_LANES ?? 16);
 let conn: TestConnections;
 let config: VwsConfig;
 let image: ResolvedImage;
-const workers: Worker[] = [];
-const runs: Promise<void>[] = [];
+/** The head worker and the bench nodes run in processes of their own, as on a site (see the file comment). */
+let head: BenchProcess<{ ready: true; port: number }>;
+let nodes: BenchProcess<{ ready: true }>;
 
 beforeAll(async () => {
   conn = await connect();
@@ -59,17 +61,26 @@ beforeAll(async () => {
   const raw = join(dir, 'tiny.raw');
   writeFileSync(raw, randomBytes(1024 * 1024));
   image = await stageLocalFile(config, 'tiny', raw);
-  const bundle = await workflowBundle();
-  workers.push(await createHeadWorker({ config, connection: conn.native, client: conn.client, workflowBundle: bundle }));
-  workers.push(...(await createBenchNodeWorkers({ config, connection: conn.native, nodes: nodeNames, dir })));
-  for (const w of workers) runs.push(w.run());
-});
+  const configPath = join(dir, 'config.json');
+  writeFileSync(configPath, JSON.stringify(config));
+  const bundlePath = join(dir, 'workflows.js');
+  writeFileSync(bundlePath, (await workflowBundle()).code);
+  nodes = await forkBenchProcess('node-workers.ts', [configPath, dir, ...nodeNames]);
+  head = await forkBenchProcess('head-process.ts', [configPath, bundlePath, tokenDigest(randomBytes(16).toString('hex')), OWNER]);
+}, 300_000);
 
 afterAll(async () => {
-  workers.forEach((w) => w.shutdown());
-  await Promise.all(runs);
+  const ends: Promise<unknown>[] = [];
+  for await (const w of conn.client.workflow.list({ query: `WorkflowId STARTS_WITH "${config.temporal.prefix}-" AND ExecutionStatus = "Running"` })) {
+    ends.push(conn.client.workflow.getHandle(w.workflowId).terminate('ensemble bench done').catch(() => undefined));
+  }
+  await Promise.all(ends);
+  for (const p of [head, nodes]) {
+    p?.child.kill('SIGTERM');
+    await p?.exited;
+  }
   await conn?.close();
-});
+}, 300_000);
 
 const specOf = (memoryMiB = 64): WorkspaceSpec => memberSpec(image, { memoryMiB });
 

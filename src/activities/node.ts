@@ -18,6 +18,8 @@ import { createAntiSpoof } from './network/antispoof';
 import { createDhcpActivities } from './network/dhcp';
 import { nicInterfaceName, type GuardedNic } from './network/types';
 import { nodePaths, workspaceDir } from './node-paths';
+import { nodeControl, resetNodeState } from '../pilot/node-control';
+import type { NodeResetReport } from '../domain/kill-all';
 
 /** Dependencies of a node's activities. */
 export interface NodeActivityDeps {
@@ -213,6 +215,18 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     /** VMs the driver runs on this node (for reconciliation and leak checks). */
     async listVms(): Promise<string[]> {
       return driver.list();
+    },
+
+    /**
+     * The emergency stop on this node (`kill-all`): every VM the driver lists is destroyed, and the
+     * node's memory is set back to exactly its configured value (dom0 on Xen, the pilot's host
+     * reservation on QEMU), as the pilot's own reset does. Idempotent.
+     */
+    async resetNode(): Promise<NodeResetReport> {
+      const t0 = Date.now();
+      const memory = (await nodeControl({ exec: deps.exec, node: deps.node, nodeDir: paths.dir, memory: nodeConfig.driver === 'xen' ? 'xen' : 'host', config: deps.config })).memory;
+      const r = await withHeartbeat(beat, 'reset', () => resetNodeState({ node: deps.node, driver, memory }));
+      return { node: deps.node, destroyed: r.vms.destroyed, failed: r.vms.failed, memoryMiB: r.memory.reachedMiB, configuredMiB: r.configuredMiB, ms: Date.now() - t0 };
     },
   };
 }

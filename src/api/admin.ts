@@ -1,12 +1,17 @@
 /**
  * Admin routes (admin principals only; anyone else gets 403): the nodes with their capacity, use and
- * drain flag, drain and undrain (no new grants on a drained node; live ones stay), and the live leases.
+ * drain flag, drain and undrain (no new grants on a drained node; live ones stay), the live leases,
+ * and the emergency stop (kill-all: a workflow; 202, then its report at the URL it gives).
  */
+import { randomBytes } from 'node:crypto';
 import express from 'express';
-import { WorkflowNotFoundError } from '@temporalio/client';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { AllocatorClient } from '../clients/allocator';
+import { headTaskQueue, workspaceRouting } from '../config/names';
 import type { VwsConfig } from '../config/schema';
-import { emptyRequestSchema } from '../domain/requests';
+import type { KillAllInput, KillAllReport } from '../domain/kill-all';
+import { emptyRequestSchema, killAllRequestSchema } from '../domain/requests';
+import type { Principal } from './auth';
 import { parseBody, requireAdmin, unavailable, wrap } from './http';
 import { failureProblem, HttpProblem } from './problem';
 
@@ -21,7 +26,7 @@ async function read<T>(f: () => Promise<T>, empty: T): Promise<T> {
 }
 
 /** Routes under /admin. */
-export function adminRoutes(config: VwsConfig, allocator: AllocatorClient): express.Router {
+export function adminRoutes(config: VwsConfig, allocator: AllocatorClient, client: Client): express.Router {
   const r = express.Router();
   r.use('/admin', (_req, res, next) => {
     requireAdmin(res);
@@ -59,6 +64,42 @@ export function adminRoutes(config: VwsConfig, allocator: AllocatorClient): expr
     wrap(async (_req, res) => {
       const leases = await read(() => allocator.grants(), []);
       res.json({ leases, count: leases.length });
+    }),
+  );
+
+  const killAllWorkflowId = (id: string) => `${config.temporal.prefix}-${id}`;
+  r.post(
+    '/admin/kill-all',
+    wrap(async (req, res) => {
+      parseBody(killAllRequestSchema, req.body);
+      const principal = res.locals.principal as Principal;
+      const id = `kill-all-${randomBytes(6).toString('hex')}`;
+      const input: KillAllInput = { nodes: config.nodes.map((n) => n.name), routing: workspaceRouting(config), requestedBy: principal.identity };
+      try {
+        await client.workflow.start('killAllWorkflow', { workflowId: killAllWorkflowId(id), taskQueue: headTaskQueue(config), args: [input] });
+      } catch (e) {
+        throw unavailable(e) ?? e;
+      }
+      res.status(202).location(`/admin/kill-all/${id}`).json({ id, state: 'running', nodes: input.nodes, links: { self: `/admin/kill-all/${id}` } });
+    }),
+  );
+  r.get(
+    '/admin/kill-all/:id',
+    wrap(async (req, res) => {
+      const id = String(req.params.id);
+      if (!/^kill-all-[0-9a-f]{12}$/.test(id)) throw new HttpProblem(404, 'Not Found', `no kill-all ${id}`);
+      const handle = client.workflow.getHandle(killAllWorkflowId(id));
+      let status: string;
+      try {
+        status = (await handle.describe()).status.name;
+      } catch (e) {
+        if (e instanceof WorkflowNotFoundError) throw new HttpProblem(404, 'Not Found', `no kill-all ${id}`);
+        throw unavailable(e) ?? e;
+      }
+      if (status === 'RUNNING') return void res.json({ id, state: 'running' });
+      if (status !== 'COMPLETED') return void res.json({ id, state: 'failed', reason: `the kill-all workflow is ${status.toLowerCase()}` });
+      const report = (await handle.result()) as KillAllReport;
+      res.json({ id, state: 'done', report });
     }),
   );
   return r;

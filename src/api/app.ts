@@ -247,7 +247,7 @@ export function createApp(deps: ApiDeps): express.Express {
   clients.use(groupRoutes({ config, client, factory }));
   clients.use(ensembleRoutes({ config, client, factory }));
   clients.use(statusRoutes(config, client, allocator));
-  clients.use(adminRoutes(config, allocator));
+  clients.use(adminRoutes(config, allocator, client));
   clients.use(createDriftRouter({ ...deps, authenticate: requireClient(deps.clientTokens, config.api.tls) }));
   app.use(clients);
 

@@ -180,6 +180,11 @@ export const leasesSchema = z
   })
   .openapi('Leases');
 
+/** `POST /admin/kill-all` (202) and `GET /admin/kill-all/{id}`: the emergency stop and, when done, its report. */
+export const killAllSchema = z
+  .looseObject({ id: z.string(), state: z.enum(['running', 'done', 'failed']), nodes: z.array(z.string()).optional(), report: z.looseObject({}).optional(), reason: z.string().optional() })
+  .openapi('KillAll');
+
 /** `GET /admin/drift`: the reconciler's last report and totals. */
 export const driftSchema = z
   .looseObject({ reconciler: z.looseObject({}), updatedAt: z.string().nullable(), runs: z.number().int(), totals: z.record(z.string(), z.number()), last: z.looseObject({}).nullable() })

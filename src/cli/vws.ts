@@ -675,6 +675,42 @@ admin
     printTable(['HOLDER', 'NODE', 'SLOT', 'ADDRESSES', 'OWNER', 'GANG', 'GRANTED'], rows);
   });
 
+admin
+  .command('kill-all')
+  .description('EMERGENCY STOP: every node destroys every VM and resets its memory; then every open workspace is destroyed')
+  .requiredOption('--yes', 'confirm: this destroys every VM on every node')
+  .option('--timeout <seconds>', 'how long to wait for the report', (v) => Number(v), 300)
+  .addHelpText(
+    'after',
+    `
+Goes through vws (its workflows and node workers). When vws itself is down, run the pilot's direct
+version on the head instead: node dist/pilot/main.js kill-all (over SSH to every node).`,
+  )
+  .action(async (o: { timeout: number }) => {
+    const g = program.opts<Globals>();
+    const started = await call(g, 'POST', '/admin/kill-all', { confirm: 'kill-all' });
+    const path = `/admin/kill-all/${String(started.id)}`;
+    const deadline = Date.now() + o.timeout * 1000;
+    let d = started;
+    while (d.state === 'running') {
+      if (Date.now() > deadline) throw new CliError(`gave up waiting after ${o.timeout} s; follow ${path}`, 7);
+      await new Promise((r) => setTimeout(r, 1000));
+      d = await call(g, 'GET', path);
+    }
+    if (g.json) console.log(JSON.stringify(d, null, 2));
+    if (d.state !== 'done') throw new CliError(`kill-all ${String(started.id)} failed: ${String(d.reason)}`, 6);
+    const report = d.report as { nodes: Array<Record<string, unknown>>; workspaces: { destroyed: number; failed: Array<{ id: string; error: string }> } };
+    const failedNodes = report.nodes.filter((n) => n.error || (n.failed as unknown[] | undefined)?.length);
+    if (!g.json) {
+      printTable(
+        ['NODE', 'VMS DESTROYED', 'MEMORY MiB', 'ERROR'],
+        report.nodes.map((n) => [n.node, (n.destroyed as string[] | undefined)?.length ?? '-', n.memoryMiB !== undefined ? `${String(n.memoryMiB)}/${String(n.configuredMiB)}` : '-', n.error ?? ((n.failed as unknown[] | undefined)?.length ? JSON.stringify(n.failed) : '')].map(String)),
+      );
+      console.log(`workspaces destroyed: ${report.workspaces.destroyed}${report.workspaces.failed.length ? `; refused: ${report.workspaces.failed.map((f) => `${f.id} (${f.error})`).join(', ')}` : ''}`);
+    }
+    if (failedNodes.length || report.workspaces.failed.length) throw new CliError(`kill-all incomplete: ${failedNodes.map((n) => String(n.node)).join(', ') || 'some workspaces refused'}`, 6);
+  });
+
 program.parseAsync().catch((e: Error) => {
   console.error(`vws: ${e.message}`);
   process.exit(e instanceof CliError ? e.exitCode : 1);

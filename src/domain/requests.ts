@@ -152,6 +152,11 @@ export const shutdownSaveRequestSchema = z
 /** Body of the operations that take no arguments. */
 export const emptyRequestSchema = z.object({}).strict();
 
+/** `POST /admin/kill-all`: the caller must say it means it, so no stray request stops the site. */
+export const killAllRequestSchema = z
+  .object({ confirm: z.literal('kill-all', { error: 'must be "kill-all": this destroys every VM on every node' }) })
+  .strict();
+
 /** A validated create request. */
 export type CreateWorkspaceRequest = z.infer<typeof createWorkspaceSchema>;
 /** A validated ensemble member registration. */

@@ -4,3 +4,4 @@ export { workspaceWorkflow } from './workspace';
 export { groupWorkflow } from './group';
 export { ensembleWorkflow } from './ensemble';
 export { reconcilerWorkflow } from './reconciler';
+export { killAllWorkflow } from './kill-all';

@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
-import { bundleWorkflowCode, NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { bundleWorkflowCode, NativeConnection, type Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { parseConfig } from '../../src/config/load';
 import { installRuntime } from '../../src/workers/runtime';
 import type { VwsConfig } from '../../src/config/schema';
@@ -67,3 +67,23 @@ export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
 
 const noop = () => undefined;
 const quietLogger = { trace: noop, debug: noop, info: noop, warn: noop, error: console.error, log: noop };
+
+/**
+ * Ends a workflow-level test that ran a head worker without node workers: terminates every workflow it
+ * started (none can finish without a node), lets the head activities still in flight notice (their next
+ * heartbeat learns the workflow is gone) while the worker still answers queries, stops the worker, and
+ * closes the connection after a pause: a group's fan-out can leave member Updates retrying in the
+ * background, and closing the connection under them would throw from the client's retry timer.
+ */
+export async function endWorkflowTest(o: { conn: TestConnections; config: VwsConfig; worker: Worker; running: Promise<void>; reason: string }): Promise<void> {
+  const ends: Promise<unknown>[] = [];
+  for await (const w of o.conn.client.workflow.list({ query: `WorkflowId STARTS_WITH "${o.config.temporal.prefix}-" AND ExecutionStatus = "Running"` })) {
+    ends.push(o.conn.client.workflow.getHandle(w.workflowId).terminate(o.reason).catch(() => undefined));
+  }
+  await Promise.all(ends);
+  for (let i = 0; i < 100 && o.worker.getStatus().numInFlightActivities > 0; i++) await new Promise((r) => setTimeout(r, 200));
+  o.worker.shutdown();
+  await o.running;
+  await new Promise((r) => setTimeout(r, 2000));
+  await o.conn.close();
+}

@@ -6,40 +6,17 @@
  * times out with a typed error naming the last value seen. xen1 is left exactly as found.
  * Skipped, with the reason printed, when xen1 is not up. Run: `npx jest --runInBand test/integration/pilot-dom0.test.ts`.
  */
-import { execFileSync } from 'node:child_process';
-import { join } from 'node:path';
-import { KnownHosts, SshExecutor } from '../../src/exec/ssh';
+import { describeIfXen1, xen1Executor } from '../helpers/xen1';
 import { MemoryTargetTimeout, readDom0BootMiB, XenDom0Memory, type SetResult } from '../../src/pilot/dom0-memory';
 
-const ROOT = join(__dirname, '..', '..');
-const TB = process.env.VWS_TESTBED_DIR ?? '/var/lib/vws/testbed';
 const RESERVE_MIB = 256;
 
-/** Why the suite cannot run here, or null. */
-function whyNotUp(): string | null {
-  try {
-    execFileSync(join(ROOT, 'testbed/xen/xen1.sh'), ['status'], { encoding: 'utf8', stdio: 'pipe' });
-    return null;
-  } catch (e) {
-    const err = e as { stdout?: string; message: string };
-    return `testbed/xen/xen1.sh status failed:\n${err.stdout ?? err.message}`;
-  }
-}
-
-const reason = whyNotUp();
-if (reason) console.warn(`SKIPPING pilot-dom0 integration tests: the Xen node xen1 is not up (run testbed/xen/xen1.sh up).\n${reason}`);
-const describeIfXen = reason ? describe.skip : describe;
+const describeIfXen = describeIfXen1('pilot-dom0');
 
 jest.setTimeout(300_000);
 
 describeIfXen('pilot dom0 ballooning on xen1', () => {
-  const exec = new SshExecutor({
-    host: '10.213.0.21',
-    user: 'root',
-    privateKey: `${TB}/ssh/id_ed25519`,
-    knownHosts: KnownHosts.fromFile(`${TB}/ssh/known_hosts`),
-    hostAlias: 'xen1',
-  });
+  const exec = xen1Executor();
   let configuredMiB: number;
   let foundMiB: number;
   let mem: XenDom0Memory;

@@ -11,7 +11,7 @@ import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { FailureType } from '../../src/domain/errors';
-import { KnownHosts, SshExecutor } from '../../src/exec/ssh';
+import { describeIfXen1, xen1Executor } from '../helpers/xen1';
 import type { VmSpec } from '../../src/activities/hypervisor';
 import { createBlankPartition } from '../../src/activities/images/blank';
 import { nodePaths, workspaceDir } from '../../src/activities/node-paths';
@@ -25,32 +25,13 @@ const paths = nodePaths('/var/lib/vws/node');
 const dir = workspaceDir(paths, NAME);
 const CONSOLE = `/var/log/xen/console/guest-${NAME}.log`;
 
-/** Why the suite cannot run here, or null. */
-function whyNotUp(): string | null {
-  try {
-    execFileSync(join(ROOT, 'testbed/xen/xen1.sh'), ['status'], { encoding: 'utf8', stdio: 'pipe' });
-    return null;
-  } catch (e) {
-    const err = e as { stdout?: string; message: string };
-    return `testbed/xen/xen1.sh status failed:\n${err.stdout ?? err.message}`;
-  }
-}
-
-const reason = whyNotUp();
-if (reason) console.warn(`SKIPPING xen-driver integration tests: the Xen node xen1 is not up (run testbed/xen/xen1.sh up).\n${reason}`);
-const describeIfXen = reason ? describe.skip : describe;
+const describeIfXen = describeIfXen1('xen-driver');
 
 jest.setTimeout(300_000);
 
 describeIfXen('XenDriver on xen1', () => {
   // The production path: SSH mode, the pinned key of xen1 (testbed/xen/xen1.sh pins it as "xen1,10.213.0.21").
-  const exec = new SshExecutor({
-    host: '10.213.0.21',
-    user: 'root',
-    privateKey: `${TB}/ssh/id_ed25519`,
-    knownHosts: KnownHosts.fromFile(`${TB}/ssh/known_hosts`),
-    hostAlias: 'xen1',
-  });
+  const exec = xen1Executor();
   const driver = new XenDriver({ exec, paths });
   const spec: VmSpec = {
     name: NAME,
@@ -194,13 +175,7 @@ describeIfXen('XenDriver on xen1', () => {
 const DISKS_NAME = 'ws-0000000000e2';
 
 describeIfXen('XenDriver with extra disks on xen1', () => {
-  const exec = new SshExecutor({
-    host: '10.213.0.21',
-    user: 'root',
-    privateKey: `${TB}/ssh/id_ed25519`,
-    knownHosts: KnownHosts.fromFile(`${TB}/ssh/known_hosts`),
-    hostAlias: 'xen1',
-  });
+  const exec = xen1Executor();
   const driver = new XenDriver({ exec, paths });
   const wsDir = workspaceDir(paths, DISKS_NAME);
   const console_ = `/var/log/xen/console/guest-${DISKS_NAME}.log`;

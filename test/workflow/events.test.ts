@@ -23,7 +23,7 @@ import type { VwsConfig } from '../../src/config/schema';
 import { tokenDigest } from '../../src/config/secrets';
 import { stageLocalFile } from '../../src/repository';
 import { createHeadWorker } from '../../src/workers/head';
-import { connect, testConfig, workflowBundle, type TestConnections } from '../helpers/temporal';
+import { connect, endWorkflowTest, testConfig, workflowBundle, type TestConnections } from '../helpers/temporal';
 
 jest.setTimeout(120_000);
 
@@ -69,17 +69,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   server?.close();
-  // Nothing here can finish without a node worker: end every workflow this file started.
-  const ends: Promise<unknown>[] = [];
-  for await (const w of conn.client.workflow.list({ query: `WorkflowId STARTS_WITH "${config.temporal.prefix}-" AND ExecutionStatus = "Running"` })) {
-    ends.push(conn.client.workflow.getHandle(w.workflowId).terminate('events test done').catch(() => undefined));
-  }
-  await Promise.all(ends);
-  for (let i = 0; i < 100 && worker.getStatus().numInFlightActivities > 0; i++) await new Promise((r) => setTimeout(r, 200));
-  worker?.shutdown();
-  await running;
-  await new Promise((r) => setTimeout(r, 2000));
-  await conn.close();
+  await endWorkflowTest({ conn, config, worker, running, reason: 'events test done' });
 });
 
 /** A request as `who` (or with no token, or a raw token). */

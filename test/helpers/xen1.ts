@@ -1,0 +1,39 @@
+/**
+ * The testbed's Xen node xen1 (testbed/xen/xen1.sh) for integration tests: whether it is up, and an SSH
+ * executor to its dom0 as the head reaches it (xen1's pinned host key, "xen1,10.213.0.21").
+ */
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import { KnownHosts, SshExecutor } from '../../src/exec/ssh';
+
+const ROOT = join(__dirname, '..', '..');
+const TB = process.env.VWS_TESTBED_DIR ?? '/var/lib/vws/testbed';
+
+/** Why xen1 cannot be used here, or null when it is up. */
+function whyNotUp(): string | null {
+  try {
+    execFileSync(join(ROOT, 'testbed/xen/xen1.sh'), ['status'], { encoding: 'utf8', stdio: 'pipe' });
+    return null;
+  } catch (e) {
+    const err = e as { stdout?: string; message: string };
+    return `testbed/xen/xen1.sh status failed:\n${err.stdout ?? err.message}`;
+  }
+}
+
+/** `describe` when xen1 is up; otherwise `describe.skip`, with the reason printed for `suite`. */
+export function describeIfXen1(suite: string): jest.Describe {
+  const reason = whyNotUp();
+  if (reason) console.warn(`SKIPPING ${suite} integration tests: the Xen node xen1 is not up (run testbed/xen/xen1.sh up).\n${reason}`);
+  return reason ? describe.skip : describe;
+}
+
+/** A new SSH executor to xen1's dom0 (the production path: SSH mode with the pinned host key). */
+export function xen1Executor(): SshExecutor {
+  return new SshExecutor({
+    host: '10.213.0.21',
+    user: 'root',
+    privateKey: `${TB}/ssh/id_ed25519`,
+    knownHosts: KnownHosts.fromFile(`${TB}/ssh/known_hosts`),
+    hostAlias: 'xen1',
+  });
+}
