@@ -33,7 +33,7 @@ import { stageLocalFile } from '../src/repository';
 import type { workspaceWorkflow } from '../src/workflows/workspace';
 import { memberSpec } from '../test/helpers/member-spec';
 import { connect, testConfig, workflowBundle, type TestConnections } from '../test/helpers/temporal';
-import { forkBenchProcess, type BenchProcess } from './helpers';
+import { startBenchSite, stopBenchSite, type BenchProcess } from './helpers';
 
 const OWNER = '/O=Grid/OU=bench/CN=bench';
 const WORKSPACES = Number(process.env.VWS_BENCH_WORKSPACES ?? 1000);
@@ -81,26 +81,13 @@ beforeAll(async () => {
   image = await stageLocalFile(config, 'tiny', raw);
 
   // The nodes and the head in processes of their own (see the file comment); they read the resolved configuration.
-  const configPath = join(dir, 'config.json');
-  writeFileSync(configPath, JSON.stringify(config));
-  const bundlePath = join(dir, 'workflows.js');
-  writeFileSync(bundlePath, (await workflowBundle()).code);
-  nodes = await forkBenchProcess('node-workers.ts', [configPath, dir, ...nodeNames]);
-  head = await forkBenchProcess('head-process.ts', [configPath, bundlePath, tokenDigest(token), OWNER], ['--expose-gc']);
+  ({ head, nodes } = await startBenchSite<{ ready: true; port: number; maxCachedWorkflows: number }>({ config, dir, nodes: nodeNames, bundleCode: (await workflowBundle()).code, tokenDigest: tokenDigest(token), identity: OWNER, headExecArgv: ['--expose-gc'] }));
   port = head.ready.port;
 }, 300_000);
 
 afterAll(async () => {
   // Whatever a failed step left running: end it, so nothing outlives the file.
-  const ends: Promise<unknown>[] = [];
-  for await (const w of conn.client.workflow.list({ query: `WorkflowId STARTS_WITH "${config.temporal.prefix}-" AND ExecutionStatus = "Running"` })) {
-    ends.push(conn.client.workflow.getHandle(w.workflowId).terminate('api bench done').catch(() => undefined));
-  }
-  await Promise.all(ends);
-  for (const p of [head, nodes]) {
-    p?.child.kill('SIGTERM');
-    await p?.exited;
-  }
+  await stopBenchSite({ head, nodes }, conn?.client, config.temporal.prefix, 'api bench done');
   await conn?.close();
 }, 300_000);
 

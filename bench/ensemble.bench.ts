@@ -29,7 +29,7 @@ import { stageLocalFile } from '../src/repository';
 import type { ensembleWorkflow } from '../src/workflows/ensemble';
 import type { workspaceWorkflow } from '../src/workflows/workspace';
 import { connect, testConfig, workflowBundle, type TestConnections } from '../test/helpers/temporal';
-import { forkBenchProcess, type BenchProcess } from './helpers';
+import { startBenchSite, stopBenchSite, type BenchSite } from './helpers';
 
 const OWNER = '/O=Grid/OU=bench/CN=bench';
 const NODES = Number(process.env.VWS_BENCH_ENSEMBLE_NODES ?? 10);
@@ -41,8 +41,7 @@ let conn: TestConnections;
 let config: VwsConfig;
 let image: ResolvedImage;
 /** The head worker and the bench nodes run in processes of their own, as on a site (see the file comment). */
-let head: BenchProcess<{ ready: true; port: number }>;
-let nodes: BenchProcess<{ ready: true }>;
+let site: BenchSite;
 
 beforeAll(async () => {
   conn = await connect();
@@ -61,24 +60,11 @@ beforeAll(async () => {
   const raw = join(dir, 'tiny.raw');
   writeFileSync(raw, randomBytes(1024 * 1024));
   image = await stageLocalFile(config, 'tiny', raw);
-  const configPath = join(dir, 'config.json');
-  writeFileSync(configPath, JSON.stringify(config));
-  const bundlePath = join(dir, 'workflows.js');
-  writeFileSync(bundlePath, (await workflowBundle()).code);
-  nodes = await forkBenchProcess('node-workers.ts', [configPath, dir, ...nodeNames]);
-  head = await forkBenchProcess('head-process.ts', [configPath, bundlePath, tokenDigest(randomBytes(16).toString('hex')), OWNER]);
+  site = await startBenchSite({ config, dir, nodes: nodeNames, bundleCode: (await workflowBundle()).code, tokenDigest: tokenDigest(randomBytes(16).toString('hex')), identity: OWNER });
 }, 300_000);
 
 afterAll(async () => {
-  const ends: Promise<unknown>[] = [];
-  for await (const w of conn.client.workflow.list({ query: `WorkflowId STARTS_WITH "${config.temporal.prefix}-" AND ExecutionStatus = "Running"` })) {
-    ends.push(conn.client.workflow.getHandle(w.workflowId).terminate('ensemble bench done').catch(() => undefined));
-  }
-  await Promise.all(ends);
-  for (const p of [head, nodes]) {
-    p?.child.kill('SIGTERM');
-    await p?.exited;
-  }
+  await stopBenchSite(site, conn?.client, config.temporal.prefix, 'ensemble bench done');
   await conn?.close();
 }, 300_000);
 

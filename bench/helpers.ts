@@ -4,9 +4,10 @@
  * memory can be measured alone). Benchmarks only; never a default.
  */
 import { fork, type ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NativeConnection, Worker } from '@temporalio/worker';
+import type { Client } from '@temporalio/client';
 import { createNodeActivities } from '../src/activities/node';
 import type { DhcpEntryInput, WaitForLeaseInput } from '../src/activities/network/dhcp';
 import { nodeTaskQueue } from '../src/config/names';
@@ -95,4 +96,48 @@ export async function forkBenchProcess<Ready extends { ready: true }>(script: st
       child.send('memory');
     });
   return { child, ready, exited, memory };
+}
+
+/** A benchmark's site: the head (worker and API) and the bench nodes, each in a process of its own. */
+export interface BenchSite<HeadReady extends { ready: true; port: number } = { ready: true; port: number }> {
+  head: BenchProcess<HeadReady>;
+  nodes: BenchProcess<{ ready: true }>;
+}
+
+/**
+ * Starts a benchmark's site from its resolved configuration: writes it and the workflow bundle (built
+ * here, once, as the tests build it) into `dir`, then forks the bench nodes and the head (`headExecArgv`,
+ * e.g. `--expose-gc` to measure its memory). The head's API accepts the token whose digest is given.
+ */
+export async function startBenchSite<HeadReady extends { ready: true; port: number } = { ready: true; port: number }>(o: {
+  config: VwsConfig;
+  dir: string;
+  nodes: readonly string[];
+  bundleCode: string;
+  tokenDigest: string;
+  identity: string;
+  headExecArgv?: string[];
+}): Promise<BenchSite<HeadReady>> {
+  const configPath = join(o.dir, 'config.json');
+  writeFileSync(configPath, JSON.stringify(o.config));
+  const bundlePath = join(o.dir, 'workflows.js');
+  writeFileSync(bundlePath, o.bundleCode);
+  const nodes = await forkBenchProcess<{ ready: true }>('node-workers.ts', [configPath, o.dir, ...o.nodes]);
+  const head = await forkBenchProcess<HeadReady>('head-process.ts', [configPath, bundlePath, o.tokenDigest, o.identity], o.headExecArgv ?? []);
+  return { head, nodes };
+}
+
+/** Ends a benchmark: terminates whatever workflow of its prefix still runs (a failed step's), then stops its processes. */
+export async function stopBenchSite(site: { head?: BenchProcess<unknown>; nodes?: BenchProcess<unknown> }, client: Client | undefined, prefix: string, reason: string): Promise<void> {
+  if (client) {
+    const ends: Promise<unknown>[] = [];
+    for await (const w of client.workflow.list({ query: `WorkflowId STARTS_WITH "${prefix}-" AND ExecutionStatus = "Running"` })) {
+      ends.push(client.workflow.getHandle(w.workflowId).terminate(reason).catch(() => undefined));
+    }
+    await Promise.all(ends);
+  }
+  for (const p of [site.head, site.nodes]) {
+    p?.child.kill('SIGTERM');
+    await p?.exited;
+  }
 }
