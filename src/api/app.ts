@@ -26,7 +26,7 @@ import { createDriftRouter } from './drift';
 import { eventRoutes, type EventStreamOptions } from './events';
 import { Factory } from './factory';
 import { ensembleRoutes, groupRoutes } from './groups';
-import { idempotencyKey, parseBody, requireAdmin, unavailable, wrap } from './http';
+import { idempotencyKey, parseBody, queryOwned, requireAdmin, wrap } from './http';
 import { listingRoutes } from './listing';
 import { ApiMetrics } from './metrics';
 import { openApiDocument } from './openapi';
@@ -79,20 +79,8 @@ export function createApp(deps: ApiDeps): express.Express {
   app.use(express.json({ limit: '64kb' }));
 
   /** Reads a workspace the principal owns; others' workspaces do not exist for it (404). */
-  async function ownedWorkspace(id: string, principal: Principal): Promise<WorkspaceDescription> {
-    const parsed = workspaceIdSchema.safeParse(id);
-    const notFound = new HttpProblem(404, 'Not Found', `no workspace ${id}`);
-    if (!parsed.success) throw notFound;
-    try {
-      const d = await client.workflow.getHandle(workspaceWorkflowId(config, id)).query(describeQuery);
-      if (d.owner !== principal.identity && !principal.admin) throw notFound;
-      return d;
-    } catch (e) {
-      if (e instanceof WorkflowNotFoundError) throw notFound;
-      // A query needs a running head worker; without one, say so rather than fail with a 500.
-      throw unavailable(e) ?? e;
-    }
-  }
+  const ownedWorkspace = (id: string, principal: Principal): Promise<WorkspaceDescription> =>
+    queryOwned(client, workspaceWorkflowId(config, id), describeQuery, principal, 'workspace', id, workspaceIdSchema);
 
   /** Copy progress (bytes of total) from the heartbeat of the copy in flight, when there is one. */
   const withProgress = (d: WorkspaceDescription) => withCopyProgress(client, config, d);

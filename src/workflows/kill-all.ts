@@ -12,11 +12,7 @@ import type { ReconcileActivities } from '../activities/head/reconcile';
 import type { NodeActivities } from '../activities/node';
 import { FailureType } from '../domain/errors';
 import type { KillAllInput, KillAllReport } from '../domain/kill-all';
-
-const errorText = (e: unknown) => {
-  const err = e as Error & { cause?: Error };
-  return err.cause?.message ?? err.message ?? String(e);
-};
+import { errorText } from './reconciler';
 
 /** Runs one kill-all; returns its report. */
 export async function killAllWorkflow(input: KillAllInput): Promise<KillAllReport> {

@@ -39,7 +39,8 @@ export interface ReconcilerInput {
 /** A failed action is left to the next run (the Schedule's period is the retry). */
 const FEW: RetryPolicy = { initialInterval: '1s', maximumInterval: '5s', maximumAttempts: 3 };
 
-const errorText = (e: unknown) => {
+/** The message of an activity failure (its cause's, which says what the activity hit). */
+export const errorText = (e: unknown): string => {
   const err = e as Error & { cause?: Error };
   return err.cause?.message ?? err.message ?? String(e);
 };
