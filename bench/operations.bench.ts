@@ -13,7 +13,7 @@ import { workspaceWorkflowId } from '../src/config/names';
 
 const RUNS = Number(process.env.VWS_BENCH_RUNS ?? 10);
 const NODES = (process.env.VWS_BENCH_NODES ?? 'vmm1,vmm2,xen1').split(',') as TestNode[];
-const RANGE: Record<TestNode, string> = { vmm1: '10.213.0.150', vmm2: '10.213.0.160', xen1: '10.213.0.170' };
+const RANGE: Partial<Record<TestNode, string>> = { vmm1: '10.213.0.150', vmm2: '10.213.0.160', xen1: '10.213.0.170' };
 
 /** Each operation and the activities whose driver time it contains. */
 const OPS: Array<{ op: string; expect: string; activity: string; body?: object }> = [
@@ -60,7 +60,7 @@ async function fromHistory(stack: Stack, id: string, activity: string, update: s
 describe.each(NODES)('operation times on %s', (node) => {
   let stack: Stack;
   beforeAll(async () => {
-    const first = RANGE[node];
+    const first = RANGE[node]!;
     const last = first.replace(/\d+$/, (n) => String(Number(n) + 4));
     stack = await startStack({ label: `bench-${node}`, first, last, node });
   });

@@ -8,6 +8,7 @@
 #   testbed.sh up [--hosts N]        start (idempotent; starts what is missing)
 #   testbed.sh status                one line per component; exit 0 if all up
 #   testbed.sh down                  stop everything, verify nothing is left
+#   testbed.sh clean [--only-prefix P]   remove vws leftovers on the nodes (VMs, taps, nft, DHCP, dirs)
 #   testbed.sh exec HOST -- CMD...   run CMD inside HOST's namespaces
 #   testbed.sh env                   print export lines for eval
 set -euo pipefail
@@ -154,12 +155,13 @@ configured_hosts() { # the hosts of the current (or last) up
   seq -f 'vmm%g' 1 "$n"
 }
 
+# Both count the vmm hosts only (partition vws); xen1's slurmd has its own status line.
 slurm_idle_count() {
-  timeout 5 sinfo -h -N -t idle -o '%N' 2>/dev/null | sort -u | grep -c . || true
+  timeout 5 sinfo -h -N -p vws -t idle -o '%N' 2>/dev/null | sort -u | grep -c . || true
 }
 
 slurm_up_count() { # nodes that are responding (idle, mixed, allocated, completing)
-  timeout 5 sinfo -h -N -t idle,mix,alloc,comp -o '%N' 2>/dev/null | sort -u | grep -c . || true
+  timeout 5 sinfo -h -N -p vws -t idle,mix,alloc,comp -o '%N' 2>/dev/null | sort -u | grep -c . || true
 }
 
 # True if any process, namespace or link of the testbed exists (for HOSTS).
@@ -250,6 +252,7 @@ check_all() {
     echo "xen1         SKIPPED  $(head -n1 "$XEN1_SKIPPED")"
   else
     VWS_TESTBED_DIR="$TB" "$XEN1" status || ok=1
+    VWS_TESTBED_DIR="$TB" "$XEN1" slurm-status || ok=1
   fi
   return "$ok"
 }
@@ -378,8 +381,23 @@ KillWait=5
 MinJobAge=3600
 FirstJobId=$first_job
 NodeName=$names NodeHostname=$names NodeAddr=$addrs CPUs=4 RealMemory=4096 State=UNKNOWN
-PartitionName=vws Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+# xen1 (testbed/xen/xen1.sh): slurmd in the Xen node's dom0, for pilots with --memory xen. Its own
+# partition, so jobs for partition vws (the default) never land there.
+NodeName=xen1 NodeHostname=xen1 NodeAddr=$NET_PREFIX.21 CPUs=2 RealMemory=512 Feature=xen State=UNKNOWN
+PartitionName=vws Nodes=$names Default=YES MaxTime=INFINITE State=UP
+PartitionName=xen Nodes=xen1 MaxTime=INFINITE State=UP
 EOF
+}
+
+# After slurm.conf changed under a running slurmctld: node definitions need a restart (Slurm 22.05),
+# which keeps its state (jobs go on); the slurmds re-read the file on `scontrol reconfigure` (no restart).
+apply_slurm_conf() {
+  pidfile_alive "$TB/slurm/slurmctld.pid" slurmctld >/dev/null || return 0
+  stop_pidfiles "$TB/slurm/slurmctld.pid|slurmctld|slurmctld"
+  ensure_slurmctld
+  poll 10 bash -c 'timeout 5 scontrol ping 2>/dev/null | grep -q UP' || die "slurmctld does not answer after its restart"
+  timeout 10 scontrol reconfigure || die "scontrol reconfigure failed"
+  step "slurm.conf changed: slurmctld restarted (state kept), slurmds reconfigured"
 }
 
 write_sshd_config() {
@@ -672,7 +690,10 @@ cmd_up() {
   step "guest kernel ready ($GUEST_DIR)"
   ensure_dirs "${hosts[@]}"
   ensure_keys "${hosts[@]}"
+  local conf_was
+  conf_was="$(cat "$SLURM_CONF_FILE" 2>/dev/null || true)"
   write_slurm_conf "$n"
+  [[ -z "$conf_was" || "$conf_was" == "$(cat "$SLURM_CONF_FILE")" ]] || apply_slurm_conf
   step "config and keys ready ($TB)"
   ensure_munged
   ensure_head_bridge
@@ -859,6 +880,201 @@ cmd_down() {
   step "testbed down: nothing left (total $(elapsed) s)"
 }
 
+# ---------------------------------------------------------------- clean
+
+# What `clean` removes, per VM: its qemu (or Xen domain and loops), taps and anti-spoofing tables, DHCP
+# host entries and leases, and its workspace directory. With --only-prefix P only the workspaces whose
+# workflow ids start with "P-" on the Temporal server (CLEAN_IDS) are touched: nothing on a node names
+# the prefix, so the server is asked which workspace ids are P's.
+CLEAN_PREFIX=""
+CLEAN_IDS=" "
+CLEAN_MACS=()
+WS_RE='ws-[0-9a-f]{12}'
+
+clean_ours() { # clean_ours WORKSPACE_ID: true if clean may remove it
+  [[ -z "$CLEAN_PREFIX" || "$CLEAN_IDS" == *" $1 "* ]]
+}
+
+temporal_cli() {
+  local t
+  for t in "$REPO_ROOT"/.cache/temporal/*/temporal; do [[ -x "$t" ]] && { printf '%s' "$t"; return 0; }; done
+  command -v temporal 2>/dev/null || die "clean --only-prefix needs the temporal CLI (.cache/temporal/*/temporal); run ./run.sh once"
+}
+
+# The workspace ids of every workflow (open or closed) whose id is "<prefix>-ws-…" on the server at ADDRESS.
+prefix_workspace_ids() { # prefix_workspace_ids PREFIX ADDRESS
+  local out
+  out="$(timeout 60 "$(temporal_cli)" workflow list --address "$2" --limit 100000 -o json \
+          --query "WorkflowId STARTS_WITH '$1-ws-'")" || die "could not list the workflows of prefix $1 on $2"
+  jq -r '.[]? | (.execution.workflowId // .execution.workflow_id // empty)' <<<"$out" \
+    | sed -nE "s/^$1-($WS_RE)\$/\\1/p" | sort -u
+}
+
+# The workspace id in a qemu command line (its paths are under workspaces/<id>/).
+qemu_workspace() { # qemu_workspace PID
+  tr '\0' '\n' < "/proc/$1/cmdline" 2>/dev/null | grep -oE "/workspaces/$WS_RE/" | head -n1 | grep -oE "$WS_RE" || true
+}
+
+clean_host() { # clean_host HOST
+  local h="$1" hd p argv0 ws pids=() names=() l t n
+  hd="$(host_dir "$h")"
+  anchor_pid "$h" >/dev/null || { step "$h: not up, skipped"; return 0; }
+  # VMs: their qemu processes (renamed by -name ...,process=, so matched on argv[0]); MACs kept for DHCP.
+  for p in $(ip netns pids "$h" 2>/dev/null); do
+    argv0="$(tr '\0' '\n' < "/proc/$p/cmdline" 2>/dev/null | head -n1)" || continue
+    [[ "$argv0" == *qemu-system* ]] || continue
+    ws="$(qemu_workspace "$p")"
+    if [[ -n "$ws" ]]; then clean_ours "$ws" || continue; else [[ -z "$CLEAN_PREFIX" ]] || continue; fi
+    pids+=("$p"); names+=("${ws:-pid $p}")
+    mapfile -t -O "${#CLEAN_MACS[@]}" CLEAN_MACS < <(tr '\0' '\n' < "/proc/$p/cmdline" | grep -oE 'mac=[0-9a-f:]{17}' | cut -d= -f2)
+  done
+  if (( ${#pids[@]} )); then
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    none_alive() { local q; for q in "${pids[@]}"; do pid_alive "$q" && return 1; done; return 0; }
+    poll 10 none_alive || printf 'testbed: warning: %s: qemu still alive after KILL: %s\n' "$h" "${pids[*]}" >&2
+    step "$h: killed ${#pids[@]} VM(s): ${names[*]}"
+  fi
+  # Taps vw<12 hex><NIC index> and their anti-spoofing tables bridge vws_<tap>.
+  n=0
+  for l in $(ip -n "$h" -o link show 2>/dev/null | sed -nE 's/^[0-9]+: (vw[0-9a-f]{12}[0-9])[:@].*/\1/p'); do
+    clean_ours "ws-${l:2:12}" || continue
+    ip -n "$h" link del dev "$l" 2>/dev/null && n=$((n + 1))
+  done
+  (( n == 0 )) || step "$h: removed $n tap(s)"
+  n=0
+  for t in $(ip netns exec "$h" nft list tables bridge 2>/dev/null | sed -nE 's/^table bridge (vws_\S+)$/\1/p'); do
+    [[ "$t" =~ ^vws_vw([0-9a-f]{12})[0-9]$ ]] && ! clean_ours "ws-${BASH_REMATCH[1]}" && continue
+    [[ "$t" =~ ^vws_vw[0-9a-f]{12}[0-9]$ || -z "$CLEAN_PREFIX" ]] || continue
+    ip netns exec "$h" nft delete table bridge "$t" 2>/dev/null && n=$((n + 1))
+  done
+  (( n == 0 )) || step "$h: removed $n nft table(s)"
+  clean_host_dhcp "$h"
+  # Workspace directories (overlays, sockets, serial logs); partial copies and copy locks in the cache.
+  n=0
+  for l in "$hd"/node/workspaces/*; do
+    [[ -e "$l" ]] || continue
+    ws="${l##*/}"
+    if [[ "$ws" =~ ^$WS_RE$ ]]; then clean_ours "$ws" || continue; else [[ -z "$CLEAN_PREFIX" ]] || continue; fi
+    rm -rf "$l" && n=$((n + 1))
+  done
+  (( n == 0 )) || step "$h: removed $n workspace director(ies)"
+  if [[ -z "$CLEAN_PREFIX" ]]; then
+    rm -f "$hd"/node/cache/*.part "$hd"/node/cache/*.lock
+  fi
+}
+
+# DHCP: without a prefix every server in the host stops and every entry and lease goes (as `down` does).
+# With a prefix, the entries of the killed VMs' MACs are removed through vws's own code (dist/), under
+# the network's lock, so the server is rewritten and reloaded, or stopped with its last entry.
+clean_host_dhcp() { # clean_host_dhcp HOST
+  local h="$1" hd
+  hd="$(host_dir "$h")"
+  if [[ -z "$CLEAN_PREFIX" ]]; then
+    stop_dhcp_servers "$h"
+    rm -f "$hd"/node/dhcp/*/{leases,leases~,hosts,options,server.pid,entries.json,lock,lock.takeover}
+    return 0
+  fi
+  (( ${#CLEAN_MACS[@]} )) || return 0
+  [[ -s "$REPO_ROOT/dist/activities/network/dhcp.js" ]] || { printf 'testbed: warning: no dist/ (npm run build): DHCP entries of %s left\n' "${CLEAN_MACS[*]}" >&2; return 0; }
+  { in_host "$h" node -e "$CLEAN_DHCP_JS" "$REPO_ROOT" "$NODE_MNT/dhcp" "${CLEAN_MACS[@]}" || true; } | while read -r l; do step "$h: $l"; done
+}
+
+# argv: repo root, DHCP root, MACs. Each network directory's server.conf says its interface, subnet and server.
+CLEAN_DHCP_JS='
+const [root, dir, ...macs] = process.argv.slice(1);
+const fs = require("node:fs");
+const { join } = require("node:path");
+const { createDhcpActivities } = require(join(root, "dist/activities/network/dhcp"));
+const { LocalExecutor } = require(join(root, "dist/exec/local"));
+const dhcp = createDhcpActivities({ exec: new LocalExecutor(), dir });
+const bits = (mask) => mask.split(".").reduce((n, o) => n + (Number(o) >>> 0).toString(2).split("1").length - 1, 0);
+(async () => {
+  for (const network of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+    const read = (f) => { try { return fs.readFileSync(join(dir, network, f), "utf8"); } catch { return ""; } };
+    const conf = read("server.conf");
+    let entries = [];
+    try { entries = JSON.parse(read("entries.json")).entries ?? []; } catch {}
+    const gone = entries.filter((e) => macs.includes(e.mac));
+    if (!gone.length) continue;
+    const range = /^dhcp-range=([\d.]+),static,([\d.]+)/m.exec(conf);
+    const isc = /^subnet ([\d.]+) netmask ([\d.]+)/m.exec(conf);
+    const [base, mask] = range ? [range[1], range[2]] : isc ? [isc[1], isc[2]] : [];
+    const iface = /^interface=(\S+)/m.exec(conf)?.[1] ?? /^#\s*interface:?\s*(\S+)/m.exec(conf)?.[1];
+    if (!base || !iface) { console.log(`DHCP ${network}: cannot read server.conf; entries of ${gone.map((e) => e.mac).join(" ")} left`); continue; }
+    const server = { network, subnet: `${base}/${bits(mask)}`, interface: iface, server: range ? "dnsmasq" : "isc-dhcpd" };
+    for (const entry of gone) await dhcp.removeDhcpEntry({ server, entry });
+    console.log(`DHCP ${network}: removed ${gone.length} entr(ies): ${gone.map((e) => `${e.mac} ${e.ip}`).join(", ")}`);
+  }
+})().catch((e) => { console.error(`testbed: warning: DHCP cleanup failed: ${e.message}`); process.exit(1); });
+'
+
+clean_xen1() {
+  local s ssh_x l ws n dom
+  [[ -s "$XEN1_SKIPPED" ]] && return 0
+  pidfile_alive "$TB/hosts/xen1/qemu.pid" qemu-system-x86 >/dev/null || { step "xen1: not up, skipped"; return 0; }
+  ssh_x() { timeout 30 ssh -n -F "$TB/ssh/config" -o ConnectTimeout=5 -o BatchMode=yes root@10.213.0.21 "$@"; }
+  ssh_x true 2>/dev/null || { step "xen1: dom0 does not answer over SSH, skipped"; return 0; }
+  # Guest domains (named by workspace id), then the loop devices over their disks.
+  n=0
+  for dom in $(ssh_x xl list 2>/dev/null | awk 'NR > 1 && $1 != "Domain-0" { print $1 }'); do
+    if [[ "$dom" =~ ^$WS_RE$ ]]; then clean_ours "$dom" || continue; else [[ -z "$CLEAN_PREFIX" ]] || continue; fi
+    ssh_x xl destroy "$dom" >/dev/null 2>&1 && n=$((n + 1))
+  done
+  (( n == 0 )) || step "xen1: destroyed $n domain(s)"
+  n=0
+  while IFS= read -r l; do
+    [[ -n "$l" ]] || continue
+    ws="$(grep -oE "/workspaces/$WS_RE/" <<<"$l" | grep -oE "$WS_RE" || true)"
+    if [[ -n "$ws" ]]; then clean_ours "$ws" || continue; else [[ -z "$CLEAN_PREFIX" && "$l" == *"$NODE_MNT/"* ]] || continue; fi
+    ssh_x losetup -d "${l%%:*}" 2>/dev/null && n=$((n + 1))
+  done < <(ssh_x losetup -a 2>/dev/null)
+  (( n == 0 )) || step "xen1: detached $n loop device(s)"
+  n=0
+  for l in $(ssh_x nft list tables bridge 2>/dev/null | sed -nE 's/^table bridge (vws_\S+)$/\1/p'); do
+    [[ "$l" =~ ^vws_vw([0-9a-f]{12})[0-9]$ ]] && ! clean_ours "ws-${BASH_REMATCH[1]}" && continue
+    [[ "$l" =~ ^vws_vw[0-9a-f]{12}[0-9]$ || -z "$CLEAN_PREFIX" ]] || continue
+    ssh_x nft delete table bridge "$l" 2>/dev/null && n=$((n + 1))
+  done
+  (( n == 0 )) || step "xen1: removed $n nft table(s)"
+  if [[ -z "$CLEAN_PREFIX" ]]; then
+    # dom0's DHCP servers (by PID file, dnsmasq only), entries and leases.
+    # One string: ssh hands it to dom0's shell as it is.
+    ssh_x "for f in $NODE_MNT/dhcp/*/server.pid; do [ -s \"\$f\" ] && kill \"\$(cat \"\$f\")\" 2>/dev/null; done; cd $NODE_MNT/dhcp && rm -f */leases */leases~ */hosts */options */server.pid */entries.json" \
+      && step "xen1: DHCP servers stopped, entries and leases removed"
+  fi
+  n=0
+  for ws in $(ssh_x ls -1 "$NODE_MNT/workspaces" 2>/dev/null); do
+    if [[ "$ws" =~ ^$WS_RE$ ]]; then clean_ours "$ws" || continue; else [[ -z "$CLEAN_PREFIX" && "$ws" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || continue; fi
+    ssh_x rm -rf "$NODE_MNT/workspaces/$ws" && n=$((n + 1))
+  done
+  (( n == 0 )) || step "xen1: removed $n workspace director(ies)"
+}
+
+# clean [--only-prefix P] [--temporal ADDRESS]: removes vws's leftovers on the nodes (see clean_host).
+cmd_clean() {
+  local addr="${VWS_TEMPORAL_ADDRESS:-${TEMPORAL_ADDRESS:-127.0.0.1:7233}}" hosts h ids only=0
+  while (( $# )); do
+    case "$1" in
+      --only-prefix) [[ $# -ge 2 ]] || die "--only-prefix needs a prefix"; CLEAN_PREFIX="$2"; only=1; shift 2 ;;
+      --only-prefix=*) CLEAN_PREFIX="${1#*=}"; only=1; shift ;;
+      --temporal) [[ $# -ge 2 ]] || die "--temporal needs host:port"; addr="$2"; shift 2 ;;
+      *) die "clean: unknown argument: $1 (usage: clean [--only-prefix P] [--temporal HOST:PORT])" ;;
+    esac
+  done
+  if (( only )); then
+    [[ "$CLEAN_PREFIX" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "--only-prefix: '$CLEAN_PREFIX' is not a vws prefix (letters, digits, _ . -)"
+    mapfile -t ids < <(prefix_workspace_ids "$CLEAN_PREFIX" "$addr")
+    (( ${#ids[@]} )) && CLEAN_IDS=" ${ids[*]} "
+    step "prefix $CLEAN_PREFIX: ${#ids[@]} workspace(s) on $addr; everything else is spared"
+  fi
+  preflight
+  mapfile -t hosts < <(configured_hosts)
+  (( ${#hosts[@]} )) || { step "testbed never brought up; nothing to clean"; return 0; }
+  for h in "${hosts[@]}"; do clean_host "$h"; done
+  clean_xen1
+  step "clean done (total $(elapsed) s)"
+}
+
 cmd_exec() {
   local h="${1:-}" pid
   [[ "$h" =~ ^vmm[1-9]$ ]] || die "usage: testbed.sh exec vmmK -- CMD [ARGS...]"
@@ -878,7 +1094,8 @@ cmd_env() {
 
 usage() {
   cat <<EOF
-usage: testbed.sh up [--hosts N] | status | down | exec HOST -- CMD [ARGS...] | env
+usage: testbed.sh up [--hosts N] | status | down | clean [--only-prefix P] [--temporal HOST:PORT]
+       | exec HOST -- CMD [ARGS...] | env
 state dir: $TB (VWS_TESTBED_DIR)
 EOF
 }
@@ -890,6 +1107,7 @@ main() {
     up) cmd_up "$@" ;;
     status) cmd_status ;;
     down) cmd_down ;;
+    clean) cmd_clean "$@" ;;
     exec) cmd_exec "$@" ;;
     env) cmd_env ;;
     -h|--help|help) usage ;;

@@ -4,7 +4,8 @@
  * serves a node worker on the node (local executor) and SSH mode on the head (SSH executor).
  */
 import { join } from 'node:path';
-import { heartbeat } from '@temporalio/activity';
+import { Context, heartbeat } from '@temporalio/activity';
+import { log } from '../log';
 import type { VwsConfig } from '../config/schema';
 import type { Executor } from '../exec/executor';
 import { createDriver } from './drivers';
@@ -214,7 +215,13 @@ export function createNodeActivities(deps: NodeActivityDeps) {
 
     /** VMs the driver runs on this node (for reconciliation and leak checks). */
     async listVms(): Promise<string[]> {
-      return driver.list();
+      const t0 = Date.now();
+      // How long the task took from scheduling to a worker, and how long the listing took: a reconcile run
+      // that finds a node unreachable is told apart from a slow listing by these two figures.
+      const info = Context.current().info;
+      const vms = await driver.list();
+      log.info({ node: deps.node, attempt: info.attempt, queuedMs: t0 - info.currentAttemptScheduledTimestampMs, listMs: Date.now() - t0, vms: vms.length }, 'listVms');
+      return vms;
     },
 
     /**

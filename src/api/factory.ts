@@ -6,7 +6,8 @@
  */
 import { WorkflowExecutionAlreadyStartedError, WorkflowNotFoundError, type Client, type WorkflowStartOptions } from '@temporalio/client';
 import type { AllocatorClient } from '../clients/allocator';
-import { ensembleWorkflowId, groupWorkflowId, headTaskQueue, workspaceRouting, workspaceWorkflowId } from '../config/names';
+import { ensembleWorkflowId, groupWorkflowId, headTaskQueue, pilotSlotWorkflowId, workspaceRouting, workspaceWorkflowId } from '../config/names';
+import { pilotHoldSeconds } from '../domain/pilot-slot';
 import type { VwsConfig } from '../config/schema';
 import type { Grant, SlotRequest } from '../domain/allocation';
 import type { EnsembleInput, EnsembleMemberRequest, GroupInput } from '../domain/groups';
@@ -83,8 +84,13 @@ export class Factory {
         if (found) return this.repeat(found, hash, id);
       }
     }
+    if (body.pilot) this.checkPilotMode();
     const { spec, exact } = await this.resolve(principal, body);
-    const plan = body.count > 1 ? await this.reserveGroup(principal, `grp-${digits}`, spec, exact, body.count) : await this.reserveOne(principal, `ws-${digits}`, spec, exact);
+    const plan = body.pilot
+      ? this.pilotOne(principal, `ws-${digits}`, spec, exact)
+      : body.count > 1
+        ? await this.reserveGroup(principal, `grp-${digits}`, spec, exact, body.count)
+        : await this.reserveOne(principal, `ws-${digits}`, spec, exact);
     return this.start(plan, hash, key);
   }
 
@@ -144,6 +150,66 @@ export class Factory {
       answer: { id, kind: 'workspace', state, count: 1, ...exact, node: grant.node, nics: nicsOf(grant), links: { self: `/workspaces/${id}` } },
       location: `/workspaces/${id}`,
       release: () => this.allocator.release(workflowId),
+      owner: principal.name,
+    };
+  }
+
+  /** A 400 naming `pilot` when this site cannot borrow node time from a batch system. */
+  private checkPilotMode(): void {
+    const { pilot, lrm, nodes } = this.config;
+    const why = !lrm ? 'no batch system (lrm)' : !pilot?.apiUrl ? 'no pilot.apiUrl' : !nodes.some((n) => n.pilot) ? 'no pilot nodes (nodes[].pilot)' : undefined;
+    if (!why) return;
+    const message = `pilot mode is not available on this site: ${why} is configured`;
+    throw new HttpProblem(400, 'Invalid request', `pilot: ${message}`, { errors: [{ field: 'pilot', message }] });
+  }
+
+  /**
+   * Pilot mode: nothing is reserved now. The workspace's pilot slot submits a job to the batch system and
+   * the workspace waits in its queue (task `queued-in-batch`), then allocates inside the node time the
+   * pilot obtained; a refusal then (the job never ran) ends the workspace with the reason.
+   */
+  private pilotOne(principal: Principal, id: string, spec: WorkspaceSpec, exact: ExactResources): StartPlan {
+    const workflowId = workspaceWorkflowId(this.config, id);
+    const pilot = this.config.pilot!;
+    const settings = {
+      reserveTimeoutSeconds: pilot.reserveTimeoutSeconds,
+      marginSeconds: pilot.marginSeconds,
+      evacuateSeconds: pilot.evacuateSeconds,
+      pollSeconds: pilot.pollSeconds,
+      windowSeconds: pilot.windowSeconds,
+    };
+    const input: WorkspaceInput = {
+      id,
+      owner: principal.identity,
+      spec,
+      routing: workspaceRouting(this.config),
+      createdAt: new Date().toISOString(),
+      pilot: {
+        slotWorkflowId: pilotSlotWorkflowId(this.config, id),
+        slot: {
+          slotId: id,
+          workspaceWorkflowId: workflowId,
+          memoryMiB: spec.memoryMiB,
+          vcpus: spec.vcpus,
+          holdSeconds: pilotHoldSeconds(spec.durationSeconds, settings),
+          ...(spec.nodeProperties?.length ? { constraints: spec.nodeProperties } : {}),
+          headTaskQueue: headTaskQueue(this.config),
+          settings,
+        },
+      },
+    };
+    const state = isStaging(spec) ? 'Unstaged' : 'Unpropagated';
+    return {
+      workflowType: 'workspaceWorkflow',
+      workflowId,
+      args: [input],
+      searchAttributes: [
+        { key: VwsOwner, value: principal.identity },
+        { key: VwsState, value: state },
+      ],
+      answer: { id, kind: 'workspace', state, task: 'queued-in-batch', count: 1, ...exact, pilot: { slotId: id }, links: { self: `/workspaces/${id}` } },
+      location: `/workspaces/${id}`,
+      release: async () => undefined,
       owner: principal.name,
     };
   }

@@ -371,6 +371,27 @@ export function errorStatuses(route: ApiRoute): number[] {
   return [...s].sort((a, b) => a - b);
 }
 
+/**
+ * The OpenAPI security requirements of a route: alternatives, any one of which is enough. A client (or
+ * an admin) authenticates by token or by client certificate (`mutualTLS`, where the site serves it); a
+ * node worker sends no certificate, so the repository takes its token only; `/metrics` may also be
+ * public (the empty requirement); a pilot's route takes no HTTP credential (the body is signed).
+ */
+export function securityOf(auth: RouteAuth): Array<Record<string, string[]>> {
+  switch (auth) {
+    case 'none':
+    case 'pilot':
+      return [];
+    case 'node':
+      return [{ bearer: [] }];
+    case 'metrics':
+      return [{ bearer: [] }, { mutualTLS: [] }, {}];
+    case 'client':
+    case 'admin':
+      return [{ bearer: [] }, { mutualTLS: [] }];
+  }
+}
+
 function routeConfig(route: ApiRoute): RouteConfig {
   const responses: Record<number, ResponseConfig> = {
     [route.success.status]: {
@@ -388,8 +409,7 @@ function routeConfig(route: ApiRoute): RouteConfig {
     summary: route.summary,
     tags: [route.tag],
     operationId: `${route.method}${route.path.replace(/[{}]/g, '').replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ? c.toUpperCase() : ''))}`,
-    // A pilot's route takes no HTTP credential: the signature is part of the body.
-    security: route.auth === 'none' || route.auth === 'pilot' ? [] : route.auth === 'metrics' ? [{ bearer: [] }, {}] : [{ bearer: [] }],
+    security: securityOf(route.auth),
     request: {
       ...(route.params ? { params: z.object(route.params) } : {}),
       ...(route.query ? { query: route.query } : {}),
@@ -410,6 +430,11 @@ export function openApiDocument(): ReturnType<OpenApiGeneratorV31['generateDocum
     type: 'http',
     scheme: 'bearer',
     description: "A client's token (an admin's for admin routes), or a node's token for the repository. `/metrics` takes an admin token unless `api.metricsPublic` is set.",
+  });
+  registry.registerComponent('securitySchemes', 'mutualTLS', {
+    type: 'mutualTLS',
+    description:
+      "A client certificate issued by the site's client CA (only where the site sets `api.tls.clientCaFile`): its subject, written as a grid DN (`/O=Grid/OU=site/CN=alice`), is a configured client's identity, with that client's role. A bearer token sent along must be the same client's; with `api.tls.requireClientCert` the certificate is required and a token alone is refused. Node tokens never need one.",
   });
   for (const route of API_ROUTES) registry.registerPath(routeConfig(route));
   cached = new OpenApiGeneratorV31(registry.definitions).generateDocument({

@@ -64,7 +64,7 @@ async function resolveRef(
 export async function buildWorkspaceSpec(
   config: VwsConfig,
   principal: Principal,
-  body: Omit<CreateWorkspaceRequest, 'memoryMiB' | 'vcpus' | 'durationSeconds' | 'count'>,
+  body: Omit<CreateWorkspaceRequest, 'memoryMiB' | 'vcpus' | 'durationSeconds' | 'count' | 'pilot'>,
   exact: ExactResources,
 ): Promise<WorkspaceSpec> {
   const errors: FieldProblem[] = [];

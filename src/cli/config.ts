@@ -9,6 +9,9 @@
  * ```yaml
  * api: https://vws.example.org:8080
  * tokenFile: ~/.vws/token        # or token: <the token itself>; a relative path is from this file's directory
+ * cert: ~/.vws/alice.crt         # a client certificate (PEM) for an API with mutual TLS, with its key
+ * key: ~/.vws/alice.key
+ * ca: /etc/vws/site-ca.crt       # the CA the API's certificate chains to, when the system does not trust it
  * ```
  */
 import { readFileSync } from 'node:fs';
@@ -22,7 +25,13 @@ const fileSchema = z.strictObject({
   api: z.url({ protocol: /^https?$/, error: 'give the API base URL, e.g. http://127.0.0.1:8080' }).optional(),
   token: z.string().min(1, 'give the token, or use tokenFile').optional(),
   tokenFile: z.string().min(1, 'give a path').optional(),
+  cert: z.string().min(1, 'give the path of your client certificate (PEM)').optional(),
+  key: z.string().min(1, "give the path of your client certificate's private key (PEM)").optional(),
+  ca: z.string().min(1, 'give the path of the CA certificate(s) (PEM) the API is signed by').optional(),
 });
+
+/** The settings of the file that are paths, resolved against the file's directory when relative. */
+const PATHS = ['tokenFile', 'cert', 'key', 'ca'] as const;
 
 /** The CLI's settings from a configuration file. */
 export type CliFileConfig = z.infer<typeof fileSchema>;
@@ -37,8 +46,8 @@ const expandHome = (p: string) => (p === '~' || p.startsWith('~/') ? join(homedi
 
 /**
  * Reads a configuration file. `explicit`: it was named (by option or environment), so a missing file is
- * an error; the default file is simply skipped when absent. A relative `tokenFile` is resolved against
- * the file's directory.
+ * an error; the default file is simply skipped when absent. A relative path (`tokenFile`, `cert`, `key`,
+ * `ca`) is resolved against the file's directory.
  */
 export function readCliConfig(file: string, explicit: boolean): CliFileConfig {
   let text: string;
@@ -61,5 +70,10 @@ export function readCliConfig(file: string, explicit: boolean): CliFileConfig {
   const c = parsed.data;
   if (c.token && c.tokenFile) throw new CliConfigError(`${file}: token, tokenFile: give one of them, not both`);
   const base = dirname(resolve(expandHome(file)));
-  return { ...c, ...(c.tokenFile ? { tokenFile: isAbsolute(expandHome(c.tokenFile)) ? expandHome(c.tokenFile) : join(base, c.tokenFile) } : {}) };
+  const out: CliFileConfig = { ...c };
+  for (const k of PATHS) {
+    const p = c[k];
+    if (p !== undefined) out[k] = isAbsolute(expandHome(p)) ? expandHome(p) : join(base, p);
+  }
+  return out;
 }

@@ -1,7 +1,7 @@
 /**
  * A reader of server-sent events (`text/event-stream`, as the WHATWG HTML standard defines the format)
- * over a fetch body: just what the CLI needs to follow `GET …/events`. Comment lines (keep-alives) and
- * `retry:` are read and dropped.
+ * over a response body (a fetch body, or a node response as the CLI reads it): just what the CLI needs
+ * to follow `GET …/events`. Comment lines (keep-alives) and `retry:` are read and dropped.
  */
 
 /** One event as the server sent it. */
@@ -14,7 +14,7 @@ export interface ServerEvent {
 }
 
 /** Yields the events of a stream until it ends (or its reader is cancelled). */
-export async function* serverEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<ServerEvent> {
+export async function* serverEvents(body: ReadableStream<Uint8Array> | AsyncIterable<Uint8Array>): AsyncGenerator<ServerEvent> {
   const decoder = new TextDecoder();
   let buffer = '';
   let event = '';

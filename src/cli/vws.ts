@@ -9,31 +9,42 @@
  * when the stream cannot be had or breaks. The summary (or the JSON answer) goes to stdout alone.
  *
  * Settings: options, then environment variables (`VWS_API`, `VWS_TOKEN` the token itself,
- * `VWS_TOKEN_FILE`), then the file named by `--config` or `VWS_CLI_CONFIG` (default
- * `~/.config/vws/cli.yaml` if present; see `config.ts`), then the defaults of a local installation.
+ * `VWS_TOKEN_FILE`, `VWS_CERT`, `VWS_KEY`, `VWS_CA`), then the file named by `--config` or
+ * `VWS_CLI_CONFIG` (default `~/.config/vws/cli.yaml` if present; see `config.ts`), then the defaults of
+ * a local installation. With a client certificate (`--cert`/`--key`, for an API serving mutual TLS) the
+ * certificate is the identity: a token is sent along only when one is configured explicitly, never the
+ * local installation's default token file. `--ca` names the CA the API's certificate must chain to; it
+ * and the client certificate go with every request, the event stream included.
  *
  * Exit codes: 0 done; 1 any other failure (e.g. the API failed); 2 bad usage or an invalid request
  * (400); 3 the API cannot be reached; 4 not found (404); 5 refused in the current state or for lack of
  * capacity (409), or an idempotency key reused with another request (422); 6 a workspace, group or
  * ensemble failed (Corrupted, or ended with a reason); 7 gave up waiting; 8 refused by the site's policy
- * or a quota (400 PolicyViolation, 403).
+ * or a quota (400 PolicyViolation, 403); 9 not authenticated: the API refused the token or the client
+ * certificate (401), or TLS trust failed (the API's certificate is not trusted, or the API refused the
+ * client certificate in the handshake).
  */
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { CliConfigError, DEFAULT_CLI_CONFIG, readCliConfig } from './config';
 import { serverEvents } from './sse';
+import { createTransport, readJson, send, TlsSettingsError, TransportError, type TlsFiles, type Transport } from './transport';
 
 interface Globals {
   api: string;
   tokenFile: string;
   config?: string;
+  cert?: string;
+  key?: string;
+  ca?: string;
   json?: boolean;
 }
 
-/** Where requests go and with which token, once options, environment and file are combined. */
+/** Where requests go, with which token (none: the client certificate alone) and TLS, once options, environment and file are combined. */
 interface Target {
   api: string;
-  token: string;
+  token: string | null;
+  transport: Transport;
 }
 
 class CliError extends Error {
@@ -47,6 +58,7 @@ class CliError extends Error {
 
 /** Exit code of an API error (see the file's comment). */
 function exitCodeOf(status: number, type: unknown): number {
+  if (status === 401) return 9;
   if (status === 403 || type === 'urn:vws:problem:PolicyViolation') return 8;
   if (status === 400) return 2;
   if (status === 404) return 4;
@@ -74,33 +86,58 @@ function target(g: Globals): Target {
       throw new CliError(`cannot read the token file ${path} (${(e as NodeJS.ErrnoException).code}); ${how}`, 2);
     }
   };
-  const fix = 'set --token-file, VWS_TOKEN_FILE or VWS_TOKEN, or tokenFile in the configuration file';
+  const fix = 'set --token-file, VWS_TOKEN_FILE or VWS_TOKEN, or tokenFile in the configuration file (or use a client certificate: --cert and --key)';
+  const given = (key: 'cert' | 'key' | 'ca', env: string) =>
+    from(key) === 'cli' || from(key) === 'env' ? { path: g[key]!, setting: from(key) === 'cli' ? `--${key}` : env } : file[key] ? { path: file[key], setting: `${g.config ?? DEFAULT_CLI_CONFIG}: ${key}` } : undefined;
+  const tls: TlsFiles = {};
+  for (const [key, env] of [['cert', 'VWS_CERT'], ['key', 'VWS_KEY'], ['ca', 'VWS_CA']] as const) {
+    const f = given(key, env);
+    if (f) tls[key] = f;
+  }
   const envToken = process.env.VWS_TOKEN?.trim();
-  let token: string;
+  let token: string | null;
   if (from('tokenFile') === 'cli') token = readToken(g.tokenFile, fix);
   else if (envToken) token = envToken;
   else if (from('tokenFile') === 'env') token = readToken(g.tokenFile, fix);
   else if (file.token) token = file.token;
-  else token = readToken(file.tokenFile ?? g.tokenFile, fix);
-  const api = from('api') === 'cli' || from('api') === 'env' ? g.api : (file.api ?? g.api);
-  resolved = { api: api.replace(/\/+$/, ''), token };
+  else if (file.tokenFile) token = readToken(file.tokenFile, fix);
+  // The certificate is the identity: the local installation's token (another client's, likely) would contradict it.
+  else if (tls.cert) token = null;
+  else token = readToken(g.tokenFile, fix);
+  const api = (from('api') === 'cli' || from('api') === 'env' ? g.api : (file.api ?? g.api)).replace(/\/+$/, '');
+  if (!/^https?:$/.test(URL.canParse(api) ? new URL(api).protocol : '')) throw new CliError(`the API URL ${api} is not an http:// or https:// URL (--api, VWS_API or api in the configuration file)`, 2);
+  let transport: Transport;
+  try {
+    transport = createTransport(api, tls);
+  } catch (e) {
+    if (e instanceof TlsSettingsError) throw new CliError(e.message, 2);
+    throw e;
+  }
+  resolved = { api, token, transport };
   return resolved;
 }
 
+/** The Authorization header of the target's token, if it has one. */
+const authorization = (t: Target): Record<string, string> => (t.token !== null ? { authorization: `Bearer ${t.token}` } : {});
+
+/** A transport failure as the CLI reports it: exit 9 for TLS trust, 3 for an API that cannot be reached. */
+const transportFailure = (e: TransportError) => new CliError(e.message, e.kind === 'trust' ? 9 : 3);
+
 async function call(g: Globals, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Record<string, unknown>> {
-  const { api, token } = target(g);
-  let res: globalThis.Response;
+  const t = target(g);
+  let res;
   try {
-    res = await fetch(`${api}${path}`, {
+    res = await send(t.transport, t.api, path, {
       method,
-      headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}), ...headers },
-      body: body ? JSON.stringify(body) : undefined,
+      headers: { ...authorization(t), accept: 'application/json', ...(body ? { 'content-type': 'application/json' } : {}), ...headers },
+      ...(body ? { body: JSON.stringify(body) } : {}),
     });
   } catch (e) {
-    throw new CliError(`cannot reach the vws API at ${api}: ${(e as Error & { cause?: Error }).cause?.message ?? (e as Error).message}`, 3);
+    if (e instanceof TransportError) throw transportFailure(e);
+    throw e;
   }
-  const data = (await res.json().catch(() => ({}))) as Record<string, unknown>;
-  if (!res.ok) {
+  const data = await readJson(res).catch(() => ({}) as Record<string, unknown>);
+  if (res.status < 200 || res.status > 299) {
     const errors = (data.errors as Array<{ field: string; message: string }> | undefined) ?? [];
     const detail = errors.length ? errors.map((e) => `  ${e.field}: ${e.message}`).join('\n') : `  ${String(data.detail ?? res.statusText)}`;
     throw new CliError(`${res.status} ${String(data.title ?? '')}\n${detail}`, exitCodeOf(res.status, data.type));
@@ -196,6 +233,7 @@ async function follow(g: Globals, spec: FollowSpec): Promise<Described> {
     if (reached) return reached;
   } catch (e) {
     if (e instanceof CliError) throw e;
+    if (e instanceof TransportError && e.kind === 'trust') throw transportFailure(e);
     if (Date.now() >= deadline) throw gaveUp();
     console.error(`  (live events unavailable: ${(e as Error).message}; polling)`);
   }
@@ -212,13 +250,18 @@ async function follow(g: Globals, spec: FollowSpec): Promise<Described> {
  * Throws a plain Error when the stream cannot be had or breaks, and what `seen` throws.
  */
 async function followEvents(g: Globals, path: string, seen: (d: Described) => Described | null, deadline: number): Promise<Described | null> {
-  const { api, token } = target(g);
+  const t = target(g);
   const stop = new AbortController();
   const timer = setTimeout(() => stop.abort(), Math.max(0, deadline - Date.now()));
   try {
-    const res = await fetch(`${api}${path}/events`, { headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream' }, signal: stop.signal });
-    if (!res.ok || !res.body || !String(res.headers.get('content-type')).startsWith('text/event-stream')) {
-      await res.body?.cancel();
+    const res = await send(t.transport, t.api, `${path}/events`, { method: 'GET', headers: { ...authorization(t), accept: 'text/event-stream' }, signal: stop.signal });
+    if (res.status === 401) {
+      // Not a broken stream: polling would be refused the same way; say why now.
+      const d = await readJson(res);
+      throw new CliError(`401 ${String(d.title ?? 'Unauthorized')}\n  ${String(d.detail ?? '')}`, 9);
+    }
+    if (res.status !== 200 || !res.contentType.startsWith('text/event-stream')) {
+      res.body.destroy();
       throw new Error(`GET ${path}/events answered ${res.status}`);
     }
     for await (const e of serverEvents(res.body)) {
@@ -278,7 +321,10 @@ const program = new Command('vws')
   .description('Client for the vws Virtual Workspace Service')
   .addOption(new Option('--api <url>', 'vws API base URL').env('VWS_API').default('http://127.0.0.1:8080'))
   .addOption(new Option('--token-file <file>', 'file holding your bearer token (or set VWS_TOKEN to the token)').env('VWS_TOKEN_FILE').default('/var/lib/vws/secrets/demo.token'))
-  .addOption(new Option('--config <file>', `settings file (YAML or JSON: api, token or tokenFile); default ${DEFAULT_CLI_CONFIG} if present`).env('VWS_CLI_CONFIG'))
+  .addOption(new Option('--config <file>', `settings file (YAML or JSON: api, token or tokenFile, cert, key, ca); default ${DEFAULT_CLI_CONFIG} if present`).env('VWS_CLI_CONFIG'))
+  .addOption(new Option('--cert <file>', 'client certificate (PEM) for an API with mutual TLS: its subject is your identity; needs --key').env('VWS_CERT'))
+  .addOption(new Option('--key <file>', "the client certificate's private key (PEM)").env('VWS_KEY'))
+  .addOption(new Option('--ca <file>', "CA certificate(s) (PEM) the API's https certificate must chain to, instead of the system's").env('VWS_CA'))
   .option('--json', 'print JSON for scripts')
   // Commander's own usage errors (unknown option, bad value) exit 2; help stays 0. Inherited by every subcommand.
   .exitOverride((e) => process.exit(e.exitCode === 0 ? 0 : 2))
@@ -287,16 +333,24 @@ const program = new Command('vws')
     `
 Exit codes: 0 done; 1 other failure; 2 bad usage or invalid request (400); 3 API unreachable; 4 not found;
 5 refused in this state, no capacity, or idempotency key reused (409, 422); 6 Corrupted or ended with a reason;
-7 gave up waiting; 8 refused by site policy or quota (400 PolicyViolation, 403).
+7 gave up waiting; 8 refused by site policy or quota (400 PolicyViolation, 403); 9 not authenticated (401:
+token or client certificate refused) or TLS trust failed (the API's certificate not trusted: give --ca).
 
 --wait prints one line per change on stderr (seconds since start, state, task, bytes copied, IP); stdout
 has only the summary, or the JSON answer with --json.
 
-Settings, first found wins: options; VWS_API, VWS_TOKEN (the token itself), VWS_TOKEN_FILE; the file named
-by --config or VWS_CLI_CONFIG (else ~/.config/vws/cli.yaml if present), e.g.
+Settings, first found wins: options; VWS_API, VWS_TOKEN (the token itself), VWS_TOKEN_FILE, VWS_CERT,
+VWS_KEY, VWS_CA; the file named by --config or VWS_CLI_CONFIG (else ~/.config/vws/cli.yaml if present), e.g.
   api: https://vws.example.org:8080
   tokenFile: ~/.vws/token
-then the local installation's defaults.`,
+  ca: /etc/vws/site-ca.crt
+  cert: ~/.vws/alice.crt     # with key: mutual TLS; then no token is needed
+  key: ~/.vws/alice.key
+then the local installation's defaults.
+
+Examples:
+  vws list --api https://vws.example.org:8080 --ca site-ca.crt --cert alice.crt --key alice.key
+  VWS_CERT=alice.crt VWS_KEY=alice.key vws deploy --image sample --wait`,
   );
 
 /** `--memory 512` or `--memory 256-1024`: an exact value or a range the factory picks from. */

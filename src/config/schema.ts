@@ -4,6 +4,7 @@
  * single-machine set-up that `./run.sh start` brings up: the head on 10.213.0.1 and one VMM node, vmm1.
  */
 import { z } from 'zod';
+import { lrmSchema } from './lrm-schema';
 import type { PoolAddress } from '../domain/allocation';
 import { inSubnet, ipToInt } from '../domain/network';
 import { poolAddresses } from './pools';
@@ -89,6 +90,11 @@ export const nodeSchema = z
     antiSpoofing: z.boolean().default(true),
     /** Properties (node pools) a request may require with `nodeProperties`, e.g. `[pool-a, bigmem]`. */
     properties: z.array(name).default([]),
+    /**
+     * A pilot node (seed 003): the site's batch system (`lrm`) owns it; vws places VMs on it only inside
+     * node time a pilot job obtained (pilot mode), never otherwise.
+     */
+    pilot: z.boolean().optional(),
     /**
      * How the node's activities run: `worker` = a node worker process on the node; `ssh` = the head serves
      * the node's task queue and runs the same activities over SSH (see `ssh`).
@@ -292,6 +298,16 @@ function checkClientIdentities(c: { api: { tls?: { clientCaFile?: string } }; cl
   });
 }
 
+/** Pilot nodes need a batch system and the pilot's settings; with those, the pilots need an API URL to report to. */
+function checkPilotMode(c: { nodes: Array<{ pilot?: boolean }>; lrm?: unknown; pilot?: { apiUrl?: string } }, ctx: z.RefinementCtx): void {
+  const pilotNodes = c.nodes.map((n, i) => (n.pilot ? i : -1)).filter((i) => i >= 0);
+  if (!pilotNodes.length) return;
+  const at = ['nodes', pilotNodes[0], 'pilot'];
+  if (!c.lrm) ctx.addIssue({ code: 'custom', path: at, message: 'a pilot node needs the batch system that lends it: add the lrm section' });
+  if (!c.pilot) ctx.addIssue({ code: 'custom', path: at, message: 'a pilot node needs the pilot section (secretFile, apiUrl)' });
+  else if (!c.pilot.apiUrl) ctx.addIssue({ code: 'custom', path: ['pilot', 'apiUrl'], message: 'is required with pilot nodes: the URL at which pilots reach vws' });
+}
+
 /** Refuses two entries with the same `name` in a list, naming the second. */
 function uniqueNames(what: string) {
   return (items: Array<{ name: string }>, ctx: z.RefinementCtx) => {
@@ -359,6 +375,17 @@ function checkNetworks(c: { networks: Array<z.infer<typeof networkSchema>>; node
   if (c.nics.defaultNetworks.length > c.nics.max) ctx.addIssue({ code: 'custom', path: ['nics', 'defaultNetworks'], message: `more default networks than nics.max (${c.nics.max})` });
 }
 
+/**
+ * The head worker's default workflow cache (`workers.head.maxCachedWorkflows`), from the API benchmark
+ * (bench/api.bench.ts, 1,000 live workspaces): each cached workspace costs ~0.28 MB of the head's
+ * resident memory (540 MiB with all 1,000 cached, 273 MiB idle), but `GET /workspaces/:id` is a workflow
+ * query, so a cache smaller than the live set makes every read of an evicted workspace a replay: with
+ * 100 the reads at 100/s timed out (503) while the head held 346 MiB. So the cache must hold the live
+ * set; 1,500 keeps a site of 1,000 live workspaces (plus allocator, groups, ensembles) fully cached and
+ * bounds the head at roughly 700 MB beyond that, instead of the SDK's default (2,310, about 900 MB).
+ */
+export const HEAD_MAX_CACHED_WORKFLOWS = 1500;
+
 /** The whole configuration. */
 export const configSchema = z
   .object({
@@ -382,6 +409,31 @@ export const configSchema = z
       .object({
         headWorkerMetrics: z.string().regex(/^[^\s:]+:\d{1,5}$/, 'a host:port to listen on, e.g. 127.0.0.1:9464').optional(),
         nodeWorkerMetrics: z.string().regex(/^[^\s:]+:\d{1,5}$/, 'a host:port to listen on, e.g. 0.0.0.0:9465').optional(),
+      })
+      .strict()
+      .prefault({}),
+    /** Settings of the worker processes (issue 8: the head's memory with many live workspaces). */
+    workers: z
+      .object({
+        head: z
+          .object({
+            /**
+             * How many workflows the head worker keeps in memory between their tasks. Each cached workspace
+             * workflow costs about 0.3 MB of the head's resident memory; a workflow not in the cache is
+             * replayed from its history when it next has work (a timer, an operation, a query such as
+             * `GET /workspaces/:id`), which costs CPU and read latency, never correctness.
+             */
+            maxCachedWorkflows: z
+              .number()
+              .int()
+              .min(40, 'at least 40: the head runs up to 40 workflow tasks at once, each needs a cache slot')
+              .default(HEAD_MAX_CACHED_WORKFLOWS)
+              .describe(
+                "workflows the head worker keeps in memory (about 0.3 MB of resident memory each); an evicted one is replayed from its history when it next has work or is read, costing CPU and read latency, not correctness",
+              ),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .prefault({}),
@@ -479,11 +531,37 @@ export const configSchema = z
      * in `secretFile` (created with a random secret if missing, mode 0600; copy it to the nodes). Absent:
      * `POST /pilot/notifications` answers 503.
      */
+    /** The site's batch system that lends vws its pilot nodes (pilot mode); absent: no pilot mode. */
+    lrm: lrmSchema.optional(),
     pilot: z
       .object({
         secretFile: z.string().startsWith('/'),
         /** A notification is accepted within this many seconds of its timestamp, either way. */
         windowSeconds: z.number().int().min(1).max(3600).default(60),
+        /**
+         * vws's API as the pilots on the nodes reach it (their notifications go to `<apiUrl>/pilot/notifications`).
+         * Required for pilot mode (workspaces deployed with `pilot: true`).
+         */
+        apiUrl: z.url({ protocol: /^https?$/, error: 'must be an http(s) URL' }).optional(),
+        /**
+         * The pilot program on the nodes, as an argv prefix (`run` and its options follow). Absent: this
+         * installation's Node.js and `dist/pilot/main.js`, which suits nodes that share the head's install path.
+         */
+        command: z.array(z.string().min(1)).min(1).optional(),
+        /** A pilot job that has not reported `reserved` this long after submission is cancelled; the workspace is refused. */
+        reserveTimeoutSeconds: z.number().int().min(5).default(900),
+        /** The batch system's SIGTERM→SIGKILL grace (Slurm KillWait, PBS kill_delay), seconds. */
+        graceSeconds: z.number().int().min(1).max(3600).default(30),
+        /** Share of that grace the pilot gives vws to trash its VMs before it destroys what is left (Nimbus's earlywaitratio). */
+        graceRatio: z.number().min(0).max(0.95).default(0.5),
+        /** The pilot starts handing the node back this long before its slot ends, seconds. */
+        marginSeconds: z.number().int().min(0).default(10),
+        /** vws evacuates a slot's VMs this long before the pilot starts handing the node back, seconds. */
+        evacuateSeconds: z.number().int().min(0).default(20),
+        /** Memory the pilot reserves beyond the VM's own (QEMU's or Xen's overhead), MiB. */
+        overheadMiB: z.number().int().min(0).default(64),
+        /** How often a slot asks the batch system whether its job still exists, seconds. */
+        pollSeconds: z.number().int().min(1).default(30),
       })
       .strict()
       .optional(),
@@ -499,7 +577,8 @@ export const configSchema = z
   })
   .strict()
   .superRefine(checkNetworks)
-  .superRefine(checkClientIdentities);
+  .superRefine(checkClientIdentities)
+  .superRefine(checkPilotMode);
 
 /** A validated configuration with every default filled in. */
 export type VwsConfig = z.infer<typeof configSchema>;

@@ -17,6 +17,30 @@ export interface NodeCapacity {
   properties?: string[];
   /** Drained: no new grants on this node; live grants are untouched. Kept across `configure`. */
   drained?: boolean;
+  /**
+   * A pilot node (seed 003): the site's batch system owns it. vws may place VMs on it only inside a
+   * lease of node time that a pilot job obtained ({@link NodeLease}); ordinary requests never land here.
+   */
+  pilot?: boolean;
+}
+
+/**
+ * Node time a pilot job obtained from the batch system and lent to the allocator: memory and CPUs on
+ * one pilot node, until the slot ends. Held by the pilot-slot workflow (its id is the lease's key),
+ * which ends it only after the batch system confirms the job is gone.
+ */
+export interface NodeLease {
+  /** Workflow id of the pilot slot that holds the lease. */
+  holder: string;
+  node: string;
+  /** Memory the pilot reserved for VMs (the pilot's `reserved` message), MiB. */
+  memoryMiB: number;
+  vcpus: number;
+  /** When the slot ends (ISO). */
+  until: string;
+  /** The batch system's job id, for admins. */
+  jobId?: string;
+  leasedAt?: string;
 }
 
 /** One address of a network pool with its DHCP options; the MAC stays bound to its IP for good. */
@@ -56,6 +80,8 @@ export interface Grant {
   reservedSeconds?: number;
   /** The group or ensemble workflow id that reserved this grant with others (see {@link GangRequest}). */
   gang?: string;
+  /** The pilot lease (its holder) this grant lives in, on a pilot node. */
+  lease?: string;
 }
 
 /** What a workspace asks the allocator for. */
@@ -71,6 +97,8 @@ export interface SlotRequest {
   reservedSeconds?: number;
   /** Properties the node must have (every one of them), e.g. a node pool. */
   nodeProperties?: string[];
+  /** Place the grant inside this pilot lease (its holder's workflow id), on the lease's node only. */
+  lease?: string;
 }
 
 /**
@@ -133,6 +161,8 @@ export interface Ledger {
   events?: AccountingEvent[];
   /** Closed grants' reserved and used seconds are charged in whole units of this many seconds, rounded up (absent: 60). */
   chargeGranularitySeconds?: number;
+  /** Live pilot leases by holder (the pilot-slot workflow id); absent in ledgers from before the pilot. */
+  leases?: Record<string, NodeLease>;
 }
 
 /** A ledger as recorded before multi-network pools (one `network` and its `addresses`). */
@@ -214,7 +244,9 @@ const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
  * order. The refusal names what was missing and what each candidate has free.
  */
 function pickNode(ledger: Ledger, request: SlotRequest, networks: string[]): { ok: true; node: NodeCapacity } | { ok: false; reason: string } {
-  const carriers = ledger.nodes.filter((n) => networks.every((net) => !n.networks || n.networks.includes(net)));
+  if (request.lease !== undefined) return pickLeasedNode(ledger, request, networks);
+  // Pilot nodes belong to the batch system: only a lease opens them (pickLeasedNode).
+  const carriers = ledger.nodes.filter((n) => !n.pilot && networks.every((net) => !n.networks || n.networks.includes(net)));
   if (!carriers.length) return { ok: false, reason: `no node carries all of the networks ${[...new Set(networks)].join(', ')}` };
   const wanted = request.nodeProperties ?? [];
   const suitable = carriers.filter((n) => wanted.every((p) => n.properties?.includes(p)));
@@ -243,6 +275,73 @@ function pickNode(ledger: Ledger, request: SlotRequest, networks: string[]): { o
         .map((n) => `${n.name} ${free(n).memoryMiB} MiB and ${plural(free(n).vcpus, 'CPU')}`)
         .join(', ')})` + (drained.length ? `; drained: ${drained.join(', ')}` : ''),
   };
+}
+
+/** Memory and CPUs that live grants use inside each lease, by lease holder. */
+export function useByLease(ledger: Ledger): Record<string, { memoryMiB: number; vcpus: number; grants: number }> {
+  const use: Record<string, { memoryMiB: number; vcpus: number; grants: number }> = {};
+  for (const g of Object.values(ledger.grants)) {
+    if (g.lease === undefined) continue;
+    const u = (use[g.lease] ??= { memoryMiB: 0, vcpus: 0, grants: 0 });
+    u.memoryMiB += g.memoryMiB;
+    u.vcpus += g.vcpus;
+    u.grants += 1;
+  }
+  return use;
+}
+
+/** The lease's node, if the request fits in what the lease has left (a lease is never overcommitted either). */
+function pickLeasedNode(ledger: Ledger, request: SlotRequest, networks: string[]): { ok: true; node: NodeCapacity } | { ok: false; reason: string } {
+  const lease = ledger.leases?.[request.lease!];
+  if (!lease) return { ok: false, reason: `no live pilot lease ${request.lease} (its slot ended or never reserved)` };
+  const node = ledger.nodes.find((n) => n.name === lease.node);
+  if (!node) return { ok: false, reason: `pilot lease ${lease.holder} is on node ${lease.node}, which the site no longer has` };
+  const missing = networks.filter((net) => node.networks && !node.networks.includes(net));
+  if (missing.length) return { ok: false, reason: `pilot node ${node.name} does not carry the networks ${[...new Set(missing)].join(', ')}` };
+  const used = useByLease(ledger)[lease.holder] ?? { memoryMiB: 0, vcpus: 0 };
+  const freeMiB = lease.memoryMiB - used.memoryMiB;
+  const freeCpus = lease.vcpus - used.vcpus;
+  if (request.memoryMiB > freeMiB || request.vcpus > freeCpus) {
+    return { ok: false, reason: `pilot lease ${lease.holder} on ${node.name} has ${freeMiB} MiB and ${plural(freeCpus, 'CPU')} free; the request needs ${request.memoryMiB} MiB and ${plural(request.vcpus, 'CPU')}` };
+  }
+  return { ok: true, node };
+}
+
+/** Result of {@link lease}. */
+export type LeaseResult = { ok: true; lease: NodeLease } | Refusal;
+
+/**
+ * Records a pilot's lease of node time: on a configured pilot node, not drained, and never more than
+ * the node has beside its other leases. A repeat by the same holder returns its lease unchanged.
+ */
+export function lease(ledger: Ledger, request: NodeLease, now: string): LeaseResult {
+  const existing = ledger.leases?.[request.holder];
+  if (existing) return { ok: true, lease: existing };
+  const node = ledger.nodes.find((n) => n.name === request.node);
+  const refuse = (reason: string): Refusal => ({ ok: false, type: FailureType.NoCapacity, reason: `pilot lease on ${request.node}: ${reason}` });
+  if (!node) return refuse(`no such node (nodes: ${ledger.nodes.map((n) => n.name).join(', ')})`);
+  if (!node.pilot) return refuse('the node is not a pilot node (nodes[].pilot in the configuration)');
+  if (node.drained) return refuse('the node is drained');
+  const leased = Object.values(ledger.leases ?? {})
+    .filter((l) => l.node === node.name)
+    .reduce((s, l) => ({ memoryMiB: s.memoryMiB + l.memoryMiB, vcpus: s.vcpus + l.vcpus }), { memoryMiB: 0, vcpus: 0 });
+  if (request.memoryMiB > node.memoryMiB - leased.memoryMiB || request.vcpus > node.cpus - leased.vcpus) {
+    return refuse(`asks ${request.memoryMiB} MiB and ${plural(request.vcpus, 'CPU')}, the node has ${node.memoryMiB - leased.memoryMiB} MiB and ${plural(node.cpus - leased.vcpus, 'CPU')} not leased`);
+  }
+  const recorded: NodeLease = { ...request, leasedAt: now };
+  ledger.leases = { ...(ledger.leases ?? {}), [request.holder]: recorded };
+  return { ok: true, lease: recorded };
+}
+
+/**
+ * Ends a lease (idempotent: true if there was one). Grants still inside it stay until their holders
+ * release them (their VMs must be confirmed gone first), but nothing new is placed in it.
+ */
+export function endLease(ledger: Ledger, holder: string): boolean {
+  if (!ledger.leases?.[holder]) return false;
+  const { [holder]: _gone, ...rest } = ledger.leases;
+  ledger.leases = rest;
+  return true;
 }
 
 /** For each NIC, the first address of its pool not in `held` (which it then joins). All or nothing. */
@@ -276,6 +375,7 @@ function grantFor(request: SlotRequest, node: string, nics: NicGrant[], now: str
     ...(request.owner !== undefined ? { owner: request.owner } : {}),
     ...(request.reservedSeconds !== undefined ? { reservedSeconds: request.reservedSeconds } : {}),
     ...(gang !== undefined ? { gang } : {}),
+    ...(request.lease !== undefined ? { lease: request.lease } : {}),
   };
 }
 

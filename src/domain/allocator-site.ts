@@ -50,5 +50,6 @@ export function nodeUses(ledger: Ledger): NodeUse[] {
     grants: use[n.name]?.grants ?? 0,
     drained: n.drained === true,
     properties: n.properties ?? [],
+    ...(n.pilot ? { pilot: true, leasedMemoryMiB: Object.values(ledger.leases ?? {}).filter((l) => l.node === n.name).reduce((s, l) => s + l.memoryMiB, 0) } : {}),
   }));
 }

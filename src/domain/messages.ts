@@ -4,7 +4,7 @@
  */
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
-import type { ClientQuota, Grant, GangRequest, NodeCapacity, Placement, PoolAddress, ReleaseInfo, SlotRequest } from './allocation';
+import type { ClientQuota, Grant, GangRequest, NodeCapacity, NodeLease, Placement, PoolAddress, ReleaseInfo, SlotRequest } from './allocation';
 import type { EnsembleDescription, EnsembleMemberRequest, EnsembleRegistration, GroupDescription, GroupOperation, GroupOperationResult } from './groups';
 import type { PilotMessage } from './pilot-message';
 import type { WorkspaceDescription } from './workspace';
@@ -38,7 +38,35 @@ export interface NodeUse {
   grants: number;
   drained: boolean;
   properties: string[];
+  /** A pilot node: VMs go there only inside leases of node time from the batch system. */
+  pilot?: boolean;
+  /** Pilot nodes: memory lent by live pilot leases, MiB. */
+  leasedMemoryMiB?: number;
 }
+
+/** Allocator: record a pilot's lease of node time (idempotent per holder), or refuse (`NoCapacity`). */
+export const leaseUpdate = defineUpdate<NodeLease, [NodeLease]>('lease');
+/** Allocator: end a pilot lease (idempotent); answers whether there was one. */
+export const endLeaseUpdate = defineUpdate<boolean, [string]>('endLease');
+/** Allocator: every live pilot lease. */
+export const leasesQuery = defineQuery<NodeLease[]>('leases');
+
+/** Pilot slot → its workspace: the pilot reserved node time and the allocator holds the lease; allocate inside it. */
+export interface SlotReady {
+  /** The lease holder (the slot's workflow id), for `SlotRequest.lease`. */
+  lease: string;
+  node: string;
+  memoryMiB: number;
+  /** When the slot ends (ISO). */
+  until: string;
+  jobId: string;
+}
+/** Workspace: its pilot slot is ready (see {@link SlotReady}). */
+export const slotReadySignal = defineSignal<[SlotReady]>('slot-ready');
+/** Workspace: its pilot slot failed before it was ready (the job never started, or ended first). */
+export const slotFailedSignal = defineSignal<[{ type: string; reason: string }]>('slot-failed');
+/** Pilot slot: the workspace no longer needs the node (its VM is confirmed gone); hand it back. */
+export const slotReleaseSignal = defineSignal<[{ reason: string }]>('slot-release');
 
 /** A client's usage (seed 000's status service), from the allocator's accounting. */
 export interface OwnerUsageReport {

@@ -119,7 +119,20 @@ function checkDeployment(r: { image: string; imageSha256?: string; shutdownMecha
 }
 
 /** POST /workspaces body: a deployment request for one workspace, or for a group when `count` > 1. */
-export const createWorkspaceSchema = z.object(deploymentShape).strict().superRefine(checkDeployment);
+export const createWorkspaceSchema = z
+  .object({
+    ...deploymentShape,
+    /**
+     * Pilot mode (seed 003): borrow the node's time from the site's batch system. The workspace waits in
+     * the batch queue (best effort, task `queued-in-batch`) until a pilot job runs; one workspace per request.
+     */
+    pilot: z.boolean().default(false),
+  })
+  .strict()
+  .superRefine(checkDeployment)
+  .superRefine((r, ctx) => {
+    if (r.pilot && r.count > 1) ctx.addIssue({ code: 'custom', path: ['count'], message: 'pilot mode deploys one workspace per request (count 1)' });
+  });
 
 /**
  * POST /ensembles/:id/members body: a deployment request registered with an ensemble (not launched);

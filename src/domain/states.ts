@@ -26,6 +26,8 @@ export type WorkspaceState = (typeof WORKSPACE_STATES)[number];
 /** In-flight detail shown beside the stable state; `null` when nothing is in flight. */
 export type WorkspaceTask =
   | 'staging-in'
+  /** Pilot mode: the pilot job waits in the site's batch queue (best effort) for node time. */
+  | 'queued-in-batch'
   | 'allocating'
   | 'propagating'
   | 'starting'

@@ -4,6 +4,7 @@
  */
 import { grantNics, type Grant } from './allocation';
 import type { WorkspaceState, WorkspaceTask } from './states';
+import type { PilotSlotInput } from './pilot-slot';
 
 /** An image resolved in the site repository: where a node fetches it and what its digest must be. */
 export interface ResolvedImage {
@@ -91,6 +92,12 @@ export interface WorkspaceInput {
   group?: string;
   /** The ensemble this workspace is a member of (public ensemble id). */
   ensemble?: string;
+  /**
+   * Pilot mode (seed 003): the node's time is borrowed from the site's batch system by a pilot job,
+   * run by the pilot-slot child workflow; the workspace waits in the batch queue, then allocates inside
+   * the slot's lease.
+   */
+  pilot?: { slotWorkflowId: string; slot: PilotSlotInput };
 }
 
 /** Where the workflow sends its activities and which allocator it uses; set by the head from config. */
@@ -138,6 +145,8 @@ export interface WorkspaceDescription {
   heading?: WorkspaceState;
   /** Why the workspace is Corrupted or was cancelled early. */
   reason?: string;
+  /** Pilot mode: the slot that borrows the node's time from the batch system. */
+  pilot?: { slotId: string; jobId?: string; node?: string; until?: string };
   image: string;
   memoryMiB: number;
   vcpus: number;

@@ -26,7 +26,10 @@ import {
   endOption,
   intOption,
   memoryOption,
+  nodeFromBatch,
   nodeOption,
+  nodeTableOption,
+  holdOption,
   numberOption,
   pathOption,
   PilotUsageError,
@@ -74,6 +77,8 @@ interface RunFlags {
   memory?: string;
   configuredMib?: string;
   end?: string;
+  holdSeconds?: string;
+  nodeTable?: string;
   marginSeconds: string;
   graceSeconds: string;
   graceRatio: string;
@@ -110,15 +115,17 @@ async function runCommand(f: RunFlags): Promise<never> {
   }
   return guarded(log, async () => {
     const slotId = slotOption(f.slot);
-    const node = nodeOption(f.node);
+    const node = nodeFromBatch(f.node);
     log = pilotLogger({ slot: slotId, node });
+    const table = nodeTableOption(f.nodeTable, node);
     const api = apiOption(f.api);
     const secret = readSecretOption(f.secretFile);
     const reserveMiB = intOption('--reserve-mib', f.reserveMib, 0);
     if (reserveMiB === undefined) throw new PilotUsageError('--reserve-mib', 'required (MiB reserved for VMs)');
-    const memory = memoryOption(f.memory);
-    const configuredMiB = intOption('--configured-mib', f.configuredMib, 1);
-    const endAt = endOption(f.end);
+    const memory = f.memory === undefined && table ? table.memory : memoryOption(f.memory);
+    const configuredMiB = intOption('--configured-mib', f.configuredMib, 1) ?? table?.configuredMiB;
+    if (f.end !== undefined && f.holdSeconds !== undefined) throw new PilotUsageError('--hold-seconds', 'give --end or --hold-seconds, not both');
+    const endAt = holdOption(f.holdSeconds) ?? endOption(f.end);
     const marginMs = numberOption('--margin-seconds', f.marginSeconds, 0, 86_400)! * 1000;
     const graceSeconds = numberOption('--grace-seconds', f.graceSeconds, 0, 3600)!;
     const graceRatio = numberOption('--grace-ratio', f.graceRatio, 0, 1, true)!;
@@ -250,6 +257,8 @@ program
   .addOption(new Option('--memory <mode>', 'xen: balloon dom0 (xl mem-set 0); host: the QEMU node reservation file').choices(['xen', 'host']))
   .option('--configured-mib <n>', "the node's memory with nothing reserved (xen: default dom0_mem from xl info)")
   .option('--end <iso>', "the slot's end (ISO 8601 with zone)")
+  .option('--hold-seconds <s>', 'or: the slot ends this long after the pilot starts')
+  .option('--node-table <json>', 'the pilot nodes\' memory handling, {"<node>": {"memory": "xen"|"host", "configuredMiB": n}}; with it --node may come from the batch system (SLURMD_NODENAME)')
   .option('--margin-seconds <s>', 'start unreserving this long before --end', '10')
   .option('--grace-seconds <s>', "the batch system's SIGTERM→SIGKILL grace (Slurm KillWait)", '30')
   .option('--grace-ratio <r>', "share of the grace given to vws to trash its VMs, in [0, 1)", '0.5')

@@ -33,6 +33,48 @@ export function nodeOption(v: string | undefined): string {
   return v;
 }
 
+/**
+ * The node the pilot runs on: `--node` when given, else the batch system's word for it (Slurm's
+ * `SLURMD_NODENAME`, PBS's `PBS_NODENAME`): where vws lets the batch system choose the node, the
+ * pilot learns it here and says it in its `reserved` message.
+ */
+export function nodeFromBatch(v: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
+  return nodeOption(v ?? env.SLURMD_NODENAME ?? env.PBS_NODENAME);
+}
+
+/** One pilot node's memory handling, as `--node-table` gives it. */
+export interface NodeTableEntry {
+  memory: MemoryMode;
+  configuredMiB?: number;
+}
+
+/**
+ * `--node-table`: JSON `{"<node>": {"memory": "xen"|"host", "configuredMiB": n}}`, the site's pilot nodes,
+ * so one job script serves whichever node the batch system picks. Answers this node's entry.
+ */
+export function nodeTableOption(v: string | undefined, node: string): NodeTableEntry | undefined {
+  if (v === undefined) return undefined;
+  let table: unknown;
+  try {
+    table = JSON.parse(v);
+  } catch {
+    throw new PilotUsageError('--node-table', 'must be JSON: {"<node>": {"memory": "xen"|"host", "configuredMiB": n}}');
+  }
+  if (!table || typeof table !== 'object' || Array.isArray(table)) throw new PilotUsageError('--node-table', 'must be a JSON object keyed by node name');
+  const entry = (table as Record<string, unknown>)[node] as Record<string, unknown> | undefined;
+  if (!entry) throw new PilotUsageError('--node-table', `node ${node} is not a pilot node of this site (table has: ${Object.keys(table).join(', ') || 'none'})`);
+  const memory = memoryOption(entry.memory as string | undefined);
+  const mib = entry.configuredMiB;
+  if (mib !== undefined && (!Number.isInteger(mib) || (mib as number) < 1)) throw new PilotUsageError('--node-table', `${node}.configuredMiB must be a positive whole number`);
+  return { memory, ...(mib !== undefined ? { configuredMiB: mib as number } : {}) };
+}
+
+/** `--hold-seconds`: the slot ends this long after the pilot starts (the job may wait in the queue first). */
+export function holdOption(v: string | undefined, now = Date.now()): number | undefined {
+  const s = intOption('--hold-seconds', v, 1, 30 * 86_400);
+  return s === undefined ? undefined : now + s * 1000;
+}
+
 /** An integer option within bounds; `undefined` stays undefined. */
 export function intOption(option: string, v: string | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
   if (v === undefined) return undefined;

@@ -10,6 +10,7 @@ import { createHeadImageActivities } from '../activities/head/images';
 import { createReconcileActivities } from '../activities/head/reconcile';
 import { ensureReconcilerSchedule } from '../clients/reconciler';
 import { createMemberActivities } from '../activities/head/members';
+import { createPilotSlotActivities } from '../activities/head/pilot-slot';
 import { createDhcpActivities } from '../activities/network/dhcp';
 import { LocalExecutor } from '../exec/local';
 import { headTaskQueue } from '../config/names';
@@ -57,6 +58,8 @@ export function createHeadWorker(o: HeadWorkerOptions): Promise<Worker> {
     connection: o.connection,
     namespace: o.config.temporal.namespace,
     taskQueue: headTaskQueue(o.config),
+    // The SDK's default (thousands) lets the head grow by ~0.3 MB per live workspace without bound.
+    maxCachedWorkflows: o.config.workers.head.maxCachedWorkflows,
     ...(o.workflowBundle ? { workflowBundle: o.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
     activities: {
       ...createHeadActivities({ client: o.client, config: o.config }),
@@ -64,6 +67,7 @@ export function createHeadWorker(o: HeadWorkerOptions): Promise<Worker> {
       ...createReconcileActivities({ client: o.client, config: o.config }),
       // Group and ensemble fan-outs to their member workspaces.
       ...createMemberActivities({ client: o.client }),
+      ...createPilotSlotActivities({ client: o.client, config: o.config }),
       // Central DHCP delivery (networks with `dhcp.on: head`) runs these on the head itself.
       ...createDhcpActivities({ exec: new LocalExecutor(), dir: join(o.config.stateDir, 'dhcp') }),
     },

@@ -12,6 +12,7 @@ import { releaseGangGrants, releaseGrant, usageReports } from '../domain/account
 import { applyConfiguration, nodeUses, setDrained } from '../domain/allocator-site';
 import { drainProblem, gangRequestProblem, releaseProblem, siteConfigurationProblem, slotRequestProblem } from '../domain/allocator-validation';
 import { FailureType } from '../domain/errors';
+import { setLeaseHandlers } from './allocator-leases';
 import {
   configureUpdate,
   drainUpdate,
@@ -37,8 +38,17 @@ function refuse(r: Refusal): never {
 /** Workflow time now, as an ISO string (deterministic: the workflow task's time). */
 const now = () => new Date().toISOString();
 
+/** Options of an allocator, carried over continue-as-new unchanged. */
+export interface AllocatorOptions {
+  /**
+   * Continue as new once the history has this many events, besides when the server suggests it. Tests
+   * set it low to exercise continue-as-new under load; without it the run is the same as before.
+   */
+  continueAsNewAfterEvents?: number;
+}
+
 /** Runs the allocator, starting from `initial` (either ledger shape: old histories carry the legacy one). */
-export async function allocatorWorkflow(initial: Ledger | LegacyLedger): Promise<void> {
+export async function allocatorWorkflow(initial: Ledger | LegacyLedger, options?: AllocatorOptions): Promise<void> {
   const ledger = normalizeLedger(initial);
   setHandler(
     reserveUpdate,
@@ -71,6 +81,7 @@ export async function allocatorWorkflow(initial: Ledger | LegacyLedger): Promise
     { validator: (req) => check(drainProblem(req, ledger.nodes.map((n) => n.name))) },
   );
   setHandler(configureUpdate, (site) => applyConfiguration(ledger, site), { validator: (site) => check(siteConfigurationProblem(site)) });
+  setLeaseHandlers(ledger, now);
   setHandler(grantsQuery, () => Object.values(ledger.grants));
   setHandler(nodesQuery, () => nodeUses(ledger));
   setHandler(usageQuery, (owner?, asOf?) => {
@@ -78,6 +89,8 @@ export async function allocatorWorkflow(initial: Ledger | LegacyLedger): Promise
     return usageReports(ledger, owner || undefined, Number.isNaN(at) ? Date.now() : at);
   });
 
-  await condition(() => workflowInfo().continueAsNewSuggested && allHandlersFinished());
-  await continueAsNew<typeof allocatorWorkflow>(ledger);
+  const limit = options?.continueAsNewAfterEvents;
+  const longEnough = () => workflowInfo().continueAsNewSuggested || (limit !== undefined && workflowInfo().historyLength >= limit);
+  await condition(() => longEnough() && allHandlersFinished());
+  await continueAsNew<typeof allocatorWorkflow>(ledger, ...(options ? [options] : []));
 }

@@ -5,3 +5,4 @@ export { groupWorkflow } from './group';
 export { ensembleWorkflow } from './ensemble';
 export { reconcilerWorkflow } from './reconciler';
 export { killAllWorkflow } from './kill-all';
+export { pilotSlotWorkflow } from './pilot-slot';

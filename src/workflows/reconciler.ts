@@ -18,7 +18,7 @@ import type { DhcpServerSpec } from '../activities/network/types';
 import type { createDhcpActivities } from '../activities/network/dhcp';
 import { grantNics, type NicGrant } from '../domain/allocation';
 import { vmVanishedSignal } from '../domain/messages';
-import { planReconcile, type DriftEntry, type DriftReport, type WorkspaceSighting } from '../domain/reconcile';
+import { planReconcile, zeroCounts, type DriftEntry, type DriftReport, type WorkspaceSighting } from '../domain/reconcile';
 import type { WorkspaceRouting } from '../domain/workspace';
 
 /** The DHCP activities (served on a node's queue, or the head's for central delivery). */
@@ -39,6 +39,9 @@ export interface ReconcilerInput {
 /** A failed action is left to the next run (the Schedule's period is the retry). */
 const FEW: RetryPolicy = { initialInterval: '1s', maximumInterval: '5s', maximumAttempts: 3 };
 
+/** How long a node's listing may take, queueing included, before the node counts as not answering. */
+export const LIST_BUDGET = '60s';
+
 /** The message of an activity failure (its cause's, which says what the activity hit). */
 export const errorText = (e: unknown): string => {
   const err = e as Error & { cause?: Error };
@@ -51,9 +54,12 @@ export async function reconcilerWorkflow(input: ReconcilerInput): Promise<DriftR
   const startedAt = new Date().toISOString();
   const head = proxyActivities<ReconcileActivities>({ taskQueue: input.routing.headTaskQueue, startToCloseTimeout: '1m', retry: FEW });
   const nodeQueue = (node: string) => `${input.routing.nodeTaskQueuePrefix}${node}`;
-  // A node whose worker is down never starts the activity: the schedule-to-close timeout says so quickly.
+  // A node whose worker is down never starts the activity: the schedule-to-close timeout says so. The
+  // listing itself takes milliseconds (measured: under 20 ms, picked up within 0.3 s), yet on a loaded
+  // machine with a busy dev server it missed a 20 s budget from scheduling to completion; such a stall
+  // must not pass for a node that does not answer, so the budget is a minute.
   const lister = (node: string) =>
-    proxyActivities<NodeActivities>({ taskQueue: nodeQueue(node), scheduleToCloseTimeout: '20s', startToCloseTimeout: '15s', retry: { maximumAttempts: 2 } });
+    proxyActivities<NodeActivities>({ taskQueue: nodeQueue(node), scheduleToCloseTimeout: LIST_BUDGET, startToCloseTimeout: '30s', retry: { ...FEW, maximumAttempts: 3 } });
   const nodeOps = (node: string) => proxyActivities<NodeActivities>({ taskQueue: nodeQueue(node), startToCloseTimeout: '30s', scheduleToCloseTimeout: '2m', retry: FEW });
   const dhcpFor = (node: string, nic: NicGrant): { server: DhcpServerSpec; dhcp: DhcpActivities } => {
     const net = input.routing.networks?.[nic.network];
@@ -93,8 +99,27 @@ export async function reconcilerWorkflow(input: ReconcilerInput): Promise<DriftR
     }),
   );
 
-  // 3. Grants, holders, every open workspace workflow, first-seen times.
-  const world = await head.reconcileWorld();
+  // 3. Grants, holders, every open workspace workflow, first-seen times. Without them nothing can be
+  // decided: the run reports why and acts on nothing (the next run tries again), instead of failing.
+  let world: Awaited<ReturnType<ReconcileActivities['reconcileWorld']>>;
+  try {
+    world = await head.reconcileWorld();
+  } catch (e) {
+    errors.push(`could not read the grants and open workflows, nothing decided: ${errorText(e)}`);
+    const report: DriftReport = {
+      workflowId: info.workflowId,
+      runId: info.runId,
+      startedAt,
+      finishedAt: new Date().toISOString(),
+      counts: zeroCounts(),
+      drifts,
+      waiting: [],
+      pending: [],
+      errors,
+    };
+    await head.reconcileRecord(report);
+    return report;
+  }
   const now = new Date().toISOString();
   const plan = planReconcile({ prefix: input.prefix, now, graceSeconds: input.graceSeconds, nodes, workspaces, ...world });
   const counts = { ...plan.counts, 'orphan-grant-released': 0, 'unowned-vm-destroyed': 0, 'vm-vanished': 0 };

@@ -20,12 +20,16 @@ import {
   condition,
   isCancellation,
   log,
+  ParentClosePolicy,
   proxyActivities,
   type RetryPolicy,
   setHandler,
+  startChild,
   upsertSearchAttributes,
   workflowInfo,
+  type ChildWorkflowHandle,
 } from '@temporalio/workflow';
+import type { pilotSlotWorkflow } from './pilot-slot';
 import type { HeadActivities } from '../activities/head/allocator-client';
 import type { createHeadImageActivities } from '../activities/head/images';
 import type { PropagatePartition } from '../activities/images/propagate';
@@ -44,12 +48,16 @@ import {
   shutdownSaveSignal,
   shutdownSaveUpdate,
   shutdownUpdate,
+  slotFailedSignal,
+  slotReadySignal,
+  slotReleaseSignal,
   startUpdate,
   unpauseUpdate,
   vmVanishedSignal,
   VwsNode,
   VwsState,
   type ShutdownSaveArgs,
+  type SlotReady,
   type StartArgs,
 } from '../domain/messages';
 import { OPERATION_TARGET, refusalReason, VM_STATES, type WorkspaceOperation, type WorkspaceState, type WorkspaceTask } from '../domain/states';
@@ -305,10 +313,67 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     vanished = true;
   });
 
+  // ---- pilot mode -------------------------------------------------------------------------------------
+  let slot: ChildWorkflowHandle<typeof pilotSlotWorkflow> | undefined;
+  let slotReady: SlotReady | undefined;
+  let slotFailed: { type: string; reason: string } | undefined;
+  let slotEnded = false;
+  let slotReleased = false;
+  setHandler(slotReadySignal, (r) => {
+    slotReady ??= r;
+    if (d.pilot) Object.assign(d.pilot, { node: r.node, until: r.until, jobId: r.jobId });
+  });
+  setHandler(slotFailedSignal, (f) => void (slotFailed ??= f));
+
+  /** Pilot mode: starts the slot (once) and waits in the batch queue until its node time is lent to the allocator. */
+  async function awaitSlot(pilot: NonNullable<WorkspaceInput['pilot']>): Promise<SlotReady> {
+    if (slotReady) return slotReady;
+    if (slotEnded || slotReleased) {
+      throw ApplicationFailure.create({ type: FailureType.NoCapacity, message: 'the pilot slot has ended: a pilot-mode workspace cannot be allocated again', nonRetryable: true });
+    }
+    d.task = 'queued-in-batch';
+    d.pilot ??= { slotId: pilot.slot.slotId };
+    if (!slot) {
+      // ABANDON: the slot outlives this workflow long enough to confirm its job is gone and end its lease.
+      slot = await startChild<typeof pilotSlotWorkflow>('pilotSlotWorkflow', {
+        workflowId: pilot.slotWorkflowId,
+        taskQueue: routing.headTaskQueue,
+        args: [pilot.slot],
+        parentClosePolicy: ParentClosePolicy.ABANDON,
+      });
+      slot.result().then(
+        () => void (slotEnded = true),
+        (e: Error & { cause?: Error & { type?: string } }) => {
+          slotEnded = true;
+          slotFailed ??= { type: e.cause?.type ?? FailureType.NoCapacity, reason: e.cause?.message ?? e.message };
+        },
+      );
+    }
+    await condition(() => slotReady !== undefined || slotFailed !== undefined || slotEnded);
+    if (!slotReady) {
+      const f = slotFailed ?? { type: FailureType.NoCapacity, reason: 'the pilot slot ended before it reserved a node' };
+      throw ApplicationFailure.create({ type: f.type, message: `pilot mode: ${f.reason}`, nonRetryable: true });
+    }
+    return slotReady;
+  }
+
+  /** Pilot mode: the node's time is no longer needed (the VM is gone); the slot hands it back. */
+  async function releaseSlot(reason: string): Promise<void> {
+    if (!slot || slotReleased || slotEnded) return;
+    slotReleased = true;
+    try {
+      await slot.signal(slotReleaseSignal, { reason });
+    } catch {
+      // The slot has ended on its own (failed, or its job is gone): nothing to hand back.
+    }
+  }
+
   // ---- steps --------------------------------------------------------------------------------------
   /** A grant made before the workflow started (by the factory, a group or an ensemble); used once. */
   let given = input.grant;
   async function allocate(): Promise<void> {
+    d.task = 'allocating';
+    const lease = !given && input.pilot ? (await awaitSlot(input.pilot)).lease : undefined;
     d.task = 'allocating';
     // Histories without a given grant schedule the same reserve as before.
     // The owner and the running time still to come are charged, so quotas hold for a later start too.
@@ -319,9 +384,11 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
         memoryMiB: spec.memoryMiB,
         vcpus: spec.vcpus,
         ...(spec.networks ? { networks: spec.networks } : {}),
-        ...(spec.nodeProperties?.length ? { nodeProperties: spec.nodeProperties } : {}),
+        // In pilot mode the batch system chose the node (the properties went to it as constraints).
+        ...(spec.nodeProperties?.length && !lease ? { nodeProperties: spec.nodeProperties } : {}),
         owner: input.owner,
         reservedSeconds: Math.max(1, Math.round(timeLeftMs() / 1000)),
+        ...(lease ? { lease } : {}),
       }));
     given = undefined; // released at StagedOut, the slot must be reserved again for a later start
     d.node = grant.node;
@@ -449,6 +516,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       // Nothing left to resume: give the slot and address back now rather than at destroy.
       await head.release(holder, { usedSeconds: usedSeconds() });
       grant = undefined;
+      await releaseSlot('the workspace is staged out');
     }
     setState('StagedOut');
   }
@@ -513,7 +581,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       // Activity failures wrap the typed ApplicationFailure as their cause.
       const failure = err as Error & { type?: string; cause?: Error & { type?: string } };
       const cause = failure.cause ?? failure;
-      if (cause.type === FailureType.NoCapacity || cause.type === FailureType.QuotaExceeded) {
+      if (cause.type === FailureType.NoCapacity || cause.type === FailureType.QuotaExceeded || cause.type === FailureType.BatchSubmitRefused) {
         d.reason = `refused: ${cause.message}`;
         destroyRequested = true; // nothing was granted; end Cancelled
         return ApplicationFailure.create({ type: cause.type, message: cause.message, nonRetryable: true });
@@ -594,6 +662,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       // Always release: a reserve whose answer was lost may still have granted.
       await head.release(holder, { usedSeconds: usedSeconds() });
       grant = undefined;
+      await releaseSlot(d.reason ?? 'the workspace is destroyed');
       d.task = null;
       d.endedAt = new Date().toISOString();
       setState('Cancelled');

@@ -177,7 +177,7 @@ describe.each(testNodes(['vmm1', 'vmm2', 'xen1']))('node cache on %s', (node) =>
   /** The node's cache directory, through the executor that reaches it (local for namespaces, SSH for xen1). */
   let cache: string;
   beforeAll(async () => {
-    stack = await startStack({ label: `cache-${node}`, first: CACHE_RANGES[node][0], last: CACHE_RANGES[node][1], node });
+    stack = await startStack({ label: `cache-${node}`, first: CACHE_RANGES[node as keyof typeof CACHE_RANGES][0], last: CACHE_RANGES[node as keyof typeof CACHE_RANGES][1], node });
     cache = node === 'xen1' ? '/var/lib/vws/node/cache' : join(stack.nodeDir, 'cache');
   });
   afterAll(() => stack?.stop());

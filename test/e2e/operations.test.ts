@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { eventually, exec, startStack, testNodes, type Stack, type TestNode } from '../helpers/stack';
 import { deploy, destroyAndCheck, operate, refused, settled } from '../helpers/workspace';
 
-const RANGES: Record<TestNode, [string, string]> = {
+const RANGES: Partial<Record<TestNode, [string, string]>> = {
   vmm1: ['10.213.0.220', '10.213.0.224'],
   vmm2: ['10.213.0.225', '10.213.0.229'],
   xen1: ['10.213.0.230', '10.213.0.234'],
@@ -18,7 +18,7 @@ const RANGES: Record<TestNode, [string, string]> = {
 describe.each(testNodes(['vmm1', 'vmm2', 'xen1'] as TestNode[]))('every operation on %s', (node) => {
   let stack: Stack;
   beforeAll(async () => {
-    stack = await startStack({ label: `operations-${node}`, first: RANGES[node][0], last: RANGES[node][1], node });
+    stack = await startStack({ label: `operations-${node}`, first: RANGES[node]![0], last: RANGES[node]![1], node });
   });
   afterAll(async () => {
     await stack?.stop();

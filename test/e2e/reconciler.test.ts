@@ -28,13 +28,8 @@ import { deploy, settled, show } from '../helpers/workspace';
 const ROOT = join(__dirname, '../..');
 /** Longer than this file runs: only VMs whose first-seen time the test ages are ever destroyed. */
 const GRACE = 3600;
-/**
- * QUARANTINED (skipped; named in README and the issue notes): in three full-suite runs one scenario here
- * lost its first VM's DHCP exchange on vmm1 (the guest got an offer, then sent nothing more), and its drift
- * counts are not stable across a retry. Not diagnosed. The reconciler's decisions stay covered by
- * test/unit/reconcile.test.ts; run this file alone with VWS_RECONCILER_E2E=1 while fixing it.
- */
-const suite = process.env.VWS_RECONCILER_E2E === '1' ? describe : describe.skip;
+/** Real VMs on a loaded 2-core machine: a scenario boots one and runs the reconciler up to three times. */
+jest.setTimeout(300_000);
 let stack: Stack;
 beforeAll(async () => {
   stack = await startStack({ label: 'reconciler', first: '10.213.0.160', last: '10.213.0.164', config: { reconciler: { enabled: false, periodSeconds: 3600, graceSeconds: GRACE } } });
@@ -122,7 +117,7 @@ function tally(report: DriftReport): void {
   for (const [k, v] of Object.entries(report.counts)) totals[k] = (totals[k] ?? 0) + v;
 }
 
-suite('reconciler', () => {
+describe('reconciler', () => {
   it('marks a workspace whose VM was destroyed behind its back Corrupted; destroying it then cleans everything', async () => {
     const id = await deploy(stack);
     await settled(stack, id, 'Running');
@@ -217,7 +212,9 @@ suite('reconciler', () => {
     expect(report.counts).toMatchObject({ 'node-unreachable': 1 });
     expect(about(report, 'nowhere')).toEqual([['node-unreachable', 'nowhere']]);
     expect(report.counts['unowned-vm-destroyed']).toBe(0);
-  }, 60_000);
+    // vmm1 answered: only a node that does not is reported (within the listing budget, LIST_BUDGET).
+    expect(report.drifts.filter((d) => d.kind === 'node-unreachable').map((d) => d.node)).toEqual(['nowhere']);
+  });
 
   it('keeps the drift listing for admins: the last report and the cumulative counts', async () => {
     // alice is no admin: the route is mounted on the API and refuses her.

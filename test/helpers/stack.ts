@@ -57,6 +57,8 @@ export async function requireTestbed(): Promise<void> {
 export const TEST_NODES = {
   /** A node worker inside vmm1's namespaces, QEMU. */
   vmm1: { name: 'vmm1', memoryMiB: 1024, cpus: 4, agent: 'worker', driver: 'qemu', bridges: { public: 'br0', private: 'br1' } },
+  /** A node worker inside vmm3's namespaces, QEMU: the pilot tests' node (no other test runs VMs there). */
+  vmm3: { name: 'vmm3', memoryMiB: 1024, cpus: 4, agent: 'worker', driver: 'qemu', bridges: { public: 'br0' } },
   /** SSH mode from the head to vmm2, QEMU. */
   vmm2: { name: 'vmm2', memoryMiB: 1024, cpus: 4, agent: 'ssh', driver: 'qemu', bridges: { public: 'br0', private: 'br1' }, ssh: { host: '10.213.0.12' } },
   /** SSH mode to the nested Xen node's dom0, `xl`; it carries only the public network. */
@@ -136,6 +138,10 @@ export interface StackOptions {
   headProcess?: boolean;
   /** Extra configuration merged over the stack's. */
   config?: Record<string, unknown>;
+  /** Nodes the site's batch system lends (`nodes[].pilot`): VMs go there only in pilot mode. */
+  pilotNodes?: TestNode[];
+  /** Configuration that needs the stack's directory and API URL; each section is merged over `config`'s. */
+  lateConfig?: (dir: string, api: string) => Record<string, Record<string, unknown>>;
   /** URL prefixes alice may name as unpropagation targets (`clients[].stageOutTargets`). */
   aliceStageOutTargets?: string[];
   /** More settings of the two test clients (raw `clients[]` fields: `quota`, `admin`, …). */
@@ -174,7 +180,11 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     nodes: nodeNames.map((n) => {
       const wanted = ['public', ...(opts.networks ?? []).map((net) => String(net.name))];
       const all: Record<string, string> = TEST_NODES[n].bridges;
-      return { ...TEST_NODES[n], bridges: Object.fromEntries(Object.entries(all).filter(([net]) => wanted.includes(net))) };
+      return {
+        ...TEST_NODES[n],
+        bridges: Object.fromEntries(Object.entries(all).filter(([net]) => wanted.includes(net))),
+        ...(opts.pilotNodes?.includes(n) ? { pilot: true } : {}),
+      };
     }),
     ssh: { keyFile: join(TESTBED_DIR, 'ssh/id_ed25519'), knownHostsFile: join(TESTBED_DIR, 'ssh/known_hosts') },
     timeouts: { addressSeconds: 60, shutdownSeconds: 20 },
@@ -182,6 +192,10 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
     reconciler: { enabled: false },
     ...opts.config,
   };
+  for (const [section, values] of Object.entries(opts.lateConfig?.(dir, `http://10.213.0.1:${port}`) ?? {})) {
+    const r = raw as Record<string, unknown>;
+    r[section] = { ...(r[section] as Record<string, unknown> | undefined), ...values };
+  }
   const config = parseConfig(raw);
   const tokens = loadTokens(config);
   server.on('request', createApp({ config, client: conn.client, clientTokens: () => tokens.clients, nodeTokens: () => tokens.nodes }));

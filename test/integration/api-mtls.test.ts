@@ -4,7 +4,6 @@
  * behind the real HTTPS server (`createApiServer`), and node's TLS client. Routes that need Temporal only
  * list (`GET /workspaces`) on the shared dev server; `/admin/drift` shows the admin role.
  */
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -19,43 +18,14 @@ import { createApiServer } from '../../src/api/listen';
 import { loadTokens } from '../../src/api/tokens';
 import type { VwsConfig } from '../../src/config/schema';
 import { tokenSha256Of } from '../../src/config/hash-token';
+import { CertificateMaker } from '../helpers/certificates';
 import { connect, testConfig, type TestConnections } from '../helpers/temporal';
 
 jest.setTimeout(60_000);
 
 const dir = mkdtempSync('/tmp/vws-api-mtls-');
 const f = (name: string) => join(dir, name);
-const openssl = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-
-/** A minimal OpenSSL configuration, so that the machine's own openssl.cnf adds nothing unexpected. */
-const OPENSSL_CNF = `[req]
-distinguished_name = dn
-[dn]
-[ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = IP:127.0.0.1
-[client]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = clientAuth
-`;
-
-/** A self-signed CA certificate. */
-function makeCa(name: string, subject: string): void {
-  openssl(['req', '-x509', '-config', 'openssl.cnf', '-extensions', 'ca', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '1', '-subj', subject]);
-}
-
-/** A certificate issued by `ca` (`server` or `client` extensions). */
-function issue(name: string, subject: string, ca: string, kind: 'server' | 'client'): void {
-  openssl(['req', '-new', '-config', 'openssl.cnf', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject]);
-  openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.crt`, '-CAkey', `${ca}.key`, '-set_serial', `0x${randomBytes(8).toString('hex')}`, '-days', '1', '-extfile', 'openssl.cnf', '-extensions', kind, '-out', `${name}.crt`]);
-}
+const certs = new CertificateMaker(dir);
 
 const IDENTITY = { alice: '/O=Grid/OU=test/CN=alice', bob: '/O=Grid/OU=test/CN=bob', root: '/O=Grid/OU=test/CN=root' };
 const tokens = { alice: `tok-alice-${randomBytes(16).toString('hex')}`, bob: `tok-bob-${randomBytes(16).toString('hex')}`, root: `tok-root-${randomBytes(16).toString('hex')}` };
@@ -117,17 +87,16 @@ function refused(a: Answer, detail: RegExp): void {
 }
 
 beforeAll(async () => {
-  writeFileSync(f('openssl.cnf'), OPENSSL_CNF);
-  makeCa('ca', '/O=Grid/OU=test/CN=vws test CA');
-  makeCa('other-ca', '/O=Elsewhere/CN=another CA');
-  issue('server', '/O=Grid/OU=test/CN=127.0.0.1', 'ca', 'server');
-  issue('alice', IDENTITY.alice, 'ca', 'client');
-  issue('root', IDENTITY.root, 'ca', 'client');
-  issue('mallory', '/O=Grid/OU=test/CN=mallory', 'ca', 'client');
+  certs.ca('ca', '/O=Grid/OU=test/CN=vws test CA');
+  certs.ca('other-ca', '/O=Elsewhere/CN=another CA');
+  certs.issue('server', '/O=Grid/OU=test/CN=127.0.0.1', 'ca', 'server');
+  certs.issue('alice', IDENTITY.alice, 'ca', 'client');
+  certs.issue('root', IDENTITY.root, 'ca', 'client');
+  certs.issue('mallory', '/O=Grid/OU=test/CN=mallory', 'ca', 'client');
   // The site's DN for alice, but from a CA the site does not trust.
-  issue('forged-alice', IDENTITY.alice, 'other-ca', 'client');
+  certs.issue('forged-alice', IDENTITY.alice, 'other-ca', 'client');
   // One RDN whose value reads, naively joined, as bob's DN plus another RDN.
-  issue('slashed', '/O=Grid/OU=test/CN=bob\\/CN=root', 'ca', 'client');
+  certs.issue('slashed', '/O=Grid/OU=test/CN=bob\\/CN=root', 'ca', 'client');
   conn = await connect();
   config = testConfig({
     stateDir: dir,

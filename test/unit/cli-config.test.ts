@@ -1,12 +1,14 @@
 /**
  * The CLI's pieces that need no server: its settings file (YAML or JSON; errors name the file and the
- * field) and its reader of server-sent events (fields, comments, line endings, events split across
- * chunks as the network delivers them).
+ * field), how its transport words TLS failures and refuses unusable TLS settings, and its reader of
+ * server-sent events (fields, comments, line endings, events split across chunks as the network
+ * delivers them).
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readCliConfig } from '../../src/cli/config';
 import { serverEvents, type ServerEvent } from '../../src/cli/sse';
+import { createTransport, explain, TlsSettingsError } from '../../src/cli/transport';
 
 describe('the CLI settings file', () => {
   const dir = mkdtempSync('/tmp/vws-cli-config-');
@@ -21,6 +23,16 @@ describe('the CLI settings file', () => {
     expect(readCliConfig(file('b.json', '{"api": "https://vws.example.org", "token": "abc"}'), true)).toEqual({ api: 'https://vws.example.org', token: 'abc' });
     expect(readCliConfig(file('c.yaml', 'tokenFile: /etc/vws/token\n'), true)).toEqual({ tokenFile: '/etc/vws/token' });
     expect(readCliConfig(file('empty.yaml', ''), true)).toEqual({});
+  });
+
+  it('reads the TLS settings (cert, key, ca), resolving relative paths from the file directory', () => {
+    expect(readCliConfig(file('tls.yaml', 'api: https://vws.example.org\ncert: alice.crt\nkey: keys/alice.key\nca: /etc/vws/ca.crt\n'), true)).toEqual({
+      api: 'https://vws.example.org',
+      cert: join(dir, 'alice.crt'),
+      key: join(dir, 'keys/alice.key'),
+      ca: '/etc/vws/ca.crt',
+    });
+    expect(() => readCliConfig(file('tls-empty.yaml', 'cert: ""\n'), true)).toThrow(/tls-empty\.yaml: cert: give the path of your client certificate/);
   });
 
   it('skips a default file that does not exist, and refuses a named one', () => {
@@ -73,5 +85,29 @@ describe('the server-sent events reader', () => {
     ]);
     // An event without data is not dispatched; an unfinished one at the end is dropped.
     expect(await all(['event: x\n\n', 'data: never finished'])).toEqual([]);
+  });
+});
+
+describe('the CLI transport', () => {
+  const failure = (code: string, message: string) => Object.assign(new Error(message), { code });
+
+  it('explains TLS failures as trust problems that say what to set, other failures as unreachable', () => {
+    const untrusted = explain('https://vws.example.org', failure('SELF_SIGNED_CERT_IN_CHAIN', 'self-signed certificate in certificate chain'));
+    expect({ kind: untrusted.kind, message: untrusted.message }).toEqual({
+      kind: 'trust',
+      message: 'the API at https://vws.example.org presented a certificate this CLI does not trust (SELF_SIGNED_CERT_IN_CHAIN: self-signed certificate in certificate chain); give the site CA with --ca, VWS_CA or ca in the configuration file',
+    });
+    const refused = explain('https://vws.example.org', failure('ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED', 'tlsv13 alert certificate required'));
+    expect({ kind: refused.kind, message: refused.message }).toEqual({ kind: 'trust', message: expect.stringContaining('give one with --cert and --key') });
+    expect(explain('https://10.0.0.1', failure('ERR_TLS_CERT_ALTNAME_INVALID', "IP: 10.0.0.1 is not in the cert's list")).kind).toBe('trust');
+    const down = explain('http://127.0.0.1:9', failure('ECONNREFUSED', 'connect ECONNREFUSED 127.0.0.1:9'));
+    expect({ kind: down.kind, message: down.message }).toEqual({ kind: 'unreachable', message: 'cannot reach the vws API at http://127.0.0.1:9: connect ECONNREFUSED 127.0.0.1:9' });
+  });
+
+  it('refuses TLS settings that cannot work, before any request', () => {
+    expect(() => createTransport('http://127.0.0.1:8080', { ca: { path: '/etc/ca.crt', setting: 'VWS_CA' } })).toThrow(new TlsSettingsError('VWS_CA given, but the API URL http://127.0.0.1:8080 is not https: TLS settings need an https:// URL'));
+    expect(() => createTransport('https://vws.example.org', { key: { path: '/k', setting: '--key' } })).toThrow(/^--key is set but the certificate \(--cert, VWS_CERT or cert in the configuration file\) is not/);
+    expect(() => createTransport('https://vws.example.org', { ca: { path: '/nonexistent/ca.crt', setting: '--ca' } })).toThrow('--ca: cannot read /nonexistent/ca.crt (ENOENT)');
+    expect(createTransport('https://vws.example.org', {}).clientCertificate).toBe(false);
   });
 });

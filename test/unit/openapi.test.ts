@@ -42,7 +42,7 @@ const expressPattern = (path: string) => new RegExp(`^${path.replace(/:[A-Za-z]+
 const sample = (path: string) => path.replace(/\{[^}]+\}/g, 'x');
 
 const app = createApp({ config: parseConfig({}), client: new Client(), clientTokens: () => [], nodeTokens: () => [] });
-const doc = openApiDocument() as { paths: Record<string, Record<string, any>> };
+const doc = openApiDocument() as { paths: Record<string, Record<string, any>>; components: { securitySchemes: Record<string, unknown> } };
 const documented = Object.entries(doc.paths).flatMap(([path, ops]) => Object.keys(ops).map((method) => ({ method, path })));
 
 describe('the OpenAPI document', () => {
@@ -96,6 +96,29 @@ describe('the OpenAPI document', () => {
       if (r.auth === 'pilot') expect(errorStatuses(r)).toContain(401);
       expect(doc.paths[r.path][r.method].security).toEqual(r.auth === 'none' || r.auth === 'pilot' ? [] : expect.arrayContaining([{ bearer: [] }]));
     }
+  });
+
+  it('declares the bearer and mutualTLS security schemes, and lets each operation take either', () => {
+    expect(doc.components.securitySchemes).toEqual({
+      bearer: { type: 'http', scheme: 'bearer', description: expect.any(String) },
+      mutualTLS: { type: 'mutualTLS', description: expect.stringContaining('api.tls.clientCaFile') },
+    });
+    const expected: Record<string, unknown[]> = {
+      none: [],
+      pilot: [],
+      // Node workers present no certificate: the repository takes their token only.
+      node: [{ bearer: [] }],
+      client: [{ bearer: [] }, { mutualTLS: [] }],
+      admin: [{ bearer: [] }, { mutualTLS: [] }],
+      // Or public, with api.metricsPublic.
+      metrics: [{ bearer: [] }, { mutualTLS: [] }, {}],
+    };
+    for (const r of API_ROUTES) expect({ route: `${r.method} ${r.path}`, security: doc.paths[r.path][r.method].security }).toEqual({ route: `${r.method} ${r.path}`, security: expected[r.auth] });
+    expect(doc.paths['/workspaces/{id}'].get.security).toEqual([{ bearer: [] }, { mutualTLS: [] }]);
+    expect(doc.paths['/repository/{name}'].get.security).toEqual([{ bearer: [] }]);
+    // Every scheme an operation names is declared.
+    const declared = Object.keys(doc.components.securitySchemes);
+    for (const r of API_ROUTES) for (const req of doc.paths[r.path][r.method].security as Array<Record<string, string[]>>) for (const name of Object.keys(req)) expect(declared).toContain(name);
   });
 });
 

@@ -6,7 +6,10 @@
 #   initrd.gz   dom0 initramfs: busybox, the real xl toolstack (xl, xenstored, xenconsoled, hotplug
 #               scripts), sshd, dnsmasq + dhcp_release (vws starts its DHCP servers itself), nft (vws's
 #               anti-spoofing rules, bridge family), util-linux losetup, coreutils timeout and
-#               sha256sum, bash + flock (hotplug scripts), e2fsprogs mkfs.ext4, kernel modules, and /init
+#               sha256sum, bash + flock (hotplug scripts), e2fsprogs mkfs.ext4, kernel modules, and /init;
+#               for Slurm: slurmd, slurmstepd, their plugins and munged (the host's own, same version as
+#               slurmctld), coreutils date (time sync over SSH); for the pilot: the shared libraries of the
+#               host's node binary (the binary comes on a read-only disk, the project over SSH: see xen1.sh)
 #   stamp       the cache key
 # Nothing is installed: the .debs are fetched with `apt-get download` and extracted; the other
 # programs and all shared libraries come from this (bookworm) host through their ldd closure.
@@ -31,11 +34,15 @@ XEN_PKGS=(xen-hypervisor-$XENV-amd64 xen-utils-$XENV xen-utils-common xenstore-u
   libxenstore4 libxentoolcore1 libxentoollog1 libyajl2)
 # Host packages whose binaries are copied in (their versions are part of the key).
 HOST_PKGS=(busybox-static openssh-server dnsmasq-base dnsmasq-utils util-linux mount coreutils bash libc6
-  e2fsprogs nftables libnftables1 libnftnl11 libmnl0 libjansson4 libxtables12)
+  e2fsprogs nftables libnftables1 libnftnl11 libmnl0 libjansson4 libxtables12
+  slurmd slurm-wlm-basic-plugins munge libmunge2 libstdc++6)
 # Host programs copied into dom0 (with their ldd closure). mkfs.ext4 (a copy of mke2fs, which picks ext4
 # by its name) makes blank ext4 partitions: busybox's mke2fs makes ext2 only.
 HOST_BINS=(/usr/sbin/sshd /usr/sbin/dnsmasq /usr/bin/dhcp_release /usr/sbin/losetup /usr/bin/flock
-  /usr/bin/timeout /usr/bin/sha256sum /bin/bash /usr/sbin/mkfs.ext4 /usr/sbin/nft)
+  /usr/bin/timeout /usr/bin/sha256sum /bin/bash /usr/sbin/mkfs.ext4 /usr/sbin/nft
+  /usr/sbin/slurmd /usr/sbin/slurmstepd /usr/sbin/munged /usr/bin/date)
+# Slurm's plugins (dlopen()ed, so ldd of slurmd does not name them) and libslurmfull.
+SLURM_LIBDIR=/usr/lib/x86_64-linux-gnu/slurm-wlm
 # Loaded by /init; their dependencies are added from modules.dep. crc32c_generic is a soft
 # dependency of ext4 (crypto API), so modules.dep does not name it. nf_tables holds the bridge
 # family's filter chain type (with bridge loaded, `nft add table bridge t` works); nft_meta_bridge
@@ -82,7 +89,14 @@ compute_key() {
   local hv
   hv="$(dpkg-query -W -f='${Package}=${Version}\n' "${HOST_PKGS[@]}" 2>/dev/null)" \
     || die "host packages missing: ${HOST_PKGS[*]} (see testbed/debian-packages.txt)"
-  { cat "$SELF"; printf '%s\n' "${DEB_SPECS[@]}" "$hv"; } | sha256sum | cut -c1-16
+  { cat "$SELF"; printf '%s\n' "${DEB_SPECS[@]}" "$hv"; node_libs; } | sha256sum | cut -c1-16
+}
+
+# The shared libraries of the host's node binary (dom0 runs that binary over virtio-9p), one a line.
+node_libs() {
+  local n
+  n="$(command -v node 2>/dev/null)" || return 0
+  ldd "$(readlink -f "$n")" 2>/dev/null | awk '/=> \//{print $3} /^\t\/lib64/{print $1}' | sort -u
 }
 
 # Downloads each PKG=VERSION into DL_DIR unless present; prints nothing.
@@ -110,7 +124,8 @@ deb_of() { local p="${1%%=*}" v="${1#*=}"; printf '%s/%s_%s_amd64.deb' "$DL_DIR"
 copy_in() { local root="$1" f="$2"; mkdir -p "$root$(dirname "$f")"; cp -L "$f" "$root$f"; }
 
 # Shared libraries of every ELF below ROOT (and the host programs), resolved against ROOT's own
-# libxen* first, then the host; the ones from the host are copied in.
+# libxen* first, then the host; the ones from the host are copied in. (Libraries found below ROOT, e.g.
+# through xl's RUNPATH, are already in place: copying them too put the build dir's path into dom0.)
 copy_lib_closure() {
   local root="$1" libp="$1/usr/lib/x86_64-linux-gnu" e out
   while IFS= read -r -d '' e; do
@@ -118,8 +133,8 @@ copy_lib_closure() {
     out="$(LD_LIBRARY_PATH="$libp" ldd "$e" 2>&1)" || die "ldd failed for $e: $out"
     grep -q 'not found' <<<"$out" && die "missing library for $e: $out"
     awk '/=> \//{print $3} /^\t\/lib64/{print $1}' <<<"$out"
-  done < <(find "$root/bin" "$root/sbin" "$root/usr" -type f -perm -u+x -print0) \
-    | sort -u | grep -v "^$libp/" | while read -r l; do copy_in "$root" "$l"; done
+  done < <(find "$root/bin" "$root/sbin" "$root/usr" -type f \( -perm -u+x -o -name '*.so' \) -print0) \
+    | sort -u | grep -v "^$root/" | while read -r l; do copy_in "$root" "$l"; done
   # glibc dlopen()s libgcc_s for pthread_cancel; without it xl's domain monitor aborts.
   copy_in "$root" /lib/x86_64-linux-gnu/libgcc_s.so.1
 }
@@ -245,11 +260,62 @@ ip link set xenbr0 up
 [ -n "$IP" ] && ip addr add "$IP" dev xenbr0
 [ -n "$GW" ] && ip route add default via "$GW" dev xenbr0
 /usr/sbin/sshd -E /var/log/sshd.log || echo "VWS-DOM0: sshd failed"
+# The host's node binary: a small read-only ext4 disk (xen1.sh's host-node.img, the second virtio disk).
+# (virtio-9p was tried first: under TCG it read ~1.5 MB/s and node took minutes to start.) The vws
+# project comes over SSH (xen1.sh sync-project) to the node disk, linked at its own path.
+for i in $(seq 50); do [ -b /dev/vdb ] && break; sleep 0.1; done
+mkdir -p /opt/host-node
+if mount -t ext4 -o ro /dev/vdb /opt/host-node && [ -x /opt/host-node/node ]; then
+  ln -sf /opt/host-node/node /usr/bin/node
+else echo "VWS-DOM0: no host-node disk: node is not available"; fi
+PROJECT=$(arg vws.project)
+if [ -n "$PROJECT" ]; then
+  mkdir -p /var/lib/vws/node/host/project "${PROJECT%/*}"
+  [ -L "$PROJECT" ] || rmdir "$PROJECT" 2>/dev/null
+  ln -sfn /var/lib/vws/node/host/project "$PROJECT" || echo "VWS-DOM0: cannot link $PROJECT"
+fi
+# Slurm: slurmd (node xen1) + munged with the testbed's key, at the paths of the shared slurm.conf
+# (xen1.sh puts slurm.conf, the key and the testbed dir in the per-host cpio; it re-syncs them over SSH).
+# slurmd wants a cgroup filesystem even with proctrack/linuxproc: a v1 layout (tmpfs), like the head's.
+mount -t tmpfs -o mode=755 cgroup_root /sys/fs/cgroup
+for c in freezer cpuset memory devices; do mkdir -p /sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c; done
+mkdir -p /sys/fs/cgroup/systemd; mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
+/usr/local/sbin/vws-slurm-start
 echo "VWS-DOM0-READY host=$(hostname) ip=$IP up=$(cut -d' ' -f1 /proc/uptime)"
 # Reap orphans; never exit (the kernel panics if PID 1 does, and Xen then reboots forever).
 while true; do sleep 3600 & wait $!; done
 EOF
   chmod 755 "$root/init"
+  mkdir -p "$root/usr/local/sbin"
+  cat > "$root/usr/local/sbin/vws-slurm-start" <<'EOF'
+#!/bin/bash
+# Starts munged and slurmd (node = hostname) if they are not running, with the slurm.conf and munge key
+# under the testbed dir named in /etc/vws/testbed-dir; "restart" restarts slurmd (a changed slurm.conf).
+# Run by /init at boot and by xen1.sh over SSH. Never fails the caller: it says what it did not start.
+set -u
+TB=$(cat /etc/vws/testbed-dir 2>/dev/null) || { echo "vws-slurm-start: no /etc/vws/testbed-dir"; exit 0; }
+CONF=$TB/slurm/slurm.conf KEY=$TB/munge/munge.key N=$(hostname)
+[ -s "$CONF" ] && [ -s "$KEY" ] || { echo "vws-slurm-start: no $CONF or $KEY; Slurm not started"; exit 0; }
+alive() { local p; p=$(cat "$1" 2>/dev/null) && [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = "$2" ]; }
+mkdir -p "$TB/munge/run" "$TB/hosts/$N/log" "$TB/hosts/$N/slurmd-spool"
+chmod 755 "$TB" "$TB/munge" "$TB/munge/run"; chmod 400 "$KEY"
+if ! alive "$TB/munge/munged.pid" munged; then
+  rm -f "$TB/munge/run/munge.socket.2" "$TB/munge/run/munge.socket.2.lock"
+  munged --socket="$TB/munge/run/munge.socket.2" --key-file="$KEY" --log-file="$TB/munge/munged.log" \
+    --pid-file="$TB/munge/munged.pid" --seed-file="$TB/munge/munged.seed" </dev/null >/dev/null 2>&1 \
+    || echo "vws-slurm-start: munged failed; see $TB/munge/munged.log"
+fi
+if [ "${1:-}" = restart ] && alive "$TB/hosts/$N/slurmd.pid" slurmd; then
+  kill "$(cat "$TB/hosts/$N/slurmd.pid")"
+  for i in $(seq 50); do alive "$TB/hosts/$N/slurmd.pid" slurmd || break; sleep 0.1; done
+fi
+if ! alive "$TB/hosts/$N/slurmd.pid" slurmd; then
+  slurmd -f "$CONF" -N "$N" </dev/null >/dev/null 2>>"$TB/hosts/$N/log/slurmd.err" \
+    || echo "vws-slurm-start: slurmd failed; see $TB/hosts/$N/log/slurmd.log"
+fi
+exit 0
+EOF
+  chmod 755 "$root/usr/local/sbin/vws-slurm-start"
 }
 
 build() {
@@ -265,6 +331,8 @@ build() {
     "$root/usr/lib/xen-$XENV/bin/pygrub" "$root/usr/lib/xen-$XENV/bin/oxenstored" "$root/etc/init.d"
   cp /bin/busybox "$root/bin/busybox"
   for b in "${HOST_BINS[@]}"; do copy_in "$root" "$b"; done
+  mkdir -p "$root$SLURM_LIBDIR"; cp -L "$SLURM_LIBDIR"/*.so "$root$SLURM_LIBDIR/"
+  local l; node_libs | while read -r l; do copy_in "$root" "$l"; done
   copy_lib_closure "$root"
   kver="$(extract_kernel "$(deb_of "$(printf '%s\n' "${DEB_SPECS[@]}" | grep "^$KPKG=")")" "$root" "$tmp")"
   write_etc "$root"
@@ -294,8 +362,10 @@ main() {
   printf '%s\n' "$key" > "$tmp/stamp"
   mv "$tmp" "$out"
   trap - EXIT
-  # Older builds are not needed: QEMU reads kernel and initrd once at start.
-  find "$XEN_CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name '.tmp.*' -exec rm -rf {} +
+  # QEMU reads kernel and initrd once at start, but xen1.sh falls back to the last build that came up
+  # (its good-base) when a new one does not: keep the newest older build, drop the rest.
+  find "$XEN_CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name '.tmp.*' -printf '%T@ %p\n' \
+    | sort -rn | tail -n +2 | cut -d' ' -f2- | while read -r d; do rm -rf "$d"; done
   log "built in $((SECONDS - t0)) s: $(cd "$out" && du -h xen vmlinuz initrd.gz | tr '\t\n' ': ')"
   printf '%s\n' "$out"
 }

@@ -3,8 +3,11 @@
 # and nft for vws to use) run in QEMU (TCG), attached by a tap to the head bridge vwsbr0. See
 # testbed/README.md.
 #
-#   xen1.sh up       build (cached), boot, wait for dom0 and SSH; idempotent
+#   xen1.sh up       build (cached), boot, wait for dom0 and SSH, sync dom0's clock, start dom0's
+#                    munged + slurmd (Slurm node xen1) and wait for it to register; idempotent
 #   xen1.sh status   one line per component; exit 0 iff QEMU runs, the tap is up and ssh xl works
+#   xen1.sh slurm-status   one line: dom0's slurmd; exit 0 iff Slurm sees node xen1 responding
+#   xen1.sh sync-project   copy dist/ and the pilot's packages to dom0 if they changed (done by up too)
 #   xen1.sh down     dom0 `poweroff -f`, QEMU killed by PID if still there after 10 s, tap removed
 #
 # Exit code 3 from up: the Xen packages could not be fetched (no apt mirror); testbed.sh then
@@ -25,8 +28,13 @@ IP=10.213.0.21
 TAP="$NAME-tap"
 MAC=52:54:00:d0:00:21          # dom0's eth0 (fixed, so the head's ARP cache stays valid)
 DATA_SIZE=2G                   # sparse node disk: guest disks and ~130 MiB saved states
-READY_TIMEOUT=90               # seconds from QEMU start to the dom0 ready marker
+READY_TIMEOUT=240              # seconds from QEMU start to the dom0 ready marker (~15 s idle; >90 s seen at load 15)
 SSH_TIMEOUT=30
+SLURM_TIMEOUT=45               # seconds for dom0's slurmd to register with slurmctld (idle/mixed/allocated)
+SLURM_CONF_FILE="$TB/slurm/slurm.conf"
+MUNGE_KEY="$TB/munge/munge.key"
+GOOD_BASE="$HD/good-base"      # the last dom0 build that came up: the fallback when a new one does not
+NODE_DISK="$HD/host-node.img"  # the host's node binary, a read-only ext4 disk for dom0 (/opt/host-node)
 PIDFILE="$HD/qemu.pid"
 SERIAL="$HD/serial.log"
 
@@ -82,6 +90,14 @@ make_initrd() {
   rm -rf "$ov"; mkdir -p "$ov/etc/ssh" "$ov/root/.ssh"
   install -m 600 "$HD/ssh_host_ed25519_key" "$ov/etc/ssh/ssh_host_ed25519_key"
   install -m 600 "$TB/ssh/id_ed25519.pub" "$ov/root/.ssh/authorized_keys"
+  # Slurm at boot (dom0's /init runs vws-slurm-start): the testbed's slurm.conf and munge key at the same
+  # paths as on the head (slurm.conf names its paths absolutely); xen1.sh re-syncs them over SSH on up.
+  mkdir -p "$ov/etc/vws"; printf '%s\n' "$TB" > "$ov/etc/vws/testbed-dir"
+  if [[ -s "$SLURM_CONF_FILE" && -s "$MUNGE_KEY" ]]; then
+    mkdir -p "$ov$TB/slurm" "$ov$TB/munge"
+    install -m 644 "$SLURM_CONF_FILE" "$ov$SLURM_CONF_FILE"
+    install -m 400 "$MUNGE_KEY" "$ov$MUNGE_KEY"
+  fi
   { cat "$base/initrd.gz"; (cd "$ov" && find . | sort | cpio -o -H newc --quiet | gzip -1); } > "$HD/initrd.gz.tmp"
   mv "$HD/initrd.gz.tmp" "$HD/initrd.gz"
   rm -rf "$ov"
@@ -114,6 +130,57 @@ sync_kernels() {
   done
 }
 
+# dom0's clock follows Xen's, which starts from QEMU's RTC (whole seconds) and drifts under TCG: set it
+# from the head's (munge credentials, job times and the pilot's --end all compare clocks). dom0 prints its
+# time once the session is up, then reads the head's, so ssh's connection time does not count.
+sync_clock() {
+  local theirs ours set
+  coproc CLOCK { ssh_node 'date +%s.%N; read -r t && date -u -s "@$t" +%s.%N'; }
+  if ! read -r -t 20 theirs <&"${CLOCK[0]}"; then wait "$CLOCK_PID" 2>/dev/null || true; step "clock: no answer"; return 0; fi
+  ours="$(date +%s.%N)"
+  printf '%s\n' "$(date +%s.%N)" >&"${CLOCK[1]}"
+  read -r -t 20 set <&"${CLOCK[0]}" || true
+  wait "$CLOCK_PID" 2>/dev/null || true
+  step "clock set (dom0 was $(awk -v a="$theirs" -v b="$ours" 'BEGIN { printf "%+.2f", a - b }') s off)"
+}
+
+# sinfo's short state of node xen1 (idle, mix, alloc, comp; "*" = not responding), or nothing.
+slurm_state() {
+  [[ -s "$SLURM_CONF_FILE" ]] || return 0
+  SLURM_CONF="$SLURM_CONF_FILE" timeout 5 sinfo -h -N -n "$NAME" -o '%t' 2>/dev/null | head -n1
+}
+
+slurm_responding() { [[ "$(slurm_state)" =~ ^(idle|mix|alloc|comp)$ ]]; }
+
+# dom0's munged + slurmd: slurm.conf and the munge key synced (same paths as on the head), the daemons
+# started if missing (slurmd restarted if its slurm.conf changed), then a bounded wait (SLURM_TIMEOUT)
+# until slurmctld lists xen1 as responding. Skipped when the testbed has no slurm.conf (xen1.sh on its own).
+ensure_slurm() {
+  local f have want sums mode="" changed=0
+  if [[ ! -s "$SLURM_CONF_FILE" || ! -s "$MUNGE_KEY" ]]; then step "no $SLURM_CONF_FILE: Slurm not started in dom0"; return 0; fi
+  if ! grep -q "^NodeName=$NAME " "$SLURM_CONF_FILE"; then step "$SLURM_CONF_FILE has no node $NAME: Slurm not started in dom0"; return 0; fi
+  # One SSH call for the common case (nothing changed, slurmd registered).
+  sums="$(ssh_node "test -x /usr/local/sbin/vws-slurm-start && echo has-slurm; sha256sum $SLURM_CONF_FILE $MUNGE_KEY" 2>/dev/null || true)"
+  grep -qx has-slurm <<<"$sums" || die "dom0 has no /usr/local/sbin/vws-slurm-start (an old dom0 build?)"
+  for f in "$SLURM_CONF_FILE:644" "$MUNGE_KEY:400"; do
+    want="$(sha256sum "${f%:*}" | cut -d' ' -f1)"
+    have="$(awk -v f="${f%:*}" '$2 == f { print $1 }' <<<"$sums")"
+    [[ "$want" == "$have" ]] && continue
+    ssh_node "mkdir -p ${f%/*} /etc/vws && echo $TB > /etc/vws/testbed-dir && cat > ${f%:*}.tmp && chmod ${f##*:} ${f%:*}.tmp && mv ${f%:*}.tmp ${f%:*}" < "${f%:*}"
+    [[ "${f%:*}" == "$SLURM_CONF_FILE" && -n "$have" ]] && mode=restart
+    changed=1
+    step "${f%:*} copied to dom0"
+  done
+  if (( changed )) || ! slurm_responding; then
+    ssh_node /usr/local/sbin/vws-slurm-start $mode | while read -r l; do step "$l"; done
+  fi
+  if ! poll "$SLURM_TIMEOUT" slurm_responding; then
+    ssh_node tail -n 5 "$TB/hosts/$NAME/log/slurmd.log" "$TB/hosts/$NAME/log/slurmd.err" >&2 2>/dev/null || true
+    die "Slurm node $NAME not responding after ${SLURM_TIMEOUT}s (state '$(slurm_state)'); dom0's log: $TB/hosts/$NAME/log/slurmd.log"
+  fi
+  step "slurmd: Slurm node $NAME $(slurm_state)"
+}
+
 ensure_tap() {
   ip link show dev "$HEAD_BR" >/dev/null 2>&1 || die "bridge $HEAD_BR missing (run testbed/testbed.sh up)"
   ip link show dev "$TAP" >/dev/null 2>&1 || ip tuntap add dev "$TAP" mode tap
@@ -130,20 +197,91 @@ kill_qemu() {
   poll 5 bash -c "! kill -0 $pid 2>/dev/null" || true
 }
 
+# The host's node binary on a read-only ext4 disk of its own (dom0's /dev/vdb at /opt/host-node, linked
+# as /usr/bin/node; its libraries are in the initramfs). Remade when the binary changes; QEMU reads it.
+ensure_node_disk() {
+  local n sum st
+  n="$(command -v node 2>/dev/null)" || return 0
+  n="$(readlink -f "$n")"
+  sum="$(sha256sum "$n" | cut -d' ' -f1)"
+  [[ -s "$NODE_DISK" && "$(cat "$NODE_DISK.sha256" 2>/dev/null)" == "$sum" ]] && return 0
+  st="$HD/host-node.staging"
+  rm -rf "$st"; mkdir -p "$st"; cp "$n" "$st/node"
+  rm -f "$NODE_DISK.tmp"
+  truncate -s $(( $(stat -c %s "$n") / 1048576 + 32 ))M "$NODE_DISK.tmp"
+  mkfs.ext4 -q -F -L host-node -d "$st" "$NODE_DISK.tmp"
+  mv "$NODE_DISK.tmp" "$NODE_DISK"; printf '%s\n' "$sum" > "$NODE_DISK.sha256"
+  rm -rf "$st"
+  step "host-node disk made ($NODE_DISK: $n)"
+}
+
+# The project files the pilot needs (dist/ and the packages its require() closure loads, with their
+# package.json files), copied over SSH to dom0's node disk, which dom0 links at the project's own path,
+# so a batch job runs `node $REPO_ROOT/dist/pilot/main.js`. Sent only when their hash changed. Needs a
+# built dist/ (npx tsc -p tsconfig.build.json); without one, nothing is sent.
+sync_project() {
+  local list sum have
+  [[ -s "$REPO_ROOT/dist/pilot/main.js" ]] || { step "no $REPO_ROOT/dist/pilot/main.js: project not synced"; return 0; }
+  # The packages main.js loads (require.cache at exit; main.js without arguments prints its usage).
+  list="$(cd "$REPO_ROOT" && node -e '
+    const path = require("path"), fs = require("fs"), root = process.cwd(), out = new Set(["dist", "package.json"]);
+    process.on("exit", () => {
+      for (const f of Object.keys(require.cache)) {
+        const m = /^(.*\/node_modules\/(@[^/]+\/)?[^/]+)\//.exec(f);
+        if (m) out.add(path.relative(root, m[1]));
+      }
+      fs.writeSync(3, [...out].sort().join("\n") + "\n");
+    });
+    process.argv = [process.argv[0], "main.js"];
+    require("./dist/pilot/main.js");
+  ' 3>&1 >/dev/null 2>&1)" || true
+  [[ -n "$list" ]] || die "cannot compute the pilot's file list"
+  # shellcheck disable=SC2086 # one path a line, none with spaces
+  sum="$(cd "$REPO_ROOT" && find $list -type f -printf '%p %s %T@\n' | sort | sha256sum | cut -d' ' -f1)"
+  have="$(ssh_node cat /var/lib/vws/node/host/project.sha256 2>/dev/null || true)"
+  [[ "$sum" == "$have" ]] && return 0
+  (cd "$REPO_ROOT" && tar -cz $list) | timeout 300 ssh -F "$TB/ssh/config" -o ConnectTimeout=5 "$NAME" "rm -rf /var/lib/vws/node/host/project.new && mkdir -p /var/lib/vws/node/host/project.new && tar -xz -C /var/lib/vws/node/host/project.new && rm -rf /var/lib/vws/node/host/project && mv /var/lib/vws/node/host/project.new /var/lib/vws/node/host/project && echo $sum > /var/lib/vws/node/host/project.sha256"
+  step "project synced to dom0 ($REPO_ROOT: dist/ + the pilot's packages)"
+}
+
 start_qemu() {
-  local base="$1"
+  local base="$1" nodedisk=()
   rm -f "$SERIAL" "$PIDFILE"
+  ensure_node_disk
+  [[ -s "$NODE_DISK" ]] && nodedisk=(-drive "file=$NODE_DISK,format=raw,if=virtio,readonly=on")
   # -cpu max,-smap,-smep: with SMAP visible, dom0 crashes on its first exception bounce and Xen
   # reboots the machine forever. tb-size=256 caps TCG's translation cache (default 1 GiB of RSS).
   qemu-system-x86_64 -accel tcg,tb-size=256 -machine pc -cpu max,-smap,-smep -m 2048 -smp 2 \
     -nodefaults -no-user-config -display none -name "$NAME" \
     -kernel "$base/xen" \
     -append "console=com1 com1=115200,8n1 dom0_mem=512M,max:512M bootscrub=0" \
-    -initrd "$base/vmlinuz console=hvc0 vws.ip=$IP/24 vws.gw=$HEAD_IP vws.hostname=$NAME,$HD/initrd.gz" \
+    -initrd "$base/vmlinuz console=hvc0 vws.ip=$IP/24 vws.gw=$HEAD_IP vws.hostname=$NAME vws.project=$REPO_ROOT,$HD/initrd.gz" \
     -serial "file:$SERIAL" \
     -netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no" -device "virtio-net-pci,netdev=n0,mac=$MAC" \
-    -drive "file=$HD/node.img,format=raw,if=virtio,cache=unsafe,discard=unmap" \
+    -drive "file=$HD/node.img,format=raw,if=virtio,cache=unsafe,discard=unmap" "${nodedisk[@]}" \
     -pidfile "$PIDFILE" -daemonize
+}
+
+# boot BASE: QEMU started with that build; true once dom0's sshd answers. On failure nothing is left
+# running (the serial log is kept as serial.log.failed).
+boot() {
+  local base="$1" t
+  ensure_tap
+  t="${EPOCHREALTIME/./}"
+  start_qemu "$base" || { remove_tap; echo "qemu failed to start" >&2; return 1; }
+  step "qemu started (pid $(qemu_pid))"
+  if ! wait_ready; then
+    kill_qemu; remove_tap; cp -f "$SERIAL" "$SERIAL.failed" 2>/dev/null || true
+    echo "dom0 did not come up; see $SERIAL.failed" >&2
+    return 1
+  fi
+  step "$(grep -a -o 'VWS-DOM0-READY.*' "$SERIAL" | head -n1 | tr -d '\r')"
+  if ! poll "$SSH_TIMEOUT" ssh_node true 2>/dev/null; then
+    kill_qemu; remove_tap; cp -f "$SERIAL" "$SERIAL.failed" 2>/dev/null || true
+    echo "sshd on $IP did not answer" >&2
+    return 1
+  fi
+  step "ssh ready $(( (${EPOCHREALTIME/./} - t) / 1000 )) ms after qemu start"
 }
 
 wait_ready() {
@@ -185,6 +323,8 @@ cmd_up() {
     if [[ "$(running_base)" == "$base" ]]; then
       "$REPO_ROOT/testbed/guest/build.sh" >/dev/null
       sync_kernels
+      sync_project
+      ensure_slurm
       step "already up"
       return 0
     fi
@@ -203,18 +343,23 @@ cmd_up() {
   "$REPO_ROOT/testbed/guest/build.sh" >/dev/null
   make_initrd "$base"
   ensure_data_disk
-  ensure_tap
-  t="${EPOCHREALTIME/./}"
-  start_qemu "$base" || { remove_tap; die "qemu failed to start"; }
-  step "qemu started (pid $(qemu_pid))"
-  if ! wait_ready; then
-    kill_qemu; remove_tap
+  if ! boot "$base"; then
+    # A new dom0 build that does not come up: boot the last one that did, so xen1 stays usable.
+    local good=""
+    [[ -r "$GOOD_BASE" ]] && read -r good < "$GOOD_BASE"
+    if [[ -n "$good" && "$good" != "$base" && -s "$good/stamp" ]]; then
+      step "new dom0 build $base failed; booting the last good one ($good)"
+      boot "$good" || die "dom0 did not come up (new and last good build); see $SERIAL"
+      sync_kernels; sync_clock; sync_project; ensure_slurm
+      die "dom0 build $base did not come up (see $SERIAL.failed); xen1 runs the last good build $good"
+    fi
     die "dom0 did not come up; see $SERIAL"
   fi
-  step "$(grep -a -o 'VWS-DOM0-READY.*' "$SERIAL" | head -n1 | tr -d '\r')"
-  poll "$SSH_TIMEOUT" ssh_node true 2>/dev/null || { kill_qemu; remove_tap; die "sshd on $IP did not answer"; }
-  step "ssh ready $(( (${EPOCHREALTIME/./} - t) / 1000 )) ms after qemu start"
+  printf '%s\n' "$base" > "$GOOD_BASE"
   sync_kernels
+  sync_clock
+  sync_project
+  ensure_slurm
   step "up: $IP, qemu RSS $(awk '/VmRSS/ { printf "%d MiB", $2 / 1024 }' "/proc/$(qemu_pid)/status")"
 }
 
@@ -259,9 +404,25 @@ cmd_status() {
   return "$ok"
 }
 
+# One line for dom0's slurmd (testbed.sh status prints it; `status` above leaves it out, so that tests
+# that need only xl, which skip when `status` fails, do not depend on Slurm). Exit 0 iff xen1 responds.
+cmd_slurm_status() {
+  local st pid
+  st="$(slurm_state)"
+  if [[ "$st" =~ ^(idle|mix|alloc|comp)$ ]]; then
+    pid="$(ssh_node cat "$TB/hosts/$NAME/slurmd.pid" 2>/dev/null || true)"
+    echo "xen1/slurmd  up    pid ${pid:-?} in dom0, Slurm node $NAME $st (partition xen, feature xen)"
+  else
+    echo "xen1/slurmd  DOWN  Slurm node $NAME state '${st:-unknown}'"; return 1
+  fi
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  slurm-status) cmd_slurm_status ;;
+  # The pilot's project files to dom0 again (after a rebuild of dist/); tests call it before submitting.
+  sync-project) qemu_pid >/dev/null || die "xen1 is not up"; sync_project ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: xen1.sh up|down|status   (state: $HD)" >&2; exit 2 ;;
+  *) echo "usage: xen1.sh up|down|status|slurm-status|sync-project   (state: $HD)" >&2; exit 2 ;;
 esac

@@ -1,0 +1,181 @@
+/**
+ * One pilot slot (issue 7 item 3; seed 003; Nimbus's pilot slot manager): borrow one node's time from the
+ * site's batch system for one workspace, and give it back with nothing left.
+ *
+ *   submitting ─job id─▶ queued ─`reserved` (signed, fresh)─▶ reserved ─release / evict─▶ releasing ─▶ ended
+ *
+ * - queued: waits for the pilot's `reserved` with a deadline; asks the batch system every poll whether
+ *   the job still exists. Timeout, a job that ended first, or a pilot `error`: the workspace is told the
+ *   slot failed (typed), and the job is cancelled.
+ * - reserved: the node's time is lent to the allocator as a lease; the workspace allocates inside it.
+ *   The VMs are evacuated (the workspace is preempted: trashed at once) before the slot ends, on a fresh
+ *   `early-unreserving` or `unreserving` (scancel, preemption, node shutdown), or when the batch system
+ *   no longer has the job. A notification older than the slot's reservation or outside the window is
+ *   stale: recorded, never acted on.
+ * - releasing (always, even on cancellation): cancel the job, wait until the batch system confirms it is
+ *   gone (the pilot has then handed the node back: VMs gone, memory restored), and only then end the lease.
+ *
+ * No run timeout: the release must always run. Workflow code: deterministic, no I/O.
+ */
+import {
+  ApplicationFailure,
+  CancellationScope,
+  condition,
+  getExternalWorkflowHandle,
+  proxyActivities,
+  setHandler,
+  sleep,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { PilotSlotActivities } from '../activities/head/pilot-slot';
+import type { BatchJobStatus } from '../activities/lrm/types';
+import { FailureType, NON_RETRYABLE_FAILURES } from '../domain/errors';
+import { pilotNotificationSignal, preemptSignal, slotFailedSignal, slotReadySignal, slotReleaseSignal, type PilotNotification } from '../domain/messages';
+import { pilotSlotQuery, type PilotSlotDescription, type PilotSlotInput } from '../domain/pilot-slot';
+
+/** True once the batch system no longer runs the job (ended, or forgotten). */
+const gone = (s: BatchJobStatus) => s.state === 'ended' || s.state === 'unknown';
+
+/** The job's end in a sentence. */
+function endText(s: BatchJobStatus): string {
+  if (s.state === 'ended') return `the pilot job ${s.jobId} ended (${s.outcome}${s.exitCode !== undefined ? `, exit ${s.exitCode}` : ''})`;
+  return `the batch system no longer knows the pilot job ${s.jobId}`;
+}
+
+/** Runs one pilot slot; returns its final description. */
+export async function pilotSlotWorkflow(input: PilotSlotInput): Promise<PilotSlotDescription> {
+  const { settings } = input;
+  const holder = workflowInfo().workflowId;
+  const acts = proxyActivities<PilotSlotActivities>({
+    taskQueue: input.headTaskQueue,
+    startToCloseTimeout: '2m',
+    retry: { initialInterval: '2s', maximumInterval: '30s', nonRetryableErrorTypes: NON_RETRYABLE_FAILURES },
+  });
+  const workspace = getExternalWorkflowHandle(input.workspaceWorkflowId);
+  const d: PilotSlotDescription = { slotId: input.slotId, state: 'submitting', notices: [] };
+  const inbox: PilotNotification[] = [];
+  let released: string | undefined;
+  let leased = false;
+  setHandler(pilotSlotQuery, () => d);
+  setHandler(pilotNotificationSignal, (n) => void inbox.push(n));
+  setHandler(slotReleaseSignal, (r) => void (released ??= r?.reason ?? 'released'));
+  const pollMs = settings.pollSeconds * 1000;
+
+  /** A notification is acted on only if it is about this job's reservation and was fresh on receipt. */
+  const fresh = (n: PilotNotification): string | undefined => {
+    const at = Date.parse(n.at);
+    if (Date.parse(n.receivedAt) - at > settings.windowSeconds * 1000) return `stale: sent ${n.at}, received ${n.receivedAt}`;
+    if (d.reservedAt && at < Date.parse(d.reservedAt)) return `stale: sent ${n.at}, before the reservation at ${d.reservedAt}`;
+    return undefined;
+  };
+  const note = (n: PilotNotification, what: string) => d.notices.push(`${n.event} from ${n.node} at ${n.at}: ${what}`);
+  /** Tells the workspace, which may be gone already (then there is nothing to tell). */
+  const tell = async (send: () => Promise<void>) => {
+    try {
+      await send();
+    } catch {
+      released ??= 'the workspace is gone';
+    }
+  };
+  const fail = (message: string) => ApplicationFailure.create({ type: FailureType.NoCapacity, message, nonRetryable: true });
+
+  try {
+    const job = await acts.submitPilotJob({
+      slotId: input.slotId,
+      memoryMiB: input.memoryMiB,
+      vcpus: input.vcpus,
+      holdSeconds: input.holdSeconds,
+      ...(input.constraints?.length ? { constraints: input.constraints } : {}),
+    });
+    d.jobId = job.jobId;
+    d.submittedAt = new Date().toISOString();
+    d.state = 'queued';
+
+    // ---- queued: the pilot's `reserved`, within the deadline --------------------------------------------
+    const deadline = Date.now() + settings.reserveTimeoutSeconds * 1000;
+    let reserved: PilotNotification | undefined;
+    while (!reserved && released === undefined) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw fail(`the batch system did not start pilot job ${job.jobId} within ${settings.reserveTimeoutSeconds} s (reserveTimeoutSeconds); it is cancelled`);
+      const woke = await condition(() => inbox.length > 0 || released !== undefined, Math.min(left, pollMs));
+      for (const n of inbox.splice(0)) {
+        const stale = fresh(n);
+        if (stale) note(n, `ignored (${stale})`);
+        else if (n.event === 'reserved' && !reserved) {
+          note(n, 'acted on');
+          reserved = n;
+        } else if (n.event === 'error') {
+          note(n, 'acted on');
+          throw fail(`the pilot on ${n.node} failed before it reserved: ${n.detail ?? 'no detail'}`);
+        } else note(n, 'ignored (not reserved yet)');
+      }
+      if (!woke && !reserved) {
+        const s = await acts.pilotJobStatus(job.jobId);
+        if (gone(s)) throw fail(`${endText(s)} before its pilot reserved the node`);
+      }
+    }
+    if (!reserved) return d; // released while queued: the finally cancels the job
+
+    // ---- reserved: lend the node's time to the allocator, then hold ------------------------------------
+    d.reservedAt = reserved.at;
+    d.node = reserved.node;
+    d.memoryMiB = reserved.memoryMiB ?? input.memoryMiB;
+    const until = new Date(Date.parse(reserved.at) + (input.holdSeconds - settings.marginSeconds) * 1000).toISOString();
+    d.until = until;
+    await acts.leaseNode({ holder, node: reserved.node, memoryMiB: d.memoryMiB, vcpus: input.vcpus, until, jobId: job.jobId });
+    leased = true;
+    d.state = 'reserved';
+    await tell(() => workspace.signal(slotReadySignal, { lease: holder, node: reserved.node, memoryMiB: d.memoryMiB!, until, jobId: job.jobId }));
+
+    const evacuateAt = Date.parse(until) - settings.evacuateSeconds * 1000;
+    let evicted = false;
+    const evict = async (reason: string) => {
+      if (evicted) return;
+      evicted = true;
+      d.reason = reason;
+      await tell(() => workspace.signal(preemptSignal, { reason }));
+    };
+    while (released === undefined) {
+      const wait = evicted ? pollMs : Math.max(0, Math.min(evacuateAt - Date.now(), pollMs));
+      const woke = await condition(() => inbox.length > 0 || released !== undefined, wait);
+      if (released !== undefined) break;
+      for (const n of inbox.splice(0)) {
+        const stale = fresh(n);
+        if (stale) note(n, `ignored (${stale})`);
+        else if (n.event === 'early-unreserving' || n.event === 'unreserving' || n.event === 'error') {
+          note(n, evicted ? 'already evacuating' : 'acted on: evacuating');
+          await evict(`the batch system is taking node ${n.node} back (${n.event}${n.detail ? `: ${n.detail}` : ''})`);
+        } else note(n, 'ignored (already reserved)');
+      }
+      if (!evicted && Date.now() >= evacuateAt) await evict(`the pilot slot on ${reserved.node} ends at ${until}`);
+      if (!woke) {
+        const s = await acts.pilotJobStatus(job.jobId);
+        if (gone(s)) await evict(endText(s));
+      }
+    }
+    return d;
+  } catch (err) {
+    const failure = err as Error & { type?: string; cause?: Error & { type?: string } };
+    const cause = failure.cause ?? failure;
+    d.reason = cause.message;
+    if (!leased) await tell(() => workspace.signal(slotFailedSignal, { type: cause.type ?? FailureType.NoCapacity, reason: cause.message }));
+    throw err;
+  } finally {
+    await CancellationScope.nonCancellable(async () => {
+      d.state = 'releasing';
+      d.reason ??= released;
+      if (d.jobId) {
+        // Cancel (the pilot hands the node back on SIGTERM), then wait until the batch system confirms the
+        // job is gone: only then are the VMs gone and the memory restored, and may the lease end.
+        await acts.cancelPilotJob(d.jobId);
+        for (;;) {
+          const s = await acts.pilotJobStatus(d.jobId);
+          if (gone(s)) break;
+          await sleep('2s');
+        }
+      }
+      if (leased) await acts.endNodeLease(holder);
+      d.state = 'ended';
+    });
+  }
+}
