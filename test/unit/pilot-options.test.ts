@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { exitCodeFor, PILOT_EXIT } from '../../src/pilot/exit-codes';
-import { apiOption, endOption, intOption, memoryOption, nodeOption, numberOption, PilotUsageError, readSecretOption, slotOption, sshHostsOption } from '../../src/pilot/options';
+import { apiOption, endOption, holdOption, intOption, memoryOption, nodeFromBatch, nodeOption, nodeTableOption, numberOption, PilotUsageError, readSecretOption, slotOption, sshHostsOption } from '../../src/pilot/options';
 
 const refusal = (f: () => unknown): { option: string; message: string } => {
   try {
@@ -70,5 +70,31 @@ describe('pilot options', () => {
     expect(exitCodeFor('error-reserving')).toBe(PILOT_EXIT.slotFailed);
     expect(exitCodeFor('error-reserved')).toBe(PILOT_EXIT.slotFailed);
     expect(exitCodeFor('error-unreserving')).toBe(PILOT_EXIT.unreserveFailed);
+  });
+});
+
+describe('a pilot on the node the batch system chose', () => {
+  it('takes its node from --node, else SLURMD_NODENAME, else PBS_NODENAME; refuses none', () => {
+    expect(nodeFromBatch('vmm1', { SLURMD_NODENAME: 'vmm2' })).toBe('vmm1');
+    expect(nodeFromBatch(undefined, { SLURMD_NODENAME: 'vmm2' })).toBe('vmm2');
+    expect(nodeFromBatch(undefined, { PBS_NODENAME: 'vmm3' })).toBe('vmm3');
+    expect(() => nodeFromBatch(undefined, {})).toThrow(/--node/);
+  });
+
+  it('finds its entry in --node-table, naming the option on every bad value', () => {
+    const table = JSON.stringify({ vmm1: { memory: 'host', configuredMiB: 4096 }, xen1: { memory: 'xen' } });
+    expect(nodeTableOption(table, 'vmm1')).toEqual({ memory: 'host', configuredMiB: 4096 });
+    expect(nodeTableOption(table, 'xen1')).toEqual({ memory: 'xen' });
+    expect(nodeTableOption(undefined, 'vmm1')).toBeUndefined();
+    expect(() => nodeTableOption(table, 'vmm9')).toThrow(/--node-table.*vmm9 is not a pilot node/);
+    expect(() => nodeTableOption('{nope', 'vmm1')).toThrow(/--node-table/);
+    expect(() => nodeTableOption(JSON.stringify({ vmm1: { memory: 'ram' } }), 'vmm1')).toThrow(/--memory/);
+    expect(() => nodeTableOption(JSON.stringify({ vmm1: { memory: 'host', configuredMiB: -1 } }), 'vmm1')).toThrow(/configuredMiB/);
+  });
+
+  it('--hold-seconds counts from the pilot\'s own start', () => {
+    expect(holdOption('60', 1_000)).toBe(61_000);
+    expect(holdOption(undefined)).toBeUndefined();
+    expect(() => holdOption('0')).toThrow(/--hold-seconds/);
   });
 });

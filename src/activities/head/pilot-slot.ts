@@ -4,6 +4,7 @@
  * built here from the site configuration, so a workflow's history carries only the slot's own numbers.
  * Every activity is safe to repeat: a submit first looks for the slot's job by its unique name.
  */
+import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { ApplicationFailure, type Client } from '@temporalio/client';
 import { AllocatorClient } from '../../clients/allocator';
@@ -38,6 +39,15 @@ function nodeTable(nodes: NodeConfig[]): Record<string, { memory: 'xen' | 'host'
   return Object.fromEntries(nodes.filter((n) => n.pilot).map((n) => [n.name, n.driver === 'xen' ? { memory: 'xen' as const } : { memory: 'host' as const, configuredMiB: n.memoryMiB }]));
 }
 
+/**
+ * This installation's pilot program: `dist/pilot/main.js` beside this file once built; from the sources
+ * (tests run the head from TypeScript), the built copy in the project's `dist/`.
+ */
+function defaultPilotCommand(): string[] {
+  const built = resolve(__dirname, '../../pilot/main.js');
+  return [process.execPath, existsSync(built) ? built : resolve(__dirname, '../../../dist/pilot/main.js')];
+}
+
 /** What the activities need; `batch` and `executor` are injected by tests or built from the configuration. */
 export interface PilotSlotDeps {
   client: Client;
@@ -70,7 +80,7 @@ export function createPilotSlotActivities(deps: PilotSlotDeps) {
   function jobRequest(args: PilotJobArgs): PilotJobRequest {
     const { pilot } = pilotSettings(config);
     const name = pilotJobName(config, args.slotId);
-    const command = pilot.command ?? [process.execPath, resolve(__dirname, '../../pilot/main.js')];
+    const command = pilot.command ?? defaultPilotCommand();
     const argv = [
       ...command,
       'run',
