@@ -3,6 +3,11 @@
  * at once against one allocator that is told to continue as new every few hundred events (the
  * `continueAsNewAfterEvents` option), so dozens of runs hand over while Updates are in flight. Every
  * call must complete (none lost or stuck behind a closing run), and the ledger must end empty.
+ *
+ * It prints the callers' figures (calls/s, latency percentiles, every failed gRPC attempt inside the
+ * SDK's retries by status); the fix for issue 6 was judged by them. For experiments: CAN_CALLERS,
+ * CAN_ROUNDS and CAN_EVENTS change the load and the run length, CAN_WATCH=1 prints the allocator's
+ * run and pending workflow task every 15 s (how a stall was found).
  */
 import { InterceptingCall, status as grpcStatus, type Interceptor } from '@grpc/grpc-js';
 import { Client, Connection, defaultGrpcRetryOptions, makeGrpcRetryInterceptor } from '@temporalio/client';
@@ -109,7 +114,8 @@ describe('the allocator under load while it continues as new', () => {
               const holder = `wf-${c}-${r}`;
               const grant = await timed(() => allocator.reserve({ holder, memoryMiB: 64, vcpus: 1 }));
               expect(grant.holder).toBe(holder);
-              expect(await timed(() => allocator.release(holder, { usedSeconds: 1 }))).toBe(true);
+              // true, or false if a resent release found the grant already gone: the empty ledger below decides.
+              expect(typeof (await timed(() => allocator.release(holder, { usedSeconds: 1 })))).toBe('boolean');
             }
           }),
         );
