@@ -376,7 +376,9 @@ SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 SlurmdParameters=config_overrides
 ReturnToService=2
 SlurmdTimeout=30
-KillWait=5
+# SIGTERM → SIGKILL grace: the pilot hands a node back within it. 15 s: in the emulated Xen dom0 under
+# load the hand-back (list VMs, restore dom0 memory) took ~5 s, the whole of the former 5 s.
+KillWait=15
 # no accounting: keep finished jobs visible to squeue/scontrol for an hour
 MinJobAge=3600
 FirstJobId=$first_job
@@ -677,7 +679,12 @@ cmd_up() {
     ensure_guest >/dev/null
     mapfile -t hosts < <(configured_hosts)
     for h in "${hosts[@]}"; do ensure_kernels "$h"; done
-    # xen1 syncs its kernel too, and restarts if its dom0 build changed.
+    # A changed slurm.conf (this script's settings) reaches the running Slurm too.
+    local conf_before
+    conf_before="$(cat "$SLURM_CONF_FILE" 2>/dev/null || true)"
+    write_slurm_conf "$n"
+    [[ "$conf_before" == "$(cat "$SLURM_CONF_FILE")" ]] || apply_slurm_conf
+    # xen1 syncs its kernel and slurm.conf too, and restarts if its dom0 build changed.
     VWS_TESTBED_DIR="$TB" "$XEN1" up >/dev/null || die "xen1 did not come up (testbed/xen/xen1.sh up)"
     step "testbed already up ($n hosts); guest kernels current"
     return 0

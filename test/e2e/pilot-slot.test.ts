@@ -48,8 +48,8 @@ beforeAll(async () => {
     config: {
       lrm: { kind: 'slurm', partition: 'vws', slurm: { conf: SLURM_CONF } },
       pilot: {
-        // The testbed's KillWait is 5 s.
-        graceSeconds: 5,
+        // The testbed's KillWait (testbed/testbed.sh).
+        graceSeconds: 15,
         graceRatio: 0.5,
         pollSeconds: 5,
         reserveTimeoutSeconds: 120,

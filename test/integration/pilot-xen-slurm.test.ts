@@ -49,7 +49,7 @@ const DOM0_NODE = '/usr/bin/node';
 /** xen1.sh boots Xen with dom0_mem=512M,max:512M; the pilot reads it from Xen's boot line (no --configured-mib). */
 const CONFIGURED_MIB = 512;
 const RESERVE_MIB = 128;
-const KILL_WAIT_S = 5;
+const KILL_WAIT_S = 15;
 /** Node starts in ~8 s in dom0 (TCG) when the machine is idle; much longer under load. */
 const RESERVED_WITHIN_MS = 240_000;
 

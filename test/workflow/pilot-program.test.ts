@@ -41,7 +41,7 @@ const NODE = 'vmm1';
 const NODE_DIR_ON_HEAD = join(TB, 'hosts', NODE, 'node');
 const MAIN = resolve(__dirname, '../../dist/pilot/main.js');
 /** The testbed's KillWait (slurm.conf). */
-const KILL_WAIT_S = 5;
+const KILL_WAIT_S = 15;
 const CONFIGURED_MIB = 4096;
 const RESERVE_MIB = 64;
 
@@ -327,8 +327,8 @@ describe('the pilot program as a Slurm job on vmm1', () => {
     expect(exit).toMatchObject({ endReason: 'early-unreserved', exitCode: 0, signal: 'SIGTERM' });
     expect(exit.sinceSignalMs as number).toBeLessThan(KILL_WAIT_S * 1000);
     expect(lineOf(job, 'destroy')).toMatchObject({ destroyed: [vm], failed: [] });
-    // vws's share of the grace (ratio 0.5 of 5 s) was waited out, since the VM was still there.
-    expect(lineOf(job, 'grace') ).toMatchObject({ vwsMs: 2500 });
+    // vws's share of the grace (ratio 0.5 of KillWait) was waited out, since the VM was still there.
+    expect(lineOf(job, 'grace')).toMatchObject({ vwsMs: (KILL_WAIT_S * 1000) / 2 });
     timings.sigtermToPilotExitWithLeftoverVm = exit.sinceSignalMs as number;
     timings.scancelToJobEndedObservedWithVm = Date.now() - cancelledAt;
     expect((await received(slotId)).map((n) => n.event)).toEqual(['reserved', 'early-unreserving']);

@@ -160,7 +160,12 @@ ensure_slurm() {
   if [[ ! -s "$SLURM_CONF_FILE" || ! -s "$MUNGE_KEY" ]]; then step "no $SLURM_CONF_FILE: Slurm not started in dom0"; return 0; fi
   if ! grep -q "^NodeName=$NAME " "$SLURM_CONF_FILE"; then step "$SLURM_CONF_FILE has no node $NAME: Slurm not started in dom0"; return 0; fi
   # One SSH call for the common case (nothing changed, slurmd registered).
-  sums="$(ssh_node "test -x /usr/local/sbin/vws-slurm-start && echo has-slurm; sha256sum $SLURM_CONF_FILE $MUNGE_KEY" 2>/dev/null || true)"
+  # Retried: under load an SSH call to dom0 (TCG) can outlast ssh_node's 20 s.
+  for f in 1 2 3; do
+    sums="$(ssh_node "test -x /usr/local/sbin/vws-slurm-start && echo has-slurm; sha256sum $SLURM_CONF_FILE $MUNGE_KEY; echo ssh-ok" 2>/dev/null || true)"
+    grep -qx ssh-ok <<<"$sums" && break
+  done
+  grep -qx ssh-ok <<<"$sums" || die "dom0 did not answer over SSH (3 tries)"
   grep -qx has-slurm <<<"$sums" || die "dom0 has no /usr/local/sbin/vws-slurm-start (an old dom0 build?)"
   for f in "$SLURM_CONF_FILE:644" "$MUNGE_KEY:400"; do
     want="$(sha256sum "${f%:*}" | cut -d' ' -f1)"
@@ -240,7 +245,13 @@ sync_project() {
   sum="$(cd "$REPO_ROOT" && find $list -type f -printf '%p %s %T@\n' | sort | sha256sum | cut -d' ' -f1)"
   have="$(ssh_node cat /var/lib/vws/node/host/project.sha256 2>/dev/null || true)"
   [[ "$sum" == "$have" ]] && return 0
-  (cd "$REPO_ROOT" && tar -cz $list) | timeout 300 ssh -F "$TB/ssh/config" -o ConnectTimeout=5 "$NAME" "rm -rf /var/lib/vws/node/host/project.new && mkdir -p /var/lib/vws/node/host/project.new && tar -xz -C /var/lib/vws/node/host/project.new && rm -rf /var/lib/vws/node/host/project && mv /var/lib/vws/node/host/project.new /var/lib/vws/node/host/project && echo $sum > /var/lib/vws/node/host/project.sha256"
+  # Tried twice: a dist/ being rebuilt meanwhile (tsc) can make tar fail; nothing is replaced then.
+  local try
+  for try in 1 2; do
+    (cd "$REPO_ROOT" && tar -cz $list) | timeout 300 ssh -F "$TB/ssh/config" -o ConnectTimeout=5 "$NAME" "rm -rf /var/lib/vws/node/host/project.new && mkdir -p /var/lib/vws/node/host/project.new && tar -xz -C /var/lib/vws/node/host/project.new && rm -rf /var/lib/vws/node/host/project && mv /var/lib/vws/node/host/project.new /var/lib/vws/node/host/project && echo $sum > /var/lib/vws/node/host/project.sha256" && break
+    (( try == 2 )) && die "could not copy the project to dom0"
+    sleep 2
+  done
   step "project synced to dom0 ($REPO_ROOT: dist/ + the pilot's packages)"
 }
 
