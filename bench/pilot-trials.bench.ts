@@ -1,0 +1,90 @@
+/**
+ * The seed's Tests A, B and C of the workspace pilot at full size (seed 004): per node, VWS_TRIALS (100)
+ * deploy/destroy trials of each kind in VWS_TRIAL_KINDS (A,B,C), on the testbed's real Slurm, with the
+ * memory monitor's CSV and the figure (PNG) of memory against time per node, like the seed's figures.
+ *   VWS_BENCH=1 TEMPORAL_ADDRESS=127.0.0.1:7233 VWS_LOG_LEVEL=warn VWS_TRIALS=100 VWS_TRIAL_KINDS=A,B,C \
+ *   VWS_TRIAL_NODE=vmm3 npx jest --runInBand --selectProjects bench --testPathPattern bench/pilot-trials
+ * VWS_TRIAL_NODE=xen1 runs them on the Xen node (dom0 ballooning under the pilot; its slurmd runs in
+ * dom0, testbed/README.md "xen1 as a Slurm node"). Output: VWS_TRIAL_OUT (default bench/out/pilot-trials-
+ * <node>-<time>/): memory.csv, memory.png, trials.json. Each trial is timed; nothing here fails on time.
+ */
+import { execFile } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { SlurmBatchSystem } from '../src/activities/lrm/slurm';
+import { LocalExecutor } from '../src/exec/local';
+import { dom0Probe, hostReservationProbe, startMemoryMonitor, type MemoryMonitor } from '../test/helpers/memory-monitor';
+import { plotMemoryPng } from '../test/helpers/memory-plot';
+import { runPilotTrials, summarizeTrials, type TrialKind, type TrialResult } from '../test/helpers/pilot-trials';
+import { startStack, TESTBED_DIR, TEST_NODES, type Stack, type TestNode } from '../test/helpers/stack';
+
+jest.setTimeout(24 * 3600_000);
+
+const TRIALS = Number(process.env.VWS_TRIALS ?? 100);
+const KINDS = (process.env.VWS_TRIAL_KINDS ?? 'A,B,C').split(',') as TrialKind[];
+const NODE = (process.env.VWS_TRIAL_NODE ?? 'vmm3') as TestNode;
+const SLURM_CONF = join(TESTBED_DIR, 'slurm', 'slurm.conf');
+const OUT = process.env.VWS_TRIAL_OUT ?? resolve(__dirname, 'out', `pilot-trials-${NODE}-${new Date().toISOString().replace(/[:.]/g, '-')}`);
+const XEN1 = resolve(__dirname, '../testbed/xen/xen1.sh');
+
+let stack: Stack;
+let slurm: SlurmBatchSystem;
+let monitor: MemoryMonitor;
+const results: TrialResult[] = [];
+
+beforeAll(async () => {
+  mkdirSync(OUT, { recursive: true });
+  slurm = new SlurmBatchSystem(new LocalExecutor(), { slurmConf: SLURM_CONF });
+  const xen = NODE === 'xen1';
+  // dom0 runs the project from its own copy (testbed/xen/xen1.sh sync-project), at the same path.
+  if (xen) await promisify(execFile)(XEN1, ['sync-project'], { timeout: 600_000 });
+  stack = await startStack({
+    label: `pilot-trials-${NODE}`,
+    first: '10.213.0.85',
+    last: '10.213.0.86',
+    node: NODE,
+    pilotNodes: [NODE],
+    headProcess: true,
+    config: {
+      lrm: { kind: 'slurm', partition: xen ? 'xen' : 'vws', ...(xen ? { constraints: ['xen'] } : {}), slurm: { conf: SLURM_CONF } },
+      pilot: { graceSeconds: 15, pollSeconds: 5, reserveTimeoutSeconds: 300, ...(xen ? { command: ['/usr/bin/node', resolve(__dirname, '../dist/pilot/main.js')] } : {}) },
+    },
+    lateConfig: (dir, api) => ({ pilot: { secretFile: join(dir, 'secrets', 'pilot.secret'), apiUrl: api } }),
+  });
+  if (xen) {
+    // The site copies its pilot secret to every node: here, to the same path in dom0.
+    const secret = readFileSync(stack.config.pilot!.secretFile, 'utf8');
+    await stack.nodeExec.mkdir(join(stack.config.stateDir, 'secrets'));
+    await stack.nodeExec.writeFileAtomic(stack.config.pilot!.secretFile, secret);
+  }
+  const probe = xen ? dom0Probe(NODE, stack.nodeExec) : hostReservationProbe(NODE, join(TESTBED_DIR, 'hosts', NODE, 'node'), TEST_NODES[NODE].memoryMiB);
+  monitor = startMemoryMonitor([probe], join(OUT, 'memory.csv'));
+});
+
+afterAll(async () => {
+  const series = await monitor?.stop();
+  if (series) plotMemoryPng(join(OUT, 'memory.png'), series);
+  writeFileSync(join(OUT, 'trials.json'), `${JSON.stringify(results, null, 2)}\n`);
+  for (const j of await slurm.listByPrefix(`${stack?.config.temporal.prefix}-pilot`).catch(() => [])) await slurm.cancel(j.jobId).catch(() => undefined);
+  await stack?.stop();
+  console.log(`pilot trials on ${NODE}: ${OUT}/memory.csv, memory.png, trials.json`);
+});
+
+describe.each(KINDS)(`Test %s on ${NODE}`, (kind) => {
+  it(`${TRIALS} trials`, async () => {
+    const t0 = Date.now();
+    const r = await runPilotTrials({
+      stack,
+      slurm,
+      monitor,
+      node: NODE,
+      kind,
+      trials: TRIALS,
+      onTrial: (t) => t.trial % 10 === 0 && console.log(`${kind}${t.trial}: ${t.ok ? 'ok' : t.failure} deploy ${t.deployMs} ms, hand-back ${t.handBackMs} ms`),
+    });
+    results.push(...r);
+    console.log(`Test ${kind} on ${NODE}: ${JSON.stringify({ ...summarizeTrials(r), seconds: Math.round((Date.now() - t0) / 1000) })}`);
+    expect(r.filter((t) => !t.ok).map((t) => t.failure)).toEqual([]);
+  });
+});

@@ -1,0 +1,146 @@
+/**
+ * The seed's Tests A, B and C of the workspace pilot (seed 004), as one scenario the test suite runs with
+ * a few trials and `bench/pilot-trials.bench.ts` with a hundred:
+ *   A  deploy in pilot mode, destroy through vws
+ *   B  deploy in pilot mode, cancel the pilot job with scancel (the batch system takes the node back)
+ *   C  as B, and vws's head and node workers are killed (-9) and restarted between trials
+ * Each trial must deploy within its window; after each, the node's memory must be back at its exact
+ * starting value (0 MiB drift) and nothing may be left: no slot workflow, lease, grant, batch job, VM,
+ * DHCP entry or file.
+ */
+import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
+import { AllocatorClient } from '../../src/clients/allocator';
+import { pilotSlotWorkflowId } from '../../src/config/names';
+import { pilotSlotQuery } from '../../src/domain/pilot-slot';
+import type { MemoryMonitor } from './memory-monitor';
+import type { Stack } from './stack';
+import { show } from './workspace';
+
+/** Which of the seed's tests. */
+export type TrialKind = 'A' | 'B' | 'C';
+
+/** One trial's outcome. */
+export interface TrialResult {
+  kind: TrialKind;
+  trial: number;
+  node: string;
+  ok: boolean;
+  /** POST → Running with its address, ms. */
+  deployMs?: number;
+  /** Destroy or scancel → slot ended, lease gone, job gone, ms. */
+  handBackMs?: number;
+  memoryBeforeMiB: number;
+  /** While the VM ran (what the pilot reserved shows here). */
+  memoryDuringMiB?: number;
+  memoryAfterMiB?: number;
+  /** Why the trial failed (first thing wrong). */
+  failure?: string;
+}
+
+/** What a run of trials needs. */
+export interface TrialOptions {
+  stack: Stack;
+  slurm: SlurmBatchSystem;
+  monitor: MemoryMonitor;
+  /** The pilot node the stack's only pilot node is. */
+  node: string;
+  kind: TrialKind;
+  trials: number;
+  /** How long a deploy may take before the trial fails, ms. */
+  deployWindowMs?: number;
+  /** Called after each trial (progress). */
+  onTrial?: (r: TrialResult) => void;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `f` every 250 ms until truthy; throws `what` after `ms`. */
+async function until<T>(what: string, ms: number, f: () => Promise<T | undefined | null | false>): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f().catch(() => undefined);
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`${what} not within ${ms / 1000} s`);
+    await sleep(250);
+  }
+}
+
+/** Runs `trials` trials of one kind on one node, one after the other; answers every trial's result. */
+export async function runPilotTrials(o: TrialOptions): Promise<TrialResult[]> {
+  const { stack, slurm, monitor, node, kind } = o;
+  const allocator = new AllocatorClient(stack.conn.client, stack.config);
+  const jobPrefix = `${stack.config.temporal.prefix}-pilot`;
+  const results: TrialResult[] = [];
+  for (let trial = 1; trial <= o.trials; trial++) {
+    const before = await monitor.sample(node);
+    const r: TrialResult = { kind, trial, node, ok: false, memoryBeforeMiB: before };
+    try {
+      const t0 = Date.now();
+      const created = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 128, durationSeconds: 600, pilot: true });
+      if (created.status !== 202) throw new Error(`create answered ${created.status}: ${JSON.stringify(created.body)}`);
+      const id = String(created.body.id);
+      const slotId = pilotSlotWorkflowId(stack.config, id);
+      await until('Running with an address', o.deployWindowMs ?? 240_000, async () => {
+        const ws = await show(stack, id);
+        if (ws.state === 'Cancelled' || ws.state === 'Corrupted') throw new Error(`${id} ended ${ws.state}: ${ws.reason}`);
+        return ws.state === 'Running' && ws.task === null && !!ws.obtainedIp;
+      });
+      r.deployMs = Date.now() - t0;
+      r.memoryDuringMiB = await monitor.sample(node);
+      const { jobId } = await stack.conn.client.workflow.getHandle(slotId).query(pilotSlotQuery);
+      const t1 = Date.now();
+      if (kind === 'A') {
+        const d = await stack.call('alice', 'DELETE', `/workspaces/${id}`);
+        if (d.status !== 202) throw new Error(`destroy answered ${d.status}`);
+      } else {
+        await slurm.cancel(jobId!);
+      }
+      await until('workspace Cancelled', 120_000, async () => (await show(stack, id)).state === 'Cancelled');
+      await until('slot ended', 120_000, async () => (await stack.conn.client.workflow.getHandle(slotId).describe()).status.name !== 'RUNNING');
+      r.handBackMs = Date.now() - t1;
+      // Nothing held anywhere, and the memory exactly where it started.
+      const job = await slurm.status(jobId!);
+      if (job.state !== 'ended' && job.state !== 'unknown') throw new Error(`job ${jobId} is still ${job.state}`);
+      const jobs = await slurm.listByPrefix(jobPrefix);
+      if (jobs.length) throw new Error(`batch jobs left: ${jobs.map((j) => j.jobId).join(', ')}`);
+      const leases = await allocator.leases();
+      if (leases.length) throw new Error(`leases left: ${JSON.stringify(leases)}`);
+      const grants = await stack.grants();
+      if (grants.length) throw new Error(`grants left: ${JSON.stringify(grants)}`);
+      const left = await stack.leftovers();
+      if (left.length) throw new Error(`left on the node: ${left.join(', ')}`);
+      r.memoryAfterMiB = await monitor.sample(node);
+      if (r.memoryAfterMiB !== before) throw new Error(`memory ${r.memoryAfterMiB} MiB after the trial, ${before} MiB before`);
+      if (kind === 'C') {
+        // vws itself goes down hard and comes back between trials; the next trial must not notice.
+        stack.killHead();
+        stack.killNodeWorker();
+        await stack.startHead();
+        await stack.startNodeWorker();
+      }
+      r.ok = true;
+    } catch (e) {
+      r.failure = (e as Error).message;
+    }
+    results.push(r);
+    o.onTrial?.(r);
+    if (!r.ok) break; // a failed trial leaves state the next would trip over: stop and report
+  }
+  return results;
+}
+
+/** A line of figures over trials: count, failures, deploy and hand-back times (median / max), memory drift. */
+export function summarizeTrials(results: TrialResult[]): Record<string, unknown> {
+  const ms = (xs: number[]) => {
+    const s = [...xs].sort((a, b) => a - b);
+    return s.length ? { median: s[Math.floor(s.length / 2)], max: s[s.length - 1] } : {};
+  };
+  return {
+    trials: results.length,
+    passed: results.filter((r) => r.ok).length,
+    failures: results.filter((r) => !r.ok).map((r) => `${r.kind}${r.trial}: ${r.failure}`),
+    deployMs: ms(results.flatMap((r) => (r.deployMs === undefined ? [] : [r.deployMs]))),
+    handBackMs: ms(results.flatMap((r) => (r.handBackMs === undefined ? [] : [r.handBackMs]))),
+    maxDriftMiB: Math.max(0, ...results.flatMap((r) => (r.memoryAfterMiB === undefined ? [] : [Math.abs(r.memoryAfterMiB - r.memoryBeforeMiB)]))),
+  };
+}
