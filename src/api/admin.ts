@@ -1,6 +1,7 @@
 /**
  * Admin routes (admin principals only; anyone else gets 403): the nodes with their capacity, use and
- * drain flag, drain and undrain (no new grants on a drained node; live ones stay), the live leases,
+ * drain flag, drain and undrain (no new grants on a drained node; live ones stay), the live grants and
+ * pilot leases,
  * and the emergency stop (kill-all: a workflow; 202, then its report at the URL it gives).
  */
 import { randomBytes } from 'node:crypto';
@@ -59,11 +60,17 @@ export function adminRoutes(config: VwsConfig, allocator: AllocatorClient, clien
     );
   }
 
+  // `leases` keeps its old meaning (every live grant) for older clients; `pilotLeases` are the node time
+  // pilot jobs lent the allocator, each with what the grants inside it use.
   r.get(
     '/admin/leases',
     wrap(async (_req, res) => {
-      const leases = await read(() => allocator.grants(), []);
-      res.json({ leases, count: leases.length });
+      const [leases, pilot] = await Promise.all([read(() => allocator.grants(), []), read(() => allocator.leases(), [])]);
+      const pilotLeases = pilot.map((l) => {
+        const inside = leases.filter((g) => g.lease === l.holder);
+        return { ...l, grants: inside.length, usedMemoryMiB: inside.reduce((s, g) => s + g.memoryMiB, 0), usedVcpus: inside.reduce((s, g) => s + g.vcpus, 0) };
+      });
+      res.json({ leases, count: leases.length, pilotLeases, pilotCount: pilotLeases.length });
     }),
   );
 

@@ -172,11 +172,28 @@ export const nodesSchema = z.object({ nodes: z.array(nodeUse) }).openapi('Nodes'
 /** Drain and undrain. */
 export const drainResultSchema = z.object({ node: z.string(), drained: z.boolean(), nodes: z.array(nodeUse) }).openapi('DrainResult');
 
-/** `GET /admin/leases`: every live grant. */
+/** `GET /admin/leases`: every live grant (`leases`, named so for older clients) and every pilot lease of node time. */
 export const leasesSchema = z
   .object({
     leases: z.array(z.looseObject({ holder: z.string(), node: z.string(), memoryMiB: z.number().int(), vcpus: z.number().int(), grantedAt: z.string(), owner: z.string().optional(), gang: z.string().optional() })),
     count: z.number().int(),
+    pilotLeases: z
+      .array(
+        z.looseObject({
+          holder: z.string(),
+          node: z.string(),
+          memoryMiB: z.number().int(),
+          vcpus: z.number().int(),
+          until: z.string(),
+          jobId: z.string().optional(),
+          leasedAt: z.string().optional(),
+          grants: z.number().int(),
+          usedMemoryMiB: z.number().int(),
+          usedVcpus: z.number().int(),
+        }),
+      )
+      .optional(),
+    pilotCount: z.number().int().optional(),
   })
   .openapi('Leases');
 

@@ -279,7 +279,7 @@ export const API_ROUTES: readonly ApiRoute[] = [
       errors: [503],
     }),
   ),
-  { method: 'get', path: '/admin/leases', summary: 'Every live grant', tag: 'admin', auth: 'admin', success: { status: 200, description: 'the leases', schema: leasesSchema }, errors: [503] },
+  { method: 'get', path: '/admin/leases', summary: 'Every live grant and pilot lease', tag: 'admin', auth: 'admin', success: { status: 200, description: 'the grants (leases) and pilot leases (pilotLeases)', schema: leasesSchema }, errors: [503] },
   { method: 'get', path: '/admin/drift', summary: "The reconciler's drift listing", tag: 'admin', auth: 'admin', success: { status: 200, description: 'the listing', schema: driftSchema } },
   {
     method: 'post',

@@ -717,16 +717,24 @@ for (const action of ['drain', 'undrain'] as const) {
 }
 admin
   .command('leases')
-  .description("the allocator's live grants: holder, node, slot, addresses, owner")
+  .description("the allocator's live grants (holder, node, slot, addresses, owner), then the pilot leases of node time")
   .action(async () => {
     const g = program.opts<Globals>();
     const d = await call(g, 'GET', '/admin/leases');
     if (g.json) return void console.log(JSON.stringify(d, null, 2));
     const rows = (d.leases as Array<Record<string, unknown>>).map((l) => {
       const nics = (l.nics as Array<{ address: { ip: string } }> | undefined) ?? [];
-      return [l.holder, l.node, `${String(l.memoryMiB)} MiB/${String(l.vcpus)}`, nics.map((n) => n.address.ip).join(','), l.owner ?? '', l.gang ?? '', l.grantedAt].map(String);
+      return [l.holder, l.node, `${String(l.memoryMiB)} MiB/${String(l.vcpus)}`, nics.map((n) => n.address.ip).join(','), l.owner ?? '', l.gang ?? '', l.lease ?? '', l.grantedAt].map(String);
     });
-    printTable(['HOLDER', 'NODE', 'SLOT', 'ADDRESSES', 'OWNER', 'GANG', 'GRANTED'], rows);
+    printTable(['HOLDER', 'NODE', 'SLOT', 'ADDRESSES', 'OWNER', 'GANG', 'IN LEASE', 'GRANTED'], rows);
+    // An API from before pilot leases answers without them: nothing more to show.
+    const pilot = d.pilotLeases as Array<Record<string, unknown>> | undefined;
+    if (!pilot?.length) return;
+    console.log('');
+    printTable(
+      ['PILOT LEASE', 'NODE', 'USED MiB', 'USED vCPUs', 'GRANTS', 'JOB', 'LEASED', 'UNTIL'],
+      pilot.map((l) => [l.holder, l.node, `${String(l.usedMemoryMiB ?? 0)}/${String(l.memoryMiB)}`, `${String(l.usedVcpus ?? 0)}/${String(l.vcpus)}`, l.grants ?? 0, l.jobId ?? '', l.leasedAt ?? '', l.until].map(String)),
+    );
   });
 
 admin

@@ -5,10 +5,22 @@
  * workflow observes and acts through activities, and unit tests drive this directly.
  */
 import type { Grant } from './allocation';
+import type { UnownedJob } from './reconcile-pilot';
 import type { WorkspaceState, WorkspaceTask } from './states';
 
 /** Every kind of drift the reconciler counts. */
-export const DRIFT_KINDS = ['orphan-grant-released', 'unowned-vm-reported', 'unowned-vm-destroyed', 'vm-vanished', 'node-unreachable'] as const;
+export const DRIFT_KINDS = [
+  'orphan-grant-released',
+  'unowned-vm-reported',
+  'unowned-vm-destroyed',
+  'vm-vanished',
+  'node-unreachable',
+  // Pilot mode (issue 7): leases whose slot workflow is gone, and vws pilot jobs no slot workflow owns.
+  'orphan-lease-job-cancelled',
+  'orphan-lease-ended',
+  'unowned-job-reported',
+  'unowned-job-cancelled',
+] as const;
 /** A kind of drift. */
 export type DriftKind = (typeof DRIFT_KINDS)[number];
 /** Drift counts by kind. */
@@ -236,6 +248,8 @@ export interface DriftEntry {
   vm?: string;
   holder?: string;
   workflowId?: string;
+  /** The batch system's job id (pilot jobs). */
+  jobId?: string;
 }
 
 /** The outcome of one reconcile run (its workflow result, and the last report of the drift listing). */
@@ -251,6 +265,10 @@ export interface DriftReport {
   waiting: WaitingGrant[];
   /** Unowned VMs still within their grace period. */
   pending: UnownedVm[];
+  /** Pilot leases kept for now although their slot workflow is not open, and why (absent before pilot mode). */
+  waitingLeases?: WaitingGrant[];
+  /** vws pilot jobs no slot workflow owns, still within their grace period (absent before pilot mode). */
+  pendingJobs?: UnownedJob[];
   /** Actions that failed (retried by the next run). */
   errors: string[];
 }

@@ -10,16 +10,21 @@
  *
  * A node that does not answer is reported, never failed on; every action that fails is reported and
  * left to the next run. The run's result is its report; the drift listing keeps the last one.
+ *
+ * Pilot mode (runs since the `reconcile-pilot-leases-and-jobs` patch): last, the allocator's pilot leases
+ * and the batch system's vws pilot jobs are compared with the open pilot-slot workflows
+ * (`./reconcile-pilot.ts`); this part does not need the grants, so it runs even when they could not be read.
  */
-import { getExternalWorkflowHandle, proxyActivities, workflowInfo, type RetryPolicy } from '@temporalio/workflow';
+import { getExternalWorkflowHandle, patched, proxyActivities, workflowInfo, type RetryPolicy } from '@temporalio/workflow';
 import type { ReconcileActivities } from '../activities/head/reconcile';
 import type { NodeActivities } from '../activities/node';
 import type { DhcpServerSpec } from '../activities/network/types';
 import type { createDhcpActivities } from '../activities/network/dhcp';
 import { grantNics, type NicGrant } from '../domain/allocation';
 import { vmVanishedSignal } from '../domain/messages';
-import { planReconcile, zeroCounts, type DriftEntry, type DriftReport, type WorkspaceSighting } from '../domain/reconcile';
+import { addCounts, planReconcile, zeroCounts, type DriftCounts, type DriftEntry, type DriftReport, type WorkspaceSighting } from '../domain/reconcile';
 import type { WorkspaceRouting } from '../domain/workspace';
+import { PILOT_PATCH, reconcilePilot, type PilotOutcome } from './reconcile-pilot';
 
 /** The DHCP activities (served on a node's queue, or the head's for central delivery). */
 type DhcpActivities = ReturnType<typeof createDhcpActivities>;
@@ -47,6 +52,18 @@ export const errorText = (e: unknown): string => {
   const err = e as Error & { cause?: Error };
   return err.cause?.message ?? err.message ?? String(e);
 };
+
+/** The report's fields with the pilot part's outcome added (unchanged, without pilot fields, when it did not run). */
+function withPilot(pilot: PilotOutcome | undefined, counts: DriftCounts, drifts: DriftEntry[], errors: string[]): Pick<DriftReport, 'counts' | 'drifts' | 'errors' | 'waitingLeases' | 'pendingJobs'> {
+  if (!pilot) return { counts, drifts, errors };
+  return {
+    counts: addCounts(counts, pilot.counts),
+    drifts: [...drifts, ...pilot.drifts],
+    errors: [...errors, ...pilot.errors],
+    waitingLeases: pilot.waitingLeases,
+    pendingJobs: pilot.pendingJobs,
+  };
+}
 
 /** Runs one reconciliation; returns its report. */
 export async function reconcilerWorkflow(input: ReconcilerInput): Promise<DriftReport> {
@@ -106,16 +123,15 @@ export async function reconcilerWorkflow(input: ReconcilerInput): Promise<DriftR
     world = await head.reconcileWorld();
   } catch (e) {
     errors.push(`could not read the grants and open workflows, nothing decided: ${errorText(e)}`);
+    const pilot = patched(PILOT_PATCH) ? await reconcilePilot(head, input) : undefined;
     const report: DriftReport = {
       workflowId: info.workflowId,
       runId: info.runId,
       startedAt,
       finishedAt: new Date().toISOString(),
-      counts: zeroCounts(),
-      drifts,
       waiting: [],
       pending: [],
-      errors,
+      ...withPilot(pilot, zeroCounts(), drifts, errors),
     };
     await head.reconcileRecord(report);
     return report;
@@ -182,16 +198,16 @@ export async function reconcilerWorkflow(input: ReconcilerInput): Promise<DriftR
   }
 
   await head.reconcileSaveFirstSeen(firstSeen);
+  // 7. Pilot leases and jobs.
+  const pilot = patched(PILOT_PATCH) ? await reconcilePilot(head, input) : undefined;
   const report: DriftReport = {
     workflowId: info.workflowId,
     runId: info.runId,
     startedAt,
     finishedAt: new Date().toISOString(),
-    counts,
-    drifts,
     waiting: plan.waiting,
     pending: plan.unowned.filter((u) => !destroyed.has(`${u.node}/${u.vm}`)),
-    errors,
+    ...withPilot(pilot, counts, drifts, errors),
   };
   await head.reconcileRecord(report);
   return report;

@@ -313,6 +313,8 @@ describe('admin', () => {
     const leases = await call('root', 'get', '/admin/leases');
     expect(leases.body.count).toBe(leases.body.leases.length);
     expect(nodes.body.nodes[0].grants).toBe(leases.body.count);
+    // Pilot leases come beside the grants (no pilot node here: none); the reconciler's test shows live ones.
+    expect(leases.body).toMatchObject({ pilotLeases: [], pilotCount: 0 });
     problem(await call('root', 'post', '/admin/nodes/vmm9/drain', {}), 404);
     expect(fields(problem(await call('root', 'post', '/admin/nodes/vmm1/drain', { now: 1 }), 400))).toEqual(['now']);
     expect((await call('root', 'post', '/admin/nodes/vmm1/drain', {})).body).toMatchObject({ node: 'vmm1', drained: true });

@@ -7,10 +7,11 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { ApplicationFailure, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { AllocatorClient } from '../../clients/allocator';
 import type { VwsConfig } from '../../config/schema';
-import type { Grant } from '../../domain/allocation';
+import type { Grant, NodeLease } from '../../domain/allocation';
+import { FailureType } from '../../domain/errors';
 import { describeQuery } from '../../domain/messages';
 import {
   DRIFT_FILE,
@@ -23,7 +24,12 @@ import {
   type HolderStatus,
   type WorkspaceSighting,
 } from '../../domain/reconcile';
+import { isPilotJobName, JOBS_FIRST_SEEN_FILE, pilotJobPrefix, slotIdsToLookUp, type BatchSighting, type PilotJobSighting } from '../../domain/reconcile-pilot';
+import type { Executor } from '../../exec/executor';
+import { LocalExecutor } from '../../exec/local';
 import { log } from '../../log';
+import { createBatchSystem } from '../lrm';
+import type { BatchJobStatus, BatchSystem } from '../lrm/types';
 
 /** What the reconciler reads through Temporal in one go (after the nodes were listed). */
 export interface ReconcileWorld {
@@ -31,6 +37,14 @@ export interface ReconcileWorld {
   holders: Record<string, HolderStatus>;
   openWorkspaceWorkflowIds: string[];
   firstSeen: Record<string, string>;
+}
+
+/** What the reconciler reads about pilot mode in one go: the batch system's jobs first, then leases and slots. */
+export interface PilotWorld {
+  jobs: BatchSighting;
+  leases: NodeLease[];
+  slots: Record<string, HolderStatus>;
+  jobsFirstSeen: Record<string, string>;
 }
 
 /** Writes `path` whole or not at all (a reader never sees half a file). */
@@ -50,14 +64,37 @@ async function readJson<T>(path: string, fallback: T): Promise<T> {
   }
 }
 
+/** True once the batch system no longer runs the job (ended, or forgotten). */
+const gone = (s: BatchJobStatus): boolean => s.state === 'ended' || s.state === 'unknown';
+
 /** Path of the drift listing of an installation (the API reads it too). */
 export function driftFilePath(config: VwsConfig): string {
   return join(config.stateDir, RECONCILE_DIR, DRIFT_FILE);
 }
 
+/** What the reconciler's head activities need; `batch` and `executor` are injected by tests or built from the configuration. */
+export interface ReconcileDeps {
+  client: Client;
+  config: VwsConfig;
+  batch?: BatchSystem;
+  executor?: Executor;
+}
+
 /** Creates the reconciler's head activities. */
-export function createReconcileActivities(deps: { client: Client; config: VwsConfig }) {
+export function createReconcileActivities(deps: ReconcileDeps) {
   const { client, config } = deps;
+  let batch = deps.batch;
+  /** Built on first use, and only for a site with a batch system (`lrm`). */
+  const batchSystem = (): BatchSystem | undefined => {
+    if (!batch && config.lrm) batch = createBatchSystem(config.lrm, deps.executor ?? new LocalExecutor());
+    return batch;
+  };
+  /** The batch system, or a non-retryable failure: asking about jobs on a site without one is a mistake. */
+  const requireBatch = (): BatchSystem => {
+    const b = batchSystem();
+    if (!b) throw ApplicationFailure.create({ type: FailureType.InvalidSpec, nonRetryable: true, message: 'this site has no batch system (lrm) to ask about jobs' });
+    return b;
+  };
   const allocator = new AllocatorClient(client, config);
   const dir = join(config.stateDir, RECONCILE_DIR);
   const prefix = `${config.temporal.prefix}-`;
@@ -123,6 +160,70 @@ export function createReconcileActivities(deps: { client: Client; config: VwsCon
     async reconcileSaveFirstSeen(firstSeen: Record<string, string>): Promise<void> {
       await mkdir(dir, { recursive: true });
       await writeAtomic(join(dir, FIRST_SEEN_FILE), firstSeen);
+    },
+
+    /**
+     * Pilot mode as it is: the batch system's live vws pilot jobs (listed first, so a slot that submits
+     * meanwhile is already open when the slots are looked up), the allocator's pilot leases, and whether
+     * each lease holder and job owner is open. A job whose owner is not open is asked about once more
+     * after that look-up, so one its slot cancelled in between is not taken for unowned.
+     */
+    async reconcilePilotWorld(): Promise<PilotWorld> {
+      const b = batchSystem();
+      let jobs: BatchSighting = { batch: 'none' };
+      if (b) {
+        try {
+          const listed = await b.listByPrefix(pilotJobPrefix(config.temporal.prefix));
+          jobs = {
+            batch: 'ok',
+            jobs: listed
+              .filter((j) => j.state !== 'ended' && j.name !== undefined && isPilotJobName(config.temporal.prefix, j.name))
+              .map((j) => ({ jobId: j.jobId, name: j.name!, state: j.state as PilotJobSighting['state'], ...(j.nodes ? { nodes: j.nodes } : {}) })),
+          };
+        } catch (e) {
+          jobs = { batch: 'unavailable', error: (e as Error).message };
+        }
+      }
+      let leases: NodeLease[] = [];
+      try {
+        leases = await allocator.leases();
+      } catch (e) {
+        // No allocator yet: nothing was ever leased.
+        if (!(e instanceof WorkflowNotFoundError)) throw e;
+      }
+      const slots: Record<string, HolderStatus> = {};
+      for (const id of slotIdsToLookUp(config.temporal.prefix, leases, jobs.batch === 'ok' ? jobs.jobs : [])) slots[id] = await status(id);
+      if (jobs.batch === 'ok' && b) {
+        const still: PilotJobSighting[] = [];
+        for (const j of jobs.jobs) {
+          if (slots[j.name] === 'open') still.push(j);
+          else if (!gone(await b.status(j.jobId))) still.push(j);
+        }
+        jobs = { batch: 'ok', jobs: still };
+      }
+      const jobsFirstSeen = await readJson<Record<string, string>>(join(dir, JOBS_FIRST_SEEN_FILE), {});
+      return { jobs, leases, slots, jobsFirstSeen };
+    },
+
+    /** Cancels a pilot job (SIGTERM to the pilot, which hands the node back); an ended or unknown job counts as success. */
+    async reconcileCancelJob(input: { jobId: string }): Promise<void> {
+      await requireBatch().cancel(input.jobId);
+    },
+
+    /** A pilot job's state as the batch system reports it. */
+    async reconcileJobStatus(input: { jobId: string }): Promise<BatchJobStatus> {
+      return requireBatch().status(input.jobId);
+    },
+
+    /** Ends a pilot lease whose slot workflow is not open (idempotent); answers whether there was one. */
+    async reconcileEndLease(input: { holder: string }): Promise<boolean> {
+      return allocator.endLease(input.holder);
+    },
+
+    /** Keeps the first-seen times of unowned pilot jobs for the next run. */
+    async reconcileSaveJobsFirstSeen(firstSeen: Record<string, string>): Promise<void> {
+      await mkdir(dir, { recursive: true });
+      await writeAtomic(join(dir, JOBS_FIRST_SEEN_FILE), firstSeen);
     },
 
     /** Adds a run's report to the drift listing (last report, cumulative counts); answers the listing. */
