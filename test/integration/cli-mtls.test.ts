@@ -33,8 +33,8 @@ import { connect, endWorkflowTest, testConfig, workflowBundle, type TestConnecti
 jest.setTimeout(120_000);
 
 const ROOT = join(__dirname, '../..');
-/** The CLI from source, loaded by the repository's transpile-only hook (no build of dist/ needed). */
-const CLI = [join(ROOT, 'bench/ts-register.js'), join(ROOT, 'src/cli/vws.ts')];
+/** The built CLI (`./run.sh test` builds dist/ first): loading the TypeScript compiler in every CLI process cost ~1 s each. */
+const CLI = join(ROOT, 'dist/cli/vws.js');
 
 const dir = mkdtempSync('/tmp/vws-cli-mtls-');
 /** A home without a CLI settings file, where the test writes its own. */
@@ -75,7 +75,7 @@ interface Run {
 /** Runs the CLI with `args` and only the environment given (plus PATH and the clean HOME). */
 function vws(args: string[], env: Record<string, string> = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['-r', ...CLI, ...args], { cwd: dir, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: dir, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: home, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));

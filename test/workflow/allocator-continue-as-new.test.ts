@@ -20,8 +20,8 @@ import type { AllocatorOptions } from '../../src/workflows/allocator';
 import { connect, temporalAddress, testConfig, workflowBundle, type TestConnections } from '../helpers/temporal';
 
 const CALLERS = Number(process.env.CAN_CALLERS ?? 40);
-const ROUNDS = Number(process.env.CAN_ROUNDS ?? 10);
-const EVENTS_PER_RUN = Number(process.env.CAN_EVENTS ?? 200);
+const ROUNDS = Number(process.env.CAN_ROUNDS ?? 5);
+const EVENTS_PER_RUN = Number(process.env.CAN_EVENTS ?? 120);
 
 let conn: TestConnections;
 beforeAll(async () => {
