@@ -12,19 +12,18 @@ import { execFile } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { SlurmBatchSystem } from '../src/activities/lrm/slurm';
-import { LocalExecutor } from '../src/exec/local';
+import type { SlurmBatchSystem } from '../src/activities/lrm/slurm';
 import { dom0Probe, hostReservationProbe, startMemoryMonitor, type MemoryMonitor } from '../test/helpers/memory-monitor';
 import { plotMemoryPng } from '../test/helpers/memory-plot';
 import { runPilotTrials, summarizeTrials, type TrialKind, type TrialResult } from '../test/helpers/pilot-trials';
-import { startStack, TESTBED_DIR, TEST_NODES, type Stack, type TestNode } from '../test/helpers/stack';
+import { cancelStackJobs, startPilotStack, testbedSlurm } from '../test/helpers/pilot-stack';
+import { TESTBED_DIR, TEST_NODES, type Stack, type TestNode } from '../test/helpers/stack';
 
 jest.setTimeout(24 * 3600_000);
 
 const TRIALS = Number(process.env.VWS_TRIALS ?? 100);
 const KINDS = (process.env.VWS_TRIAL_KINDS ?? 'A,B,C').split(',') as TrialKind[];
 const NODE = (process.env.VWS_TRIAL_NODE ?? 'vmm3') as TestNode;
-const SLURM_CONF = join(TESTBED_DIR, 'slurm', 'slurm.conf');
 const OUT = process.env.VWS_TRIAL_OUT ?? resolve(__dirname, 'out', `pilot-trials-${NODE}-${new Date().toISOString().replace(/[:.]/g, '-')}`);
 const XEN1 = resolve(__dirname, '../testbed/xen/xen1.sh');
 
@@ -35,22 +34,18 @@ const results: TrialResult[] = [];
 
 beforeAll(async () => {
   mkdirSync(OUT, { recursive: true });
-  slurm = new SlurmBatchSystem(new LocalExecutor(), { slurmConf: SLURM_CONF });
+  slurm = testbedSlurm();
   const xen = NODE === 'xen1';
   // dom0 runs the project from its own copy (testbed/xen/xen1.sh sync-project), at the same path.
   if (xen) await promisify(execFile)(XEN1, ['sync-project'], { timeout: 600_000 });
-  stack = await startStack({
+  stack = await startPilotStack({
     label: `pilot-trials-${NODE}`,
     first: '10.213.0.85',
     last: '10.213.0.86',
     node: NODE,
-    pilotNodes: [NODE],
     headProcess: true,
-    config: {
-      lrm: { kind: 'slurm', partition: xen ? 'xen' : 'vws', ...(xen ? { constraints: ['xen'] } : {}), slurm: { conf: SLURM_CONF } },
-      pilot: { graceSeconds: 15, pollSeconds: 5, reserveTimeoutSeconds: 300, ...(xen ? { command: ['/usr/bin/node', resolve(__dirname, '../dist/pilot/main.js')] } : {}) },
-    },
-    lateConfig: (dir, api) => ({ pilot: { secretFile: join(dir, 'secrets', 'pilot.secret'), apiUrl: api } }),
+    ...(xen ? { lrm: { partition: 'xen', constraints: ['xen'] } } : {}),
+    pilot: { reserveTimeoutSeconds: 300, ...(xen ? { command: ['/usr/bin/node', resolve(__dirname, '../dist/pilot/main.js')] } : {}) },
   });
   if (xen) {
     // The site copies its pilot secret to every node: here, to the same path in dom0.
@@ -66,7 +61,7 @@ afterAll(async () => {
   const series = await monitor?.stop();
   if (series) plotMemoryPng(join(OUT, 'memory.png'), series);
   writeFileSync(join(OUT, 'trials.json'), `${JSON.stringify(results, null, 2)}\n`);
-  for (const j of await slurm.listByPrefix(`${stack?.config.temporal.prefix}-pilot`).catch(() => [])) await slurm.cancel(j.jobId).catch(() => undefined);
+  await cancelStackJobs(stack, slurm);
   await stack?.stop();
   console.log(`pilot trials on ${NODE}: ${OUT}/memory.csv, memory.png, trials.json`);
 });

@@ -20,6 +20,7 @@ import { createDhcpActivities } from './network/dhcp';
 import { nicInterfaceName, type GuardedNic } from './network/types';
 import { nodePaths, workspaceDir } from './node-paths';
 import { nodeControl, resetNodeState } from '../pilot/node-control';
+import { holderAliveFromStat, parseHolder, parseProcStat, pilotLockFile } from '../pilot/lock';
 import type { NodeResetReport } from '../domain/kill-all';
 
 /** Dependencies of a node's activities. */
@@ -95,6 +96,7 @@ export function createNodeActivities(deps: NodeActivityDeps) {
   if (!nodeConfig) throw new Error(`node ${deps.node} is not in the configuration (nodes: ${deps.config.nodes.map((n) => n.name).join(', ')})`);
   const paths = nodePaths(deps.config.node.dir);
   const driver = deps.driver ?? createDriver(deps.config, nodeConfig, deps.exec, paths);
+  const memoryMode = nodeConfig.driver === 'xen' ? 'xen' : 'host';
   const kernelDir = join(paths.kernels, deps.config.node.kernel);
   const beat = deps.beat ?? ((d?: unknown) => heartbeat(d));
   const antiSpoof = createAntiSpoof(deps.exec);
@@ -135,6 +137,14 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     nics: input.nics.map((nic, i) => ({ mac: nic.mac, bridge: bridgeFor(nic.network), iface: nicInterfaceName(input.workspaceId, i) })),
   });
   const stateFile = (workspaceId: string) => join(workspaceDir(paths, workspaceId), 'vmstate');
+
+  /** Every VM on the node destroyed and its memory exactly at its configured value (the pilot's reset). */
+  async function resetNode(): Promise<NodeResetReport> {
+    const t0 = Date.now();
+    const memory = (await nodeControl({ exec: deps.exec, node: deps.node, nodeDir: paths.dir, memory: memoryMode, config: deps.config })).memory;
+    const r = await withHeartbeat(beat, 'reset', () => resetNodeState({ node: deps.node, driver, memory }));
+    return { node: deps.node, destroyed: r.vms.destroyed, failed: r.vms.failed, memoryMiB: r.memory.reachedMiB, configuredMiB: r.configuredMiB, ms: Date.now() - t0 };
+  }
 
   return {
     ...createImageActivities({
@@ -229,12 +239,29 @@ export function createNodeActivities(deps: NodeActivityDeps) {
      * node's memory is set back to exactly its configured value (dom0 on Xen, the pilot's host
      * reservation on QEMU), as the pilot's own reset does. Idempotent.
      */
-    async resetNode(): Promise<NodeResetReport> {
-      const t0 = Date.now();
-      const memory = (await nodeControl({ exec: deps.exec, node: deps.node, nodeDir: paths.dir, memory: nodeConfig.driver === 'xen' ? 'xen' : 'host', config: deps.config })).memory;
-      const r = await withHeartbeat(beat, 'reset', () => resetNodeState({ node: deps.node, driver, memory }));
-      return { node: deps.node, destroyed: r.vms.destroyed, failed: r.vms.failed, memoryMiB: r.memory.reachedMiB, configuredMiB: r.configuredMiB, ms: Date.now() - t0 };
+    /**
+     * After a pilot slot's job is confirmed gone (issue 7: a pilot killed with SIGKILL, or a node whose
+     * hand-back did not finish, must not keep memory or VMs): unless a live pilot holds the node's lock
+     * (a later slot's; it sets absolute values itself), reset the node as `vws-pilot reset` does (every
+     * VM destroyed, memory exactly at its configured value) and remove a stale lock. Idempotent.
+     */
+    async restoreAfterPilot(): Promise<{ reset: boolean; liveHolder?: string; report?: NodeResetReport }> {
+      const lockFile = pilotLockFile(paths.dir);
+      const text = await deps.exec.readFile(lockFile);
+      const holder = text ? parseHolder(text) : null;
+      if (holder) {
+        const bootId = ((await deps.exec.readFile('/proc/sys/kernel/random/boot_id')) ?? '').trim();
+        const stat = await deps.exec.readFile(`/proc/${holder.pid}/stat`);
+        if (holderAliveFromStat(holder, bootId, stat === null ? null : parseProcStat(stat))) {
+          return { reset: false, liveHolder: `pid ${holder.pid}${holder.slotId ? ` (slot ${holder.slotId})` : ''}` };
+        }
+      }
+      const report = await resetNode();
+      if (text !== null) await deps.exec.remove(lockFile);
+      return { reset: true, report };
     },
+
+    resetNode,
   };
 }
 

@@ -194,6 +194,7 @@ export class Factory {
           holdSeconds: pilotHoldSeconds(spec.durationSeconds, settings),
           ...(spec.nodeProperties?.length ? { constraints: spec.nodeProperties } : {}),
           headTaskQueue: headTaskQueue(this.config),
+          nodeTaskQueuePrefix: workspaceRouting(this.config).nodeTaskQueuePrefix,
           settings,
         },
       },

@@ -16,6 +16,8 @@ export interface PilotSlotInput {
   holdSeconds: number;
   constraints?: string[];
   headTaskQueue: string;
+  /** Prefix of the nodes' task queues: after the job is gone, the node's worker checks the hand-back. */
+  nodeTaskQueuePrefix?: string;
   /** The site's pilot settings, copied at creation so a running slot keeps the rules it started with. */
   settings: PilotSlotSettings;
 }

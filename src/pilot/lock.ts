@@ -79,10 +79,22 @@ export function processStat(pid: number): { state: string; startTicks: string } 
   } catch {
     return null;
   }
+  return parseProcStat(text);
+}
+
+/** The state letter and start time in the text of a `/proc/<pid>/stat` (read locally or over SSH). */
+export function parseProcStat(text: string): { state: string; startTicks: string } {
   // Field 2 (comm) is in parentheses and may hold spaces or ')': split after the last ')'.
   const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
   // rest[0] is field 3 (state); field 22 (starttime) is rest[19].
   return { state: rest[0], startTicks: rest[19] };
+}
+
+/** True if `stat` (null: no such process) shows `holder`'s own process alive in the boot `bootId`. */
+export function holderAliveFromStat(holder: PilotLockHolder, bootId: string, stat: { state: string; startTicks: string } | null): boolean {
+  if (holder.bootId !== bootId || !stat) return false;
+  if (stat.state === 'Z' || stat.state === 'X') return false;
+  return holder.startTicks === null || stat.startTicks === holder.startTicks;
 }
 
 /**
@@ -105,7 +117,8 @@ export function holderAlive(holder: PilotLockHolder, bootId: string): boolean {
   }
 }
 
-function parseHolder(text: string): PilotLockHolder | null {
+/** A lock file's holder, or null when the text is not one. */
+export function parseHolder(text: string): PilotLockHolder | null {
   try {
     const v = JSON.parse(text) as Partial<PilotLockHolder>;
     if (typeof v.pid === 'number' && typeof v.bootId === 'string' && typeof v.token === 'string' && typeof v.at === 'string') {

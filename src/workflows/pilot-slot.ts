@@ -28,6 +28,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { PilotSlotActivities } from '../activities/head/pilot-slot';
+import type { NodeActivities } from '../activities/node';
 import type { BatchJobStatus } from '../activities/lrm/types';
 import { FailureType, NON_RETRYABLE_FAILURES } from '../domain/errors';
 import { pilotNotificationSignal, preemptSignal, slotFailedSignal, slotReadySignal, slotReleaseSignal, type PilotNotification } from '../domain/messages';
@@ -172,6 +173,23 @@ export async function pilotSlotWorkflow(input: PilotSlotInput): Promise<PilotSlo
           const s = await acts.pilotJobStatus(d.jobId);
           if (gone(s)) break;
           await sleep('2s');
+        }
+      }
+      if (d.node && input.nodeTaskQueuePrefix) {
+        // A pilot that was killed (SIGKILL, node trouble) never handed back: unless a later pilot holds
+        // the node now, its worker resets it (VMs destroyed, memory exactly configured). Bounded: a node
+        // that stays unreachable is left to its boot-time reset, and the lease still ends.
+        const node = proxyActivities<NodeActivities>({
+          taskQueue: `${input.nodeTaskQueuePrefix}${d.node}`,
+          startToCloseTimeout: '2m',
+          scheduleToCloseTimeout: '10m',
+          retry: { initialInterval: '2s', maximumInterval: '30s' },
+        });
+        try {
+          const r = await node.restoreAfterPilot();
+          d.notices.push(r.reset ? `node ${d.node} checked after the job: ${r.report?.destroyed.length ?? 0} VMs left, memory at ${r.report?.memoryMiB} MiB` : `node ${d.node} now held by ${r.liveHolder}: left alone`);
+        } catch (e) {
+          d.notices.push(`node ${d.node} could not be checked after the job: ${(e as Error).message}`);
         }
       }
       if (leased) await acts.endNodeLease(holder);

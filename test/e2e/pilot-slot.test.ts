@@ -16,18 +16,17 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
+import type { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
 import { AllocatorClient } from '../../src/clients/allocator';
 import { pilotSlotWorkflowId } from '../../src/config/names';
 import { pilotSlotQuery } from '../../src/domain/pilot-slot';
-import { LocalExecutor } from '../../src/exec/local';
-import { eventually, startStack, TESTBED_DIR, type Stack } from '../helpers/stack';
+import { cancelStackJobs, startPilotStack, testbedSlurm } from '../helpers/pilot-stack';
+import { eventually, TESTBED_DIR, type Stack } from '../helpers/stack';
 import { settled, show } from '../helpers/workspace';
 
 jest.setTimeout(600_000);
 
 const NODE = 'vmm3';
-const SLURM_CONF = join(TESTBED_DIR, 'slurm', 'slurm.conf');
 /** vmm3's node directory as the head sees it. */
 const NODE_DIR = join(TESTBED_DIR, 'hosts', NODE, 'node');
 const RESERVATION = join(NODE_DIR, 'pilot', 'reserved-memory.json');
@@ -38,30 +37,13 @@ let slurm: SlurmBatchSystem;
 let allocator: AllocatorClient;
 
 beforeAll(async () => {
-  slurm = new SlurmBatchSystem(new LocalExecutor(), { slurmConf: SLURM_CONF });
-  stack = await startStack({
-    label: 'pilot-slot',
-    first: '10.213.0.80',
-    last: '10.213.0.82',
-    node: NODE,
-    pilotNodes: [NODE],
-    config: {
-      lrm: { kind: 'slurm', partition: 'vws', slurm: { conf: SLURM_CONF } },
-      pilot: {
-        // The testbed's KillWait (testbed/testbed.sh).
-        graceSeconds: 15,
-        graceRatio: 0.5,
-        pollSeconds: 5,
-        reserveTimeoutSeconds: 120,
-      },
-    },
-    lateConfig: (dir, api) => ({ pilot: { secretFile: join(dir, 'secrets', 'pilot.secret'), apiUrl: api } }),
-  });
+  slurm = testbedSlurm();
+  stack = await startPilotStack({ label: 'pilot-slot', first: '10.213.0.80', last: '10.213.0.82', node: NODE });
   allocator = new AllocatorClient(stack.conn.client, stack.config);
 });
 afterAll(async () => {
   // Nothing of this test's may stay in the batch system, whatever failed.
-  for (const j of await slurm.listByPrefix(`${stack?.config.temporal.prefix}-pilot`).catch(() => [])) await slurm.cancel(j.jobId).catch(() => undefined);
+  await cancelStackJobs(stack, slurm);
   await stack?.stop();
 });
 

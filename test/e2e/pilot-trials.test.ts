@@ -8,17 +8,16 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
-import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
-import { LocalExecutor } from '../../src/exec/local';
+import type { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
 import { hostReservationProbe, startMemoryMonitor, type MemoryMonitor } from '../helpers/memory-monitor';
 import { plotMemoryPng } from '../helpers/memory-plot';
 import { runPilotTrials, summarizeTrials, type TrialKind, type TrialResult } from '../helpers/pilot-trials';
-import { startStack, TESTBED_DIR, TEST_NODES, type Stack } from '../helpers/stack';
+import { cancelStackJobs, startPilotStack, testbedSlurm } from '../helpers/pilot-stack';
+import { TESTBED_DIR, TEST_NODES, type Stack } from '../helpers/stack';
 
 jest.setTimeout(900_000);
 
 const NODE = 'vmm3';
-const SLURM_CONF = join(TESTBED_DIR, 'slurm', 'slurm.conf');
 
 let stack: Stack;
 let slurm: SlurmBatchSystem;
@@ -26,22 +25,13 @@ let monitor: MemoryMonitor;
 const results: TrialResult[] = [];
 
 beforeAll(async () => {
-  slurm = new SlurmBatchSystem(new LocalExecutor(), { slurmConf: SLURM_CONF });
-  stack = await startStack({
-    label: 'pilot-trials',
-    first: '10.213.0.83',
-    last: '10.213.0.84',
-    node: NODE,
-    pilotNodes: [NODE],
-    headProcess: true,
-    config: { lrm: { kind: 'slurm', partition: 'vws', slurm: { conf: SLURM_CONF } }, pilot: { graceSeconds: 15, pollSeconds: 5, reserveTimeoutSeconds: 120 } },
-    lateConfig: (dir, api) => ({ pilot: { secretFile: join(dir, 'secrets', 'pilot.secret'), apiUrl: api } }),
-  });
+  slurm = testbedSlurm();
+  stack = await startPilotStack({ label: 'pilot-trials', first: '10.213.0.83', last: '10.213.0.84', node: NODE, headProcess: true });
   monitor = startMemoryMonitor([hostReservationProbe(NODE, join(TESTBED_DIR, 'hosts', NODE, 'node'), TEST_NODES[NODE].memoryMiB)], join(stack.config.stateDir, 'memory.csv'));
 });
 afterAll(async () => {
   await monitor?.stop();
-  for (const j of await slurm.listByPrefix(`${stack?.config.temporal.prefix}-pilot`).catch(() => [])) await slurm.cancel(j.jobId).catch(() => undefined);
+  await cancelStackJobs(stack, slurm);
   await stack?.stop();
 });
 
