@@ -35,7 +35,7 @@ import { WORKSPACE_OPERATIONS } from './operations';
 import { HttpProblem, sendProblem } from './problem';
 import { statusRoutes } from './status';
 import { pilotRoutes } from './pilot';
-import { presentWorkspace, withCopyProgress } from './workspace-view';
+import { presentWorkspace, readOwnedWorkspace } from './workspace-view';
 
 /** Dependencies of the API. */
 export interface ApiDeps {
@@ -81,9 +81,6 @@ export function createApp(deps: ApiDeps): express.Express {
   /** Reads a workspace the principal owns; others' workspaces do not exist for it (404). */
   const ownedWorkspace = (id: string, principal: Principal): Promise<WorkspaceDescription> =>
     queryOwned(client, workspaceWorkflowId(config, id), describeQuery, principal, 'workspace', id, workspaceIdSchema);
-
-  /** Copy progress (bytes of total) from the heartbeat of the copy in flight, when there is one. */
-  const withProgress = (d: WorkspaceDescription) => withCopyProgress(client, config, d);
 
   app.get('/healthz', (_req, res) => {
     res.json({ ok: true });
@@ -160,7 +157,8 @@ export function createApp(deps: ApiDeps): express.Express {
   clients.get(
     '/workspaces/:id',
     wrap(async (req, res) => {
-      res.json(present(config, await withProgress(await ownedWorkspace(String(req.params.id), res.locals.principal as Principal))));
+      // From the view in the workflow's memo (no query, so no worker and no replay); see workspace-view.ts.
+      res.json(present(config, await readOwnedWorkspace(client, config, res.locals.principal as Principal, String(req.params.id))));
     }),
   );
 

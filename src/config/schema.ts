@@ -378,11 +378,15 @@ function checkNetworks(c: { networks: Array<z.infer<typeof networkSchema>>; node
 /**
  * The head worker's default workflow cache (`workers.head.maxCachedWorkflows`), from the API benchmark
  * (bench/api.bench.ts, 1,000 live workspaces): each cached workspace costs ~0.28 MB of the head's
- * resident memory (540 MiB with all 1,000 cached, 273 MiB idle), but `GET /workspaces/:id` is a workflow
- * query, so a cache smaller than the live set makes every read of an evicted workspace a replay: with
- * 100 the reads at 100/s timed out (503) while the head held 346 MiB. So the cache must hold the live
- * set; 1,500 keeps a site of 1,000 live workspaces (plus allocator, groups, ensembles) fully cached and
- * bounds the head at roughly 700 MB beyond that, instead of the SDK's default (2,310, about 900 MB).
+ * resident memory (552 MiB with all 1,000 cached, 276 MiB idle; 409 MiB with a cache of 250).
+ * `GET /workspaces/:id` no longer needs the cache (it reads the view the workflow keeps in its memo;
+ * p50 4.7 ms with a cache of 250), but the other readers of many workspaces still query each one: the
+ * reconciler every `reconciler.periodSeconds` (all open workspaces, one by one), `GET /status`, group and
+ * ensemble fan-outs, the event streams. Over a cache smaller than the live set every such query is a
+ * replay: with 250 for 1,000 live, queries at 100/s were answered at 21/s (p50 22 s, a third timed out),
+ * so a reconciler pass would keep the head's workflow thread busy most of each minute. So the cache
+ * still holds the live set; once those readers use `src/clients/workspace-view.ts`, 250 is enough (the
+ * active set: creations in flight, a 100-member ensemble, the allocator) and saves ~140 MiB at 1,000 live.
  */
 export const HEAD_MAX_CACHED_WORKFLOWS = 1500;
 

@@ -21,10 +21,12 @@ import {
   isCancellation,
   log,
   ParentClosePolicy,
+  patched,
   proxyActivities,
   type RetryPolicy,
   setHandler,
   startChild,
+  upsertMemo,
   upsertSearchAttributes,
   workflowInfo,
   type ChildWorkflowHandle,
@@ -64,6 +66,7 @@ import { OPERATION_TARGET, refusalReason, VM_STATES, type WorkspaceOperation, ty
 import type { ImageSource, ResolvedImage, WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
 import { redactUrl } from '../domain/image-url';
 import { isUrl, nicsOf, targetForMember } from '../domain/workspace';
+import { VIEW_MEMO_KEY, VIEW_MEMO_MAX_CHARS, VIEW_MEMO_PATCH, viewMemo } from '../domain/view-memo';
 
 /** The DHCP activities (served on a node's queue, or the head's for central delivery). */
 type DhcpActivities = ReturnType<typeof createDhcpActivities>;
@@ -205,6 +208,35 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     upsertSearchAttributes([{ key: VwsState, value: state }]);
   };
   const describe = (): WorkspaceDescription => ({ ...d, runningTimeLeftSeconds: Math.max(0, Math.round(timeLeftMs() / 1000)) });
+
+  // The public view in the memo, so `GET /workspaces/:id` reads it from the server without a query (which
+  // needs this workflow in the head's cache, or a replay). Only behind the patch: recorded histories replay.
+  const keepsView = patched(VIEW_MEMO_PATCH);
+  /** The memo of the view as it is now (the time left as a clock the reader runs on). */
+  const currentView = () => JSON.stringify(viewMemo(d, { leftMs: budgetMs - usedMs, ...(runningSince === undefined ? {} : { runningSince }) }));
+  let publishedView = '';
+  /** Upserts the view if it changed: in the workflow task that changed it, beside its search attribute upserts. */
+  const publishView = () => {
+    if (!keepsView) return;
+    const view = currentView();
+    if (view === publishedView) return;
+    const wasCleared = publishedView.length > VIEW_MEMO_MAX_CHARS;
+    publishedView = view;
+    // A view grown past the limit (notices pile up) is cleared instead, far below the server's memo limit
+    // that would fail the task: readers then query the workflow, as for one started before the patch.
+    if (view.length <= VIEW_MEMO_MAX_CHARS) upsertMemo({ [VIEW_MEMO_KEY]: JSON.parse(view) });
+    else if (!wasCleared) upsertMemo({ [VIEW_MEMO_KEY]: null });
+  };
+  if (keepsView) {
+    // Whatever changes the view (state, task, addresses, notices, an operation's arrival), wherever it is
+    // changed: conditions are evaluated at the end of each activation, so the upsert joins that task's commands.
+    void (async () => {
+      for (;;) {
+        await condition(() => currentView() !== publishedView);
+        publishView();
+      }
+    })();
+  }
   const node = (retry: RetryPolicy) => nodeActivities(`${routing.nodeTaskQueuePrefix}${grant!.node}`, retry);
 
   /**
@@ -668,5 +700,6 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       setState('Cancelled');
     });
   }
+  publishView(); // before the completion, so the memo of a closed workspace holds its final view
   return describe();
 }
