@@ -20,6 +20,7 @@ describe('the create-workspace request', () => {
       targetState: 'Running',
       shutdownMechanism: 'Normal',
       trashAtShutdown: false,
+      pilot: false,
     });
   });
 
