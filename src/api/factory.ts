@@ -138,6 +138,12 @@ export class Factory {
     const workflowId = workspaceWorkflowId(this.config, id);
     const grant = await this.refusing(principal, () => this.allocator.reserve(this.slot(principal, workflowId, spec)));
     const input: WorkspaceInput = { id, owner: principal.identity, spec, routing: workspaceRouting(this.config), createdAt: new Date().toISOString(), grant };
+    return this.workspacePlan(principal, workflowId, input, exact, { node: grant.node, nics: nicsOf(grant) }, () => this.allocator.release(workflowId));
+  }
+
+  /** The start of one workspace workflow, and the create's answer (`extra`: what this kind of create adds). */
+  private workspacePlan(principal: Principal, workflowId: string, input: WorkspaceInput, exact: ExactResources, extra: Record<string, unknown>, release: () => Promise<unknown>): StartPlan {
+    const { id, spec } = input;
     const state = isStaging(spec) ? 'Unstaged' : 'Unpropagated';
     return {
       workflowType: 'workspaceWorkflow',
@@ -147,9 +153,9 @@ export class Factory {
         { key: VwsOwner, value: principal.identity },
         { key: VwsState, value: state },
       ],
-      answer: { id, kind: 'workspace', state, count: 1, ...exact, node: grant.node, nics: nicsOf(grant), links: { self: `/workspaces/${id}` } },
+      answer: { id, kind: 'workspace', state, count: 1, ...exact, ...extra, links: { self: `/workspaces/${id}` } },
       location: `/workspaces/${id}`,
-      release: () => this.allocator.release(workflowId),
+      release,
       owner: principal.name,
     };
   }
@@ -178,11 +184,12 @@ export class Factory {
       pollSeconds: pilot.pollSeconds,
       windowSeconds: pilot.windowSeconds,
     };
+    const routing = workspaceRouting(this.config);
     const input: WorkspaceInput = {
       id,
       owner: principal.identity,
       spec,
-      routing: workspaceRouting(this.config),
+      routing,
       createdAt: new Date().toISOString(),
       pilot: {
         slotWorkflowId: pilotSlotWorkflowId(this.config, id),
@@ -193,26 +200,13 @@ export class Factory {
           vcpus: spec.vcpus,
           holdSeconds: pilotHoldSeconds(spec.durationSeconds, settings),
           ...(spec.nodeProperties?.length ? { constraints: spec.nodeProperties } : {}),
-          headTaskQueue: headTaskQueue(this.config),
-          nodeTaskQueuePrefix: workspaceRouting(this.config).nodeTaskQueuePrefix,
+          headTaskQueue: routing.headTaskQueue,
+          nodeTaskQueuePrefix: routing.nodeTaskQueuePrefix,
           settings,
         },
       },
     };
-    const state = isStaging(spec) ? 'Unstaged' : 'Unpropagated';
-    return {
-      workflowType: 'workspaceWorkflow',
-      workflowId,
-      args: [input],
-      searchAttributes: [
-        { key: VwsOwner, value: principal.identity },
-        { key: VwsState, value: state },
-      ],
-      answer: { id, kind: 'workspace', state, task: 'queued-in-batch', count: 1, ...exact, pilot: { slotId: id }, links: { self: `/workspaces/${id}` } },
-      location: `/workspaces/${id}`,
-      release: async () => undefined,
-      owner: principal.name,
-    };
+    return this.workspacePlan(principal, workflowId, input, exact, { task: 'queued-in-batch', pilot: { slotId: id } }, async () => undefined);
   }
 
   /** Reserves every member's slot at once (gang: the group's workflow id), all or none. */
