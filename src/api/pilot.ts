@@ -12,17 +12,17 @@
  *   proved it holds the secret; resending this very message will never work, a fresh one will.
  * - 404: no running workflow for the slot (never started, or already ended).
  * - 503: pilot notifications are not configured (`pilot` absent), or the replay cache is full.
+ * The checks and the delivery are `src/pilot/accept.ts`, shared with the SSH fallback's `vws-pilot receive`.
  * Nothing is delivered unless every check passed; a message that was not delivered (404, Temporal down)
  * is forgotten by the replay cache, so the pilot may resend it unchanged.
  */
 import express, { type Router } from 'express';
-import { WorkflowNotFoundError, type Client } from '@temporalio/client';
-import { pilotSlotWorkflowId } from '../config/names';
+import type { Client } from '@temporalio/client';
 import type { VwsConfig } from '../config/schema';
 import { ensureToken } from '../config/secrets';
-import { pilotNotificationSignal, type PilotNotification } from '../domain/messages';
 import { log } from '../log';
-import { DEFAULT_PILOT_WINDOW_MS, PilotMessageError, ReplayCache, verifyPilotMessage } from '../pilot/message';
+import { acceptPilotMessage, pilotAnswer, PilotSlotNotRunning } from '../pilot/accept';
+import { DEFAULT_PILOT_WINDOW_MS, PilotMessageError, ReplayCache } from '../pilot/message';
 import { wrap } from './http';
 import { HttpProblem } from './problem';
 
@@ -36,20 +36,10 @@ export interface PilotRouteDeps {
   now?: () => number;
 }
 
-/** The problem for a refused message. */
+/** The problem for a refused message (the same status and type `vws-pilot receive` answers over SSH). */
 function refusal(e: PilotMessageError): HttpProblem {
-  switch (e.reason) {
-    case 'malformed':
-      return new HttpProblem(400, 'Invalid request', e.message, { errors: e.errors });
-    case 'forged':
-      return new HttpProblem(401, 'Unauthorized', e.message, { type: 'urn:vws:problem:PilotMessageForged', errors: e.errors });
-    case 'stale':
-      return new HttpProblem(409, 'Stale pilot message', e.message, { type: 'urn:vws:problem:PilotMessageStale', errors: e.errors });
-    case 'replayed':
-      return new HttpProblem(409, 'Replayed pilot message', e.message, { type: 'urn:vws:problem:PilotMessageReplayed', errors: e.errors });
-    case 'busy':
-      return new HttpProblem(503, 'Service Unavailable', e.message);
-  }
+  const a = pilotAnswer(e);
+  return new HttpProblem(a.status, a.title, a.detail, e.reason === 'busy' ? undefined : { ...(a.type ? { type: a.type } : {}), errors: e.errors });
 }
 
 /** The pilot's routes; mount before any bearer-token middleware. */
@@ -72,26 +62,18 @@ export function pilotRoutes(deps: PilotRouteDeps): Router {
       const secret = ensureToken(secretFile);
       let message;
       try {
-        message = verifyPilotMessage(req.body, secret, { windowMs, now, replay });
+        message = await acceptPilotMessage(req.body, { config, client, secret, replay, windowMs, now, via: 'http' });
       } catch (e) {
         if (e instanceof PilotMessageError) {
           const slot = (req.body as { slotId?: unknown } | undefined)?.slotId;
           log.warn({ reason: e.reason, field: e.field, slot: typeof slot === 'string' ? slot.slice(0, 64) : undefined }, 'pilot message refused');
           throw refusal(e);
         }
-        throw e;
-      }
-      const notification: PilotNotification = { ...message, receivedAt: new Date(now()).toISOString(), via: 'http' };
-      const workflowId = pilotSlotWorkflowId(config, message.slotId);
-      try {
-        await client.workflow.getHandle(workflowId).signal(pilotNotificationSignal, notification);
-      } catch (e) {
-        replay.forget(message.nonce);
-        if (e instanceof WorkflowNotFoundError) throw new HttpProblem(404, 'Not Found', `no running slot ${message.slotId}`);
+        if (e instanceof PilotSlotNotRunning) throw new HttpProblem(404, 'Not Found', e.message);
         throw e;
       }
       log.info({ slot: message.slotId, node: message.node, event: message.event, at: message.at }, 'pilot notification delivered');
-      res.status(202).json({ delivered: true, slotId: message.slotId, event: message.event, receivedAt: notification.receivedAt });
+      res.status(202).json({ delivered: true, slotId: message.slotId, event: message.event, receivedAt: message.receivedAt });
     }),
   );
   return router;

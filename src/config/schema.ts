@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { lrmSchema } from './lrm-schema';
+import { pilotSshFallbackSchema } from './pilot-fallback-schema';
 import type { PoolAddress } from '../domain/allocation';
 import { inSubnet, ipToInt } from '../domain/network';
 import { poolAddresses } from './pools';
@@ -435,6 +436,16 @@ export const configSchema = z
               .describe(
                 "workflows the head worker keeps in memory (about 0.3 MB of resident memory each); an evicted one is replayed from its history when it next has work or is read, costing CPU and read latency, not correctness",
               ),
+            /**
+             * A workflow bundle prebuilt from these same workflows (`bundleWorkflowCode`, its code written to
+             * this file) that the head process loads instead of bundling them at every start (webpack takes
+             * seconds, more on a loaded machine: restarts and crash tests wait for it). Absent: bundle at start.
+             */
+            workflowBundleFile: z
+              .string()
+              .min(1)
+              .optional()
+              .describe('a prebuilt workflow bundle the head loads instead of bundling its workflows at start; built from the same workflows'),
           })
           .strict()
           .prefault({}),
@@ -566,6 +577,8 @@ export const configSchema = z
         overheadMiB: z.number().int().min(0).default(64),
         /** How often a slot asks the batch system whether its job still exists, seconds. */
         pollSeconds: z.number().int().min(1).default(30),
+        /** Where pilots send a notification over SSH when HTTP fails (`pilot-fallback-schema.ts`); absent: HTTP only. */
+        sshFallback: pilotSshFallbackSchema.optional(),
       })
       .strict()
       .optional(),

@@ -14,7 +14,7 @@ import type { NodeConfig, VwsConfig } from '../config/schema';
 import type { Executor } from '../exec/executor';
 import { LocalExecutor } from '../exec/local';
 import { KnownHosts, sshExecutorFor } from '../exec/ssh';
-import { nodeControl, resetNodeState, type ResetReport } from './node-control';
+import { nodeControl, nodeMemorySettings, resetNodeState, type ResetReport } from './node-control';
 
 /** One node's outcome. */
 export interface KillAllNodeReport {
@@ -77,8 +77,7 @@ export async function killAll(config: VwsConfig, options: KillAllOptions = {}): 
             exec: exec!,
             node: node.name,
             nodeDir: nodePaths(config.node.dir).dir,
-            memory: node.driver === 'xen' ? 'xen' : 'host',
-            ...(node.driver === 'xen' ? {} : { configuredMiB: node.memoryMiB }),
+            ...nodeMemorySettings(node),
             config,
           });
           return resetNodeState(control, { timeoutMs: Math.min(60_000, nodeTimeoutMs) });

@@ -6,9 +6,9 @@
  */
 import pino, { type Logger } from 'pino';
 
-/** A logger for one pilot command, with `bindings` (slot, node) on every line. */
-export function pilotLogger(bindings: Record<string, unknown> = {}): Logger {
-  return pino({ level: process.env.VWS_PILOT_LOG_LEVEL ?? 'info', base: { service: 'vws-pilot', pid: process.pid, ...bindings }, timestamp: pino.stdTimeFunctions.isoTime }, pino.destination({ dest: 1, sync: true }));
+/** A logger for one pilot command, with `bindings` (slot, node) on every line; on stdout, or stderr (`receive`, whose stdout is its answer). */
+export function pilotLogger(bindings: Record<string, unknown> = {}, dest: 1 | 2 = 1): Logger {
+  return pino({ level: process.env.VWS_PILOT_LOG_LEVEL ?? 'info', base: { service: 'vws-pilot', pid: process.pid, ...bindings }, timestamp: pino.stdTimeFunctions.isoTime }, pino.destination({ dest, sync: true }));
 }
 
 export type { Logger };

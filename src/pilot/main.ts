@@ -3,9 +3,12 @@
  * `vws-pilot` (`node dist/pilot/main.js`): the program that runs on a VMM node.
  *
  * - `run`: the batch job of one pilot slot (see `run.ts`): lock, reserve, notify, hold, hand back.
- * - `reset`: at the node's boot (and by hand): every vws VM destroyed, memory exactly at its configured
- *   value, a stale lock removed. Idempotent. Refuses while a live pilot holds the lock, unless `--force`.
+ * - `reset`: by hand: every vws VM destroyed, memory exactly at its configured value, a stale lock
+ *   removed. Idempotent. Refuses while a live pilot holds the lock, unless `--force`.
+ * - `boot-reset`: the same reset at the node's boot, its settings from the site configuration (see
+ *   `boot-reset.ts`; the systemd unit is `deploy/systemd/vws-pilot-boot-reset.service`).
  * - `kill-all`: the admin's emergency stop on every configured node (see `kill-all.ts`).
+ * - `receive`: on the head, the SSH fallback's receiver of one notification (see `receive.ts`).
  *
  * Every step is one JSON line on stdout. Exit codes: `exit-codes.ts`.
  */
@@ -19,7 +22,8 @@ import { PILOT_EXIT } from './exit-codes';
 import { killAll } from './kill-all';
 import { acquirePilotLock, pilotLockFile, PilotLockHeld, type PilotLock } from './lock';
 import { pilotLogger, type Logger } from './logger';
-import { nodeControl, resetNodeState } from './node-control';
+import { bootResetNodeName, bootResetPlan } from './boot-reset';
+import { nodeControl, resetNodeState, type MemoryMode, type ResetReport } from './node-control';
 import { PilotNotifier } from './notifier';
 import {
   apiOption,
@@ -35,8 +39,10 @@ import {
   PilotUsageError,
   readSecretOption,
   slotOption,
+  sshFallbackOption,
   sshHostsOption,
 } from './options';
+import { SshNotificationChannel } from './ssh-notify';
 import { runPilot } from './run';
 
 const DEFAULT_NODE_DIR = '/var/lib/vws/node';
@@ -88,6 +94,7 @@ interface RunFlags {
   nodeDir: string;
   lockFile?: string;
   config?: string;
+  sshFallback?: string;
 }
 
 async function runCommand(f: RunFlags): Promise<never> {
@@ -134,10 +141,11 @@ async function runCommand(f: RunFlags): Promise<never> {
     const memoryTimeoutMs = numberOption('--memory-timeout-seconds', f.memoryTimeoutSeconds, 1, 3600)! * 1000;
     const nodeDir = pathOption('--node-dir', f.nodeDir);
     const lockFile = f.lockFile ? pathOption('--lock-file', f.lockFile) : pilotLockFile(nodeDir);
+    const sshFallback = sshFallbackOption(f.sshFallback);
     if (endAt - marginMs <= Date.now()) throw new PilotUsageError('--end', `the slot ends at ${new Date(endAt).toISOString()}, within the ${marginMs / 1000} s margin: nothing to hold`);
     const config = siteConfig(f.config);
     log.info(
-      { step: 'start', api, reserveMiB, memory, configuredMiB, end: new Date(endAt).toISOString(), marginMs, graceSeconds, graceRatio, nodeDir, lockFile },
+      { step: 'start', api, sshFallback: sshFallback ? `${sshFallback.user}@${sshFallback.host}:${sshFallback.port}` : null, reserveMiB, memory, configuredMiB, end: new Date(endAt).toISOString(), marginMs, graceSeconds, graceRatio, nodeDir, lockFile },
       'pilot starting',
     );
     mkdirSync(dirname(lockFile), { recursive: true, mode: 0o755 });
@@ -147,7 +155,8 @@ async function runCommand(f: RunFlags): Promise<never> {
       secret,
       slotId,
       node,
-      onRetry: (i) => log.warn({ step: 'notify-retry', event: i.event, attempt: i.attempt, last: i.last, backoffMs: i.backoffMs }, `notification ${i.event} not delivered yet`),
+      onRetry: (i) => log.warn({ step: 'notify-retry', event: i.event, via: i.via, attempt: i.attempt, last: i.last, backoffMs: i.backoffMs }, `notification ${i.event} not delivered yet`),
+      ...(sshFallback ? { fallback: { channel: new SshNotificationChannel(sshFallback), afterHttpAttempts: sshFallback.afterHttpAttempts } } : {}),
     });
     const result = await runPilot(
       { slotId, node, reserveMiB, endAt, marginMs, graceSeconds, graceRatio, pilotNeedsMs, lockFile, notifyReservedMs, memoryTimeoutMs },
@@ -175,6 +184,63 @@ interface ResetFlags {
   force?: boolean;
 }
 
+/** What one node reset needs (from `reset`'s flags or `boot-reset`'s configuration). */
+interface NodeResetSettings {
+  node: string;
+  memory: MemoryMode;
+  configuredMiB?: number;
+  nodeDir: string;
+  lockFile: string;
+  config: VwsConfig;
+  force?: boolean;
+  /** Retry a reset that could not start (the hypervisor's tools not ready yet at boot) this long, ms. */
+  retryMs?: number;
+}
+
+/**
+ * The node reset of `reset` and `boot-reset`: under the node lock (taking it removes a stale one, of a
+ * dead pilot or a previous boot), every vws VM destroyed and memory set to exactly its configured value.
+ * Answers the exit code.
+ */
+async function resetNode(o: NodeResetSettings, log: Logger): Promise<number> {
+  mkdirSync(dirname(o.lockFile), { recursive: true, mode: 0o755 });
+  // Holding the lock keeps a pilot from starting mid-reset; taking it removes a stale one.
+  let lock: PilotLock | undefined;
+  try {
+    lock = await acquirePilotLock(o.lockFile, { slotId: 'reset' });
+  } catch (e) {
+    if (!(e instanceof PilotLockHeld)) throw e;
+    if (!o.force) {
+      log.error({ step: 'lock', lockFile: o.lockFile, holder: { pid: e.holder.pid, slotId: e.holder.slotId } }, `a live pilot holds the node (${e.message}); not resetting (use --force, or kill-all)`);
+      return PILOT_EXIT.lockHeld;
+    }
+    log.warn({ step: 'lock', lockFile: o.lockFile, holder: { pid: e.holder.pid, slotId: e.holder.slotId } }, 'a live pilot holds the node; resetting anyway (--force), its lock stays');
+  }
+  try {
+    const until = Date.now() + (o.retryMs ?? 0);
+    let r: ResetReport;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const control = await nodeControl({ exec: new LocalExecutor(), node: o.node, nodeDir: o.nodeDir, memory: o.memory, ...(o.configuredMiB !== undefined ? { configuredMiB: o.configuredMiB } : {}), config: o.config });
+        r = await resetNodeState(control);
+        break;
+      } catch (e) {
+        if (Date.now() >= until) throw e;
+        log.warn({ step: 'reset-retry', attempt, err: (e as Error).message }, 'the node cannot be reset yet; trying again in 2 s');
+        await new Promise((res) => setTimeout(res, 2_000));
+      }
+    }
+    const ok = r.vms.failed.length === 0;
+    log[ok ? 'info' : 'error'](
+      { step: 'reset', destroyed: r.vms.destroyed, failed: r.vms.failed, memoryBeforeMiB: r.memoryBeforeMiB, memoryAfterMiB: r.memory.reachedMiB, configuredMiB: r.configuredMiB },
+      ok ? `node reset: ${r.vms.destroyed.length} VMs destroyed, memory at ${r.memory.reachedMiB} MiB` : 'node reset incomplete',
+    );
+    return ok ? PILOT_EXIT.ok : PILOT_EXIT.unreserveFailed;
+  } finally {
+    lock?.release();
+  }
+}
+
 async function resetCommand(f: ResetFlags): Promise<never> {
   const log = pilotLogger({ node: f.node, command: 'reset' });
   return guarded(log, async () => {
@@ -184,31 +250,31 @@ async function resetCommand(f: ResetFlags): Promise<never> {
     const nodeDir = pathOption('--node-dir', f.nodeDir);
     const lockFile = f.lockFile ? pathOption('--lock-file', f.lockFile) : pilotLockFile(nodeDir);
     const config = siteConfig(f.config);
-    mkdirSync(dirname(lockFile), { recursive: true, mode: 0o755 });
-    // Holding the lock keeps a pilot from starting mid-reset; taking it removes a stale one.
-    let lock: PilotLock | undefined;
-    try {
-      lock = await acquirePilotLock(lockFile, { slotId: 'reset' });
-    } catch (e) {
-      if (!(e instanceof PilotLockHeld)) throw e;
-      if (!f.force) {
-        log.error({ step: 'lock', lockFile, holder: { pid: e.holder.pid, slotId: e.holder.slotId } }, `a live pilot holds the node (${e.message}); not resetting (use --force, or kill-all)`);
-        return PILOT_EXIT.lockHeld;
-      }
-      log.warn({ step: 'lock', lockFile, holder: { pid: e.holder.pid, slotId: e.holder.slotId } }, 'a live pilot holds the node; resetting anyway (--force), its lock stays');
+    return resetNode({ node, memory, ...(configuredMiB !== undefined ? { configuredMiB } : {}), nodeDir, lockFile, config, ...(f.force ? { force: true } : {}) }, log);
+  });
+}
+
+interface BootResetFlags {
+  node?: string;
+  config?: string;
+  waitSeconds: string;
+}
+
+/** `boot-reset`: `reset` at the node's boot, its settings from the site configuration (see `boot-reset.ts`). */
+async function bootResetCommand(f: BootResetFlags): Promise<never> {
+  let log = pilotLogger({ command: 'boot-reset' });
+  return guarded(log, async () => {
+    const node = nodeOption(bootResetNodeName(f.node));
+    log = pilotLogger({ command: 'boot-reset', node });
+    const retryMs = numberOption('--wait-seconds', f.waitSeconds, 0, 3600)! * 1000;
+    const config = siteConfig(f.config);
+    const plan = bootResetPlan(config, node);
+    if (plan.action === 'skip') {
+      log.info({ step: 'boot-reset', action: 'skip', reason: plan.reason }, `nothing to reset on ${node}: ${plan.reason}`);
+      return PILOT_EXIT.ok;
     }
-    try {
-      const control = await nodeControl({ exec: new LocalExecutor(), node, nodeDir, memory, ...(configuredMiB !== undefined ? { configuredMiB } : {}), config });
-      const r = await resetNodeState(control);
-      const ok = r.vms.failed.length === 0;
-      log[ok ? 'info' : 'error'](
-        { step: 'reset', destroyed: r.vms.destroyed, failed: r.vms.failed, memoryBeforeMiB: r.memoryBeforeMiB, memoryAfterMiB: r.memory.reachedMiB, configuredMiB: r.configuredMiB },
-        ok ? `node reset: ${r.vms.destroyed.length} VMs destroyed, memory at ${r.memory.reachedMiB} MiB` : 'node reset incomplete',
-      );
-      return ok ? PILOT_EXIT.ok : PILOT_EXIT.unreserveFailed;
-    } finally {
-      lock?.release();
-    }
+    log.info({ step: 'boot-reset', action: 'reset', memory: plan.memory, configuredMiB: plan.configuredMiB ?? 'dom0_mem', nodeDir: plan.nodeDir }, `resetting ${node} at boot`);
+    return resetNode({ ...plan, lockFile: pilotLockFile(plan.nodeDir), config, retryMs }, log);
   });
 }
 
@@ -237,6 +303,26 @@ async function killAllCommand(f: KillAllFlags): Promise<never> {
     log[failed.length ? 'error' : 'info']({ step: 'kill-all', nodes: reports.length, failed, ms: Date.now() - started }, failed.length ? `kill-all: ${failed.length} of ${reports.length} nodes failed` : `kill-all: ${reports.length} nodes reset`);
     return failed.length ? PILOT_EXIT.someNodesFailed : PILOT_EXIT.ok;
   });
+}
+
+/**
+ * `receive`: the head's end of the SSH fallback (see `receive.ts`). Its answer is the one JSON line on
+ * stdout; its log goes to stderr. Exit 0 when delivered (or already delivered: a replay), 1 otherwise.
+ */
+async function receiveCommand(f: { config?: string }): Promise<never> {
+  const log = pilotLogger({ command: 'receive' }, 2);
+  const { readInput, receivePilotMessage } = await import('./receive');
+  let answer;
+  try {
+    const config = siteConfig(f.config);
+    answer = await receivePilotMessage(config, await readInput());
+  } catch (e) {
+    answer = { status: e instanceof Error && e.name === 'PilotMessageError' ? 400 : 503, title: 'refused', detail: (e as Error).message };
+  }
+  const ok = answer.status === 202 || answer.type === 'urn:vws:problem:PilotMessageReplayed';
+  log[ok ? 'info' : 'warn']({ step: 'receive', answer: answer.status, type: answer.type, slot: answer.slotId, event: answer.event }, answer.detail);
+  process.stdout.write(`${JSON.stringify(answer)}\n`);
+  exit(ok ? PILOT_EXIT.ok : PILOT_EXIT.internal);
 }
 
 const collect = (v: string, all: string[]) => [...all, v];
@@ -268,6 +354,7 @@ program
   .option('--node-dir <dir>', 'the node directory (node.dir)', DEFAULT_NODE_DIR)
   .option('--lock-file <file>', 'the node lock (default <node-dir>/pilot/pilot.lock)')
   .option('--config <file>', "vws's configuration (driver settings); default VWS_CONFIG or the embedded defaults")
+  .option('--ssh-fallback <json>', 'notify over SSH when HTTP gets no answer: pilot.sshFallback as JSON (host, keyFile, knownHostsFile, command, …)')
   .action((f: RunFlags) => runCommand(f));
 
 program
@@ -283,6 +370,14 @@ program
   .action((f: ResetFlags) => resetCommand(f));
 
 program
+  .command('boot-reset')
+  .description("at the node's boot (before slurmd): `reset` with this node's settings from vws's configuration; a non-pilot node is left alone")
+  .option('--node <name>', "this node's name in vws's configuration (default VWS_NODE, else the short host name)")
+  .option('--config <file>', "vws's configuration; default VWS_CONFIG")
+  .option('--wait-seconds <s>', "retry this long while the node cannot be reset yet (Xen's tools starting)", '60')
+  .action((f: BootResetFlags) => bootResetCommand(f));
+
+program
   .command('kill-all')
   .description('emergency stop: on every configured node, destroy every vws VM and reset memory')
   .option('--config <file>', "vws's configuration; default VWS_CONFIG or the embedded defaults")
@@ -290,5 +385,11 @@ program
   .option('--node <name>', 'only this node (repeatable; default: all)', collect, [])
   .option('--node-timeout-seconds <s>', 'longest one node may take', '90')
   .action((f: KillAllFlags) => killAllCommand(f));
+
+program
+  .command('receive')
+  .description("(on the head) take one pilot notification from stdin, sent over SSH when HTTP failed; check it and deliver it")
+  .option('--config <file>', "vws's configuration; default VWS_CONFIG or the embedded defaults")
+  .action((f: { config?: string }) => receiveCommand(f));
 
 void program.parseAsync(process.argv);

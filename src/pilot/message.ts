@@ -69,12 +69,24 @@ export function newSignedPilotMessage(
 }
 
 /**
+ * Where a receiver records the nonces it has seen: {@link ReplayCache} in one process's memory (the
+ * API), or `FileNonceStore` (`nonce-store.ts`) on disk for receivers that live one message long (the
+ * SSH fallback's `vws-pilot receive`).
+ */
+export interface NonceStore {
+  /** Records `nonce` until `expiresAt` (ms); false if it is already held and live (a replay). May throw `busy`. */
+  remember(nonce: string, expiresAt: number, now: number): boolean;
+  /** Forgets `nonce`: the message was not delivered, so the sender may send it again. */
+  forget(nonce: string): void;
+}
+
+/**
  * Nonces seen within the window, each kept until its message would be stale anyway (then a replay is
  * refused as stale), so memory is bounded by the message rate times the window. In memory: one API
  * process's view. A second API process or a restart does not know these nonces; the slot workflow's
  * stale-message rule (`src/domain/pilot-states.ts`) and its idempotent handling cover that case.
  */
-export class ReplayCache {
+export class ReplayCache implements NonceStore {
   private readonly expiries = new Map<string, number>();
 
   constructor(
@@ -125,7 +137,7 @@ export interface VerifyOptions {
   /** Clock (ms since the epoch). */
   now?: () => number;
   /** Where seen nonces are recorded; without one, replays are not checked (tests of the signature alone). */
-  replay?: ReplayCache;
+  replay?: NonceStore;
 }
 
 /**

@@ -29,6 +29,15 @@ export interface NodeControlOptions {
   config?: VwsConfig;
 }
 
+/**
+ * How a configured node's memory is handed out: dom0 ballooning on Xen (its configured value is read
+ * from Xen's `dom0_mem`), the reservation file on QEMU (configured: `nodes[].memoryMiB`). Shared by
+ * `kill-all` and `boot-reset`, so both reset a node to the same value.
+ */
+export function nodeMemorySettings(node: NodeConfig): { memory: MemoryMode; configuredMiB?: number } {
+  return node.driver === 'xen' ? { memory: 'xen' } : { memory: 'host', configuredMiB: node.memoryMiB };
+}
+
 /** A node's driver and memory control. */
 export interface NodeControl {
   readonly node: string;

@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
+import { pilotSshFallbackSchema, type PilotSshFallback } from '../config/pilot-fallback-schema';
 import { pilotSlotIdSchema } from '../domain/pilot-message';
 import type { MemoryMode } from './node-control';
 
@@ -155,4 +156,25 @@ export function sshHostsOption(values: string[]): Record<string, string> {
     out[m[1]] = m[2];
   }
   return out;
+}
+
+/**
+ * `--ssh-fallback`: JSON of the SSH fallback settings (`pilot.sshFallback` of the site configuration,
+ * same schema), or undefined without it. Every bad field is named (`--ssh-fallback.keyFile: …`).
+ */
+export function sshFallbackOption(v: string | undefined): PilotSshFallback | undefined {
+  if (v === undefined) return undefined;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(v);
+  } catch {
+    throw new PilotUsageError('--ssh-fallback', 'must be JSON: {"host": …, "keyFile": …, "knownHostsFile": …, "command": [ … ]}');
+  }
+  const r = pilotSshFallbackSchema.safeParse(raw);
+  if (!r.success) {
+    const i = r.error.issues[0];
+    const field = i.path.length ? `--ssh-fallback.${i.path.join('.')}` : '--ssh-fallback';
+    throw new PilotUsageError(field, i.code === 'unrecognized_keys' ? `unknown fields: ${i.keys.join(', ')}` : i.message);
+  }
+  return r.data;
 }

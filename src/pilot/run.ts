@@ -196,10 +196,10 @@ export async function runPilot(s: PilotRunSettings, deps: PilotRunDeps): Promise
     try {
       outcome = await notifier.notify(event, deadline, fields, stop);
     } catch (e) {
-      outcome = { event, result: 'gave-up', attempts: 0, elapsedMs: Date.now() - sentAt, last: (e as Error).message, at: new Date(sentAt).toISOString() };
+      outcome = { event, result: 'gave-up', attempts: 0, elapsedMs: Date.now() - sentAt, last: (e as Error).message, at: new Date(sentAt).toISOString(), via: 'http' };
     }
     const level = outcome.result === 'delivered' ? 'info' : 'warn';
-    log[level]({ step: 'notify', event, result: outcome.result, attempts: outcome.attempts, elapsedMs: outcome.elapsedMs, last: outcome.last, messageAt: outcome.at }, `notification ${event}: ${outcome.result}`);
+    log[level]({ step: 'notify', event, result: outcome.result, via: outcome.via, attempts: outcome.attempts, elapsedMs: outcome.elapsedMs, last: outcome.last, messageAt: outcome.at }, `notification ${event}: ${outcome.result}`);
     return outcome;
   }
 

@@ -12,8 +12,7 @@ import type { NodeConfig, VwsConfig } from '../../config/schema';
 import type { NodeLease } from '../../domain/allocation';
 import { FailureType } from '../../domain/errors';
 import type { Executor } from '../../exec/executor';
-import { LocalExecutor } from '../../exec/local';
-import { createBatchSystem } from '../lrm';
+import { batchSystemFor } from '../lrm';
 import type { BatchJobStatus, BatchSystem, PilotJobRequest } from '../lrm/types';
 
 /** What one slot asks of the batch system. */
@@ -72,7 +71,10 @@ export function createPilotSlotActivities(deps: PilotSlotDeps) {
   let batch = deps.batch;
   /** Built on first use: a head without pilot mode never needs a batch system. */
   const batchSystem = (): BatchSystem => {
-    if (!batch) batch = createBatchSystem(pilotSettings(config).lrm, deps.executor ?? new LocalExecutor());
+    if (!batch) {
+      pilotSettings(config);
+      batch = batchSystemFor(config, deps.executor);
+    }
     return batch;
   };
 
@@ -94,6 +96,8 @@ export function createPilotSlotActivities(deps: PilotSlotDeps) {
       '--grace-seconds', String(pilot.graceSeconds),
       '--grace-ratio', String(pilot.graceRatio),
       '--node-dir', config.node.dir,
+      // HTTP's fallback: the same signed message over SSH to the head's `receive` (`pilot.sshFallback`).
+      ...(pilot.sshFallback ? ['--ssh-fallback', JSON.stringify(pilot.sshFallback)] : []),
     ];
     // One pilot node: the job is pinned to it. Several: the site's partition and constraints must select
     // exactly its pilot nodes (a pilot that lands elsewhere finds no --node-table entry and exits at once).

@@ -26,9 +26,8 @@ import {
 } from '../../domain/reconcile';
 import { isPilotJobName, JOBS_FIRST_SEEN_FILE, pilotJobPrefix, slotIdsToLookUp, type BatchSighting, type PilotJobSighting } from '../../domain/reconcile-pilot';
 import type { Executor } from '../../exec/executor';
-import { LocalExecutor } from '../../exec/local';
 import { log } from '../../log';
-import { createBatchSystem } from '../lrm';
+import { batchSystemFor } from '../lrm';
 import type { BatchJobStatus, BatchSystem } from '../lrm/types';
 
 /** What the reconciler reads through Temporal in one go (after the nodes were listed). */
@@ -86,7 +85,7 @@ export function createReconcileActivities(deps: ReconcileDeps) {
   let batch = deps.batch;
   /** Built on first use, and only for a site with a batch system (`lrm`). */
   const batchSystem = (): BatchSystem | undefined => {
-    if (!batch && config.lrm) batch = createBatchSystem(config.lrm, deps.executor ?? new LocalExecutor());
+    if (!batch && config.lrm) batch = batchSystemFor(config, deps.executor);
     return batch;
   };
   /** The batch system, or a non-retryable failure: asking about jobs on a site without one is a mistake. */
