@@ -11,8 +11,10 @@
  *
  * VWS_BENCH_WORKSPACES (1000), VWS_BENCH_RPS (100), VWS_BENCH_READ_SECONDS (20), VWS_BENCH_LANES (24
  * concurrent creators and destroyers), VWS_BENCH_API_NODES (10); VWS_BENCH_HEAD_CACHE (the head's
- * `workers.head.maxCachedWorkflows`, default: the configuration's) and VWS_BENCH_HEAD_ARGS (node options
- * of the head process, e.g. `--max-semi-space-size=1`; the environment, e.g. MALLOC_ARENA_MAX, is inherited).
+ * `workers.head.maxCachedWorkflows`, default: the configuration's), VWS_BENCH_HEAD_ARGS (node options
+ * of the head process, e.g. `--max-semi-space-size=1`; the environment, e.g. MALLOC_ARENA_MAX, is inherited),
+ * VWS_BENCH_HEAD_WORKER (JSON worker settings of the head, e.g. `{"maxConcurrentWorkflowTaskExecutions":10}`)
+ * and VWS_BENCH_HEAD_DIST (a compiled `dist/` to run the head from, as production does; see head-process.ts).
  *
  * Three processes: the head (`head-process.ts`: the head worker, the API on a real HTTP port; its
  * memory is the figure), the nodes (`node-workers.ts`: `driver: bench` node workers, no hypervisor and
@@ -26,6 +28,7 @@ import { Agent, request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AllocatorClient } from '../src/clients/allocator';
+import { describeWorkspace } from '../src/clients/workspace-view';
 import { headTaskQueue, workspaceRouting, workspaceWorkflowId } from '../src/config/names';
 import type { VwsConfig } from '../src/config/schema';
 import { tokenDigest } from '../src/config/secrets';
@@ -52,7 +55,9 @@ const MiB = 1024 * 1024;
 let conn: TestConnections;
 let config: VwsConfig;
 let image: ResolvedImage;
-let head: BenchProcess<{ ready: true; port: number; maxCachedWorkflows: number }>;
+/** What the head process reports of its settings (see head-process.ts). */
+type HeadReady = { ready: true; port: number; maxCachedWorkflows: number; settings: Record<string, unknown> };
+let head: BenchProcess<HeadReady>;
 let nodes: BenchProcess<{ ready: true }>;
 let port: number;
 const token = `tok-bench-${randomBytes(16).toString('hex')}`;
@@ -88,7 +93,7 @@ beforeAll(async () => {
   image = await stageLocalFile(config, 'tiny', raw);
 
   // The nodes and the head in processes of their own (see the file comment); they read the resolved configuration.
-  ({ head, nodes } = await startBenchSite<{ ready: true; port: number; maxCachedWorkflows: number }>({ config, dir, nodes: nodeNames, bundleCode: (await workflowBundle()).code, tokenDigest: tokenDigest(token), identity: OWNER, headExecArgv: ['--expose-gc', ...HEAD_ARGS] }));
+  ({ head, nodes } = await startBenchSite<HeadReady>({ config, dir, nodes: nodeNames, bundleCode: (await workflowBundle()).code, tokenDigest: tokenDigest(token), identity: OWNER, headExecArgv: ['--expose-gc', ...HEAD_ARGS] }));
   port = head.ready.port;
 }, 300_000);
 
@@ -192,8 +197,9 @@ describe(`the API and the head with ${WORKSPACES} live workspaces (bench driver)
           { key: VwsState, value: 'Unpropagated' },
         ],
       });
+      // Followed as clients follow it (GET, the event stream): the view in the memo, not a query.
       for (;;) {
-        const ws = await handle.query(describeQuery);
+        const ws = await describeWorkspace(conn.client, handle.workflowId);
         if (ws.state === 'Running' && ws.task === null) break;
         if (ws.state === 'Corrupted' || ws.state === 'Cancelled') return void failures.push(`${id}: ${ws.state} ${ws.reason}`);
         await sleep(200);
@@ -217,7 +223,7 @@ describe(`the API and the head with ${WORKSPACES} live workspaces (bench driver)
         `| workspaces | total | per second | per workspace: median / p99 |`,
         `| ${WORKSPACES} | ${createSeconds.toFixed(1)} s | ${(WORKSPACES / createSeconds).toFixed(1)} | ${quantile(sorted, 0.5)} / ${quantile(sorted, 0.99)} ms |`,
         ``,
-        `memory of the head process (head worker + API on its HTTP port; after a full GC; nodes and clients in other processes), head worker's maxCachedWorkflows ${head.ready.maxCachedWorkflows}:`,
+        `memory of the head process (head worker + API on its HTTP port; after a full GC; nodes and clients in other processes), head settings ${JSON.stringify(head.ready.settings)}:`,
         `| | head rss | head heapUsed | node process rss |`,
         ...[idle, live].map((m) => `| ${m.step} | ${mb(m.rss)} MiB | ${mb(m.heapUsed)} MiB | ${mb(m.nodesRss)} MiB |`),
         `| per workspace (difference / ${WORKSPACES}) | ${((live.rss - idle.rss) / WORKSPACES / 1024).toFixed(1)} KiB | ${((live.heapUsed - idle.heapUsed) / WORKSPACES / 1024).toFixed(1)} KiB | ${((live.nodesRss - idle.nodesRss) / WORKSPACES / 1024).toFixed(1)} KiB |`,

@@ -12,8 +12,8 @@ import { AllocatorClient } from '../clients/allocator';
 import { workspaceWorkflowId } from '../config/names';
 import type { VwsConfig } from '../config/schema';
 import { FailureType } from '../domain/errors';
-import { describeQuery, destroyUpdate } from '../domain/messages';
-import { createWorkspaceSchema, imageNameSchema, workspaceIdSchema } from '../domain/requests';
+import { destroyUpdate } from '../domain/messages';
+import { createWorkspaceSchema, imageNameSchema } from '../domain/requests';
 import { refusalReason, type WorkspaceOperation } from '../domain/states';
 import type { WorkspaceDescription } from '../domain/workspace';
 import { acceptUpload, resolveImage, UploadRefused } from '../repository';
@@ -26,7 +26,7 @@ import { createDriftRouter } from './drift';
 import { eventRoutes, type EventStreamOptions } from './events';
 import { Factory } from './factory';
 import { ensembleRoutes, groupRoutes } from './groups';
-import { idempotencyKey, parseBody, queryOwned, requireAdmin, wrap } from './http';
+import { idempotencyKey, parseBody, requireAdmin, wrap } from './http';
 import { listingRoutes } from './listing';
 import { ApiMetrics } from './metrics';
 import { openApiDocument } from './openapi';
@@ -35,7 +35,7 @@ import { WORKSPACE_OPERATIONS } from './operations';
 import { HttpProblem, sendProblem } from './problem';
 import { statusRoutes } from './status';
 import { pilotRoutes } from './pilot';
-import { presentWorkspace, readOwnedWorkspace } from './workspace-view';
+import { presentWorkspace, readOwnedDescription, readOwnedWorkspace } from './workspace-view';
 
 /** Dependencies of the API. */
 export interface ApiDeps {
@@ -79,8 +79,7 @@ export function createApp(deps: ApiDeps): express.Express {
   app.use(express.json({ limit: '64kb' }));
 
   /** Reads a workspace the principal owns; others' workspaces do not exist for it (404). */
-  const ownedWorkspace = (id: string, principal: Principal): Promise<WorkspaceDescription> =>
-    queryOwned(client, workspaceWorkflowId(config, id), describeQuery, principal, 'workspace', id, workspaceIdSchema);
+  const ownedWorkspace = (id: string, principal: Principal): Promise<WorkspaceDescription> => readOwnedDescription(client, config, principal, id);
 
   app.get('/healthz', (_req, res) => {
     res.json({ ok: true });

@@ -9,7 +9,8 @@ import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { AllocatorClient } from '../clients/allocator';
 import { workspaceWorkflowId } from '../config/names';
 import type { VwsConfig } from '../config/schema';
-import { describeQuery, type OwnerUsageReport } from '../domain/messages';
+import { describeWorkspace } from '../clients/workspace-view';
+import type { OwnerUsageReport } from '../domain/messages';
 import type { WorkspaceDescription } from '../domain/workspace';
 import { log } from '../log';
 import type { Principal } from './auth';
@@ -42,7 +43,8 @@ export async function statusOf(config: VwsConfig, client: Client, allocator: All
   const described = await Promise.all(
     open.map(async (w) => {
       try {
-        return await client.workflow.getHandle(workspaceWorkflowId(config, w.id)).query(describeQuery);
+        // From the view in the memo: no query, so the head worker neither caches nor replays each workspace.
+        return await describeWorkspace(client, workspaceWorkflowId(config, w.id));
       } catch (err) {
         log.debug({ err, workspace: w.id }, 'workspace ended while the status was taken');
         return null;

@@ -70,6 +70,32 @@ function progressFrom(d: WorkspaceDescription, desc: WorkflowExecutionDescriptio
  * unless the caller is an admin.
  */
 export async function readOwnedWorkspace(client: Client, config: VwsConfig, principal: Principal, id: string): Promise<WorkspaceDescription> {
+  return withProgress(client, config, await readOwned(client, config, principal, id));
+}
+
+/**
+ * A workspace the principal owns, as {@link readOwnedWorkspace} reads it but without the copy progress
+ * (what the describe query answered): for the operations' early refusal and their 202 answers.
+ */
+export async function readOwnedDescription(client: Client, config: VwsConfig, principal: Principal, id: string): Promise<WorkspaceDescription> {
+  return (await readOwned(client, config, principal, id)).description;
+}
+
+/**
+ * A workspace with the progress of a copy in flight, read as {@link readOwnedWorkspace} does but with no
+ * ownership check (for a stream whose owner was checked at its start). Errors are the client's.
+ */
+export async function readWorkspaceWithProgress(client: Client, config: VwsConfig, id: string): Promise<WorkspaceDescription> {
+  return withProgress(client, config, await readWorkspace(client, workspaceWorkflowId(config, id)));
+}
+
+/** The description of `read` with the progress of a copy in flight (from the execution it was read with, when there is one). */
+function withProgress(client: Client, config: VwsConfig, read: WorkspaceRead): Promise<WorkspaceDescription> {
+  return read.execution ? Promise.resolve(progressFrom(read.description, read.execution)) : withCopyProgress(client, config, read.description);
+}
+
+/** Reads a workspace the principal owns; someone else's, an unknown or a malformed id is a 404 naming the id. */
+async function readOwned(client: Client, config: VwsConfig, principal: Principal, id: string): Promise<WorkspaceRead> {
   const notFound = new HttpProblem(404, 'Not Found', `no workspace ${id}`);
   if (!workspaceIdSchema.safeParse(id).success) throw notFound;
   let read: WorkspaceRead;
@@ -79,7 +105,6 @@ export async function readOwnedWorkspace(client: Client, config: VwsConfig, prin
     if (e instanceof WorkflowNotFoundError) throw notFound;
     throw unavailable(e) ?? e;
   }
-  const d = read.description;
-  if (d.owner !== principal.identity && !principal.admin) throw notFound;
-  return read.execution ? progressFrom(d, read.execution) : withCopyProgress(client, config, d);
+  if (read.description.owner !== principal.identity && !principal.admin) throw notFound;
+  return read;
 }

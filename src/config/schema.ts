@@ -377,19 +377,26 @@ function checkNetworks(c: { networks: Array<z.infer<typeof networkSchema>>; node
 }
 
 /**
- * The head worker's default workflow cache (`workers.head.maxCachedWorkflows`), from the API benchmark
- * (bench/api.bench.ts, 1,000 live workspaces): each cached workspace costs ~0.28 MB of the head's
- * resident memory (552 MiB with all 1,000 cached, 276 MiB idle; 409 MiB with a cache of 250).
- * `GET /workspaces/:id` no longer needs the cache (it reads the view the workflow keeps in its memo;
- * p50 4.7 ms with a cache of 250), but the other readers of many workspaces still query each one: the
- * reconciler every `reconciler.periodSeconds` (all open workspaces, one by one), `GET /status`, group and
- * ensemble fan-outs, the event streams. Over a cache smaller than the live set every such query is a
- * replay: with 250 for 1,000 live, queries at 100/s were answered at 21/s (p50 22 s, a third timed out),
- * so a reconciler pass would keep the head's workflow thread busy most of each minute. So the cache
- * still holds the live set; once those readers use `src/clients/workspace-view.ts`, 250 is enough (the
- * active set: creations in flight, a 100-member ensemble, the allocator) and saves ~140 MiB at 1,000 live.
+ * The head worker's default workflow cache (`workers.head.maxCachedWorkflows`): the active set, not the
+ * live set. Every reader of many workspaces reads the view each workflow keeps in its memo (one
+ * DescribeWorkflowExecution, `src/clients/workspace-view.ts`): `GET /workspaces/:id`, the operations'
+ * refusal checks, the event streams, `GET /status`, group and ensemble fan-outs, the reconciler. So a
+ * Running workspace needs no cache slot; only workflows with work in flight do (creations, operations,
+ * a 100-member ensemble with its groups, the allocator), and 250 holds that with room.
+ *
+ * Measured by the API benchmark (bench/api.bench.ts, 1,000 live workspaces on bench nodes, head run from
+ * the compiled dist/, on a 2-core machine loaded by other work, load average 8-15): head rss idle 226 MiB;
+ * with 1,000 live 391 MiB at 250 (552 MiB before, when the cache of 1500 held them all), 352 MiB at 100
+ * with MALLOC_ARENA_MAX=2, and 267 MiB (280 MB, the goal is 300 MB) at 100 with MALLOC_ARENA_MAX=2 and
+ * node's `--max-semi-space-size=2` (idle 181 MiB: the young generation of both V8 isolates, the main one
+ * and the workflow thread's, is most of the idle figure). Most of the rest is fixed (Temporal's native
+ * core, the client's protobuf definitions, the workflow thread's isolate and bundle); the worker's thread
+ * pool is already 1 (`reuseV8Context`, the SDK's default). GET at 100/s: p50 21 ms, p99 1.1 s, as slow as
+ * the dev server's own DescribeWorkflowExecution on that machine then (p90 2.4 s); with the semi-space
+ * limit p50 14 ms but p99 1.7 s while a bare DescribeWorkflowExecution had p99 54 ms (not yet explained:
+ * scavenges of the small young generation are one suspect).
  */
-export const HEAD_MAX_CACHED_WORKFLOWS = 1500;
+export const HEAD_MAX_CACHED_WORKFLOWS = 250;
 
 /** The whole configuration. */
 export const configSchema = z
@@ -425,8 +432,9 @@ export const configSchema = z
             /**
              * How many workflows the head worker keeps in memory between their tasks. Each cached workspace
              * workflow costs about 0.3 MB of the head's resident memory; a workflow not in the cache is
-             * replayed from its history when it next has work (a timer, an operation, a query such as
-             * `GET /workspaces/:id`), which costs CPU and read latency, never correctness.
+             * replayed from its history when it next has work (a timer, an operation), which costs CPU,
+             * never correctness. Reads do not need it (they read the view in the workflow's memo), so the
+             * cache holds the active set, not every live workspace (see HEAD_MAX_CACHED_WORKFLOWS).
              */
             maxCachedWorkflows: z
               .number()
@@ -434,7 +442,7 @@ export const configSchema = z
               .min(40, 'at least 40: the head runs up to 40 workflow tasks at once, each needs a cache slot')
               .default(HEAD_MAX_CACHED_WORKFLOWS)
               .describe(
-                "workflows the head worker keeps in memory (about 0.3 MB of resident memory each); an evicted one is replayed from its history when it next has work or is read, costing CPU and read latency, not correctness",
+                "workflows the head worker keeps in memory between their tasks (about 0.3 MB of resident memory each): the active set (creations and operations in flight, ensembles being started), not every live workspace, since reads use the view in each workflow's memo; an evicted one is replayed from its history when it next has work, costing CPU, not correctness. Default 250 (1,000 live workspaces: head rss 391 MiB, 226 MiB idle)",
               ),
             /**
              * A workflow bundle prebuilt from these same workflows (`bundleWorkflowCode`, its code written to

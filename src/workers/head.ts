@@ -29,6 +29,11 @@ export interface HeadWorkerOptions {
   client: Client;
   /** A prebuilt workflow bundle (tests bundle once per file); otherwise the worker bundles `src/workflows`. */
   workflowBundle?: WorkerOptions['workflowBundle'];
+  /**
+   * Benchmarks only: worker settings to measure against the defaults (bench/api.bench.ts,
+   * `VWS_BENCH_HEAD_WORKER`); a site sets what matters through `workers.head` in its configuration.
+   */
+  tuning?: Pick<WorkerOptions, 'maxConcurrentWorkflowTaskExecutions' | 'maxConcurrentActivityTaskExecutions' | 'reuseV8Context' | 'workflowThreadPoolSize'>;
 }
 
 /**
@@ -61,6 +66,7 @@ export function createHeadWorker(o: HeadWorkerOptions): Promise<Worker> {
     // The SDK's default (thousands) lets the head grow by ~0.3 MB per live workspace without bound.
     maxCachedWorkflows: o.config.workers.head.maxCachedWorkflows,
     ...(o.workflowBundle ? { workflowBundle: o.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
+    ...o.tuning,
     activities: {
       ...createHeadActivities({ client: o.client, config: o.config }),
       ...createHeadImageActivities({ config: o.config }),
@@ -80,7 +86,8 @@ async function main(): Promise<void> {
   const connection = await NativeConnection.connect({ address: config.temporal.address });
   const clientConnection = await Connection.connect({ address: config.temporal.address });
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
-  const worker = await createHeadWorker({ config, connection, client });
+  const bundleFile = config.workers.head.workflowBundleFile;
+  const worker = await createHeadWorker({ config, connection, client, ...(bundleFile ? { workflowBundle: { codePath: bundleFile } } : {}) });
   const ssh = await createSshNodeWorkers({ config, connection });
   log.info(
     { taskQueue: headTaskQueue(config), sshNodes: config.nodes.filter((n) => n.agent === 'ssh').map((n) => n.name), temporal: config.temporal.address },

@@ -1,7 +1,7 @@
 /**
  * Head activities over the Temporal client for group and ensemble workflows, which cannot send Updates
  * or Queries to other workflows themselves: fan an operation out to member workspaces (their Updates),
- * and watch members by their `describe` query until they settle.
+ * and watch members by the view each keeps in its memo until they settle.
  *
  * Both are idempotent: a fanned-out Update carries an id fixed by the calling workflow, so a retried
  * activity attaches to the Update it already sent instead of asking twice; watching only reads.
@@ -12,7 +12,6 @@ import { WorkflowNotFoundError, WorkflowUpdateFailedError, type Client, type Wor
 import { FailureType } from '../../domain/errors';
 import type { GroupOperation, MemberSummary } from '../../domain/groups';
 import {
-  describeQuery,
   destroyUpdate,
   pauseUpdate,
   rebootUpdate,
@@ -23,6 +22,7 @@ import {
 } from '../../domain/messages';
 import type { WorkspaceState } from '../../domain/states';
 import type { WorkspaceDescription } from '../../domain/workspace';
+import { describeWorkspace } from '../../clients/workspace-view';
 
 /** A member as the head saw it: its summary without the index (the calling workflow knows that). */
 export type MemberView = Omit<MemberSummary, 'index'>;
@@ -107,7 +107,9 @@ export function createMemberActivities(deps: { client: Client }) {
   /** A member's summary, or null while its workflow does not exist yet (or cannot be read right now). */
   async function look(workflowId: string): Promise<MemberView | null> {
     try {
-      return viewOf(await client.workflow.getHandle(workflowId).query(describeQuery));
+      // From the view in the memo (no query): a 100-member watch polls every second, and a query of a
+      // member the head's cache does not hold would replay it.
+      return viewOf(await describeWorkspace(client, workflowId));
     } catch {
       return null;
     }

@@ -9,10 +9,10 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ApplicationFailure, WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { AllocatorClient } from '../../clients/allocator';
+import { describeWorkspace } from '../../clients/workspace-view';
 import type { VwsConfig } from '../../config/schema';
 import type { Grant, NodeLease } from '../../domain/allocation';
 import { FailureType } from '../../domain/errors';
-import { describeQuery } from '../../domain/messages';
 import {
   DRIFT_FILE,
   emptyListing,
@@ -117,14 +117,16 @@ export function createReconcileActivities(deps: ReconcileDeps) {
 
   return {
     /**
-     * This installation's open workspaces with their state, task and node (describe query). Read before
+     * This installation's open workspaces with their state, task and node (the view in each one's memo). Read before
      * the nodes are listed, so a VM that boots meanwhile is never taken for one that vanished.
      */
     async reconcileWorkspaces(): Promise<WorkspaceSighting[]> {
       const out: WorkspaceSighting[] = [];
       for (const workflowId of (await openWorkspaceWorkflowIds()).filter((id) => id.startsWith(prefix))) {
         try {
-          const d = await client.workflow.getHandle(workflowId).query(describeQuery);
+          // From the view in the memo (no query): every open workspace each run, which over a head cache
+          // smaller than the live set would replay each one.
+          const d = await describeWorkspace(client, workflowId);
           out.push({ workflowId, workspaceId: d.id, state: d.state, task: d.task, ...(d.node ? { node: d.node } : {}) });
         } catch (e) {
           // Closed meanwhile, or not answering: not judged this run.
