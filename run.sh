@@ -141,11 +141,24 @@ cmd_status() {
 
 # ---- test ---------------------------------------------------------------------------------------
 cmd_test() {
-  local t0 testbed_was_up=0 rc=0 port=${VWS_TEST_TEMPORAL_PORT:-7234} tmp
+  local t0 testbed_was_up=0 rc=0 port=${VWS_TEST_TEMPORAL_PORT:-7234} tmp tsc_pid tsc_log
   t0=$(date +%s%N)
   scripts/setup.sh
+  # jest only transpiles (tsconfig.jest.json); the types of src, test and bench are checked here, once,
+  # alongside the testbed's start, and a type error fails the run before any test.
+  tsc_log=$(mktemp /tmp/vws-tsc-XXXXXX)
+  npx tsc -p tsconfig.json --noEmit >"$tsc_log" 2>&1 &
+  tsc_pid=$!
   testbed/testbed.sh status >/dev/null 2>&1 && testbed_was_up=1
   testbed/testbed.sh up
+  if ! wait "$tsc_pid"; then
+    cat "$tsc_log"
+    rm -f "$tsc_log"
+    echo "vws: type check failed (npx tsc -p tsconfig.json --noEmit); no tests run"
+    [ "$testbed_was_up" = 1 ] || testbed/testbed.sh down || true
+    return 1
+  fi
+  rm -f "$tsc_log"
   # One dev server for the whole run, on its own port and a fresh database.
   tmp=$(mktemp -d /tmp/vws-test-XXXXXX)
   cleanup() {

@@ -6,15 +6,30 @@
  */
 import { preemptSignal, shutdownSaveSignal, VwsState } from '../../src/domain/messages';
 import { workspaceWorkflowId } from '../../src/config/names';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { eventually, startStack, type Stack } from '../helpers/stack';
+import { workflowBundle } from '../helpers/temporal';
 import { deploy, destroyAndCheck, settled, show } from '../helpers/workspace';
 
 let stack: Stack;
+let bundleDir: string;
 beforeAll(async () => {
-  stack = await startStack({ label: 'crash-safety', first: '10.213.0.245', last: '10.213.0.249', headProcess: true });
+  // The head process is started five times here: bundled once, not at every start (seconds each on a loaded machine).
+  bundleDir = mkdtempSync('/tmp/vws-crash-bundle-');
+  const workflowBundleFile = join(bundleDir, 'workflows.js');
+  writeFileSync(workflowBundleFile, (await workflowBundle()).code);
+  stack = await startStack({
+    label: 'crash-safety',
+    first: '10.213.0.245',
+    last: '10.213.0.249',
+    headProcess: true,
+    config: { workers: { head: { workflowBundleFile } } },
+  });
 });
 afterAll(async () => {
   await stack?.stop();
+  if (bundleDir) rmSync(bundleDir, { recursive: true, force: true });
 });
 
 /** Waits until the workspace shows `task` in flight. */

@@ -77,19 +77,34 @@ afterEach(async () => {
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function job(name: string, patch: Partial<PilotJobRequest> = {}): PilotJobRequest {
+function job(name: string, patch: Partial<PilotJobRequest> = {}, namePrefix = prefix): PilotJobRequest {
   return {
-    name: `${prefix}${name}`,
+    name: `${namePrefix}${name}`,
     command: { kind: 'script', path: PILOT },
     walltimeSeconds: 300,
     memoryMiB: 64,
     outputFile: join(dir, `${name}.out`),
-    environment: { MARKER: marker(`${prefix}${name}`), PILOT_NOTE: 'a,b c' },
+    environment: { MARKER: marker(`${namePrefix}${name}`), PILOT_NOTE: 'a,b c' },
     ...patch,
   };
 }
 
 describe('Slurm adapter on the testbed', () => {
+  // The time-limit job must run for Slurm's minimum limit of 1 minute plus up to one ~30 s enforcement
+  // tick, whatever we do: it is submitted first and checked last, so the other tests run meanwhile. It
+  // runs on vmm2, which no other test fills (vmm1 and vmm3 get 4-CPU blockers), under a prefix of its own.
+  const shortPrefix = `${uniquePrefix()}-`;
+  let short: { jobId: string } | undefined;
+  beforeAll(async () => {
+    short = await slurm.submit(job('short', { node: 'vmm2', walltimeSeconds: 30, signalBeforeEnd: { signal: 'USR1', seconds: 30 } }, shortPrefix));
+    await waitState(short.jobId, ['running'], 15_000);
+  });
+  afterAll(async () => {
+    for (const l of liveJobs(shortPrefix)) execFileSync('scancel', [l.split(' ')[0]], { env: { ...process.env, SLURM_CONF } });
+    await waitFor(`no live job named ${shortPrefix}*`, () => liveJobs(shortPrefix).length === 0, 20_000);
+    expect(liveJobs(shortPrefix)).toEqual([]);
+  });
+
   it('queues a job behind a full node, runs it on the pinned node, cancels it with SIGTERM, and cancels twice', async () => {
     // The blocker takes all 4 CPUs of vmm3, so the pilot pinned to vmm3 must wait: a real queued state.
     const blocker = await slurm.submit(job('blocker', { node: 'vmm3', cpus: 4 }));
@@ -200,16 +215,16 @@ describe('Slurm adapter on the testbed', () => {
   }, 60_000);
 
   it('a too-short time limit ends the job by limit, after the pre-end signal to the batch shell', async () => {
-    // 30 s + 2 s padding rounds up to Slurm's 1 minute; the limit is enforced on a ~30 s tick (≤ ~95 s).
-    const short = await slurm.submit(job('short', { node: 'vmm1', walltimeSeconds: 30, signalBeforeEnd: { signal: 'USR1', seconds: 30 } }));
-    await waitState(short.jobId, ['running'], 15_000);
-    const ended = await waitState(short.jobId, ['ended'], 140_000);
-    expect(ended).toMatchObject({ state: 'ended', outcome: 'timeout', reason: 'TimeLimit', nodes: 'vmm1' });
+    // Submitted in beforeAll (above). 30 s + 2 s padding rounds up to Slurm's 1 minute; the limit is
+    // enforced on a ~30 s tick (≤ ~95 s).
+    expect(short).toBeDefined();
+    const ended = await waitState(short!.jobId, ['ended'], 140_000);
+    expect(ended).toMatchObject({ state: 'ended', outcome: 'timeout', reason: 'TimeLimit', nodes: 'vmm2' });
     // Slurm's limit is 1 minute; its ~30 s enforcement tick ends the job up to ~35 s later.
     const ran = ended.state === 'ended' ? ended.endTime! - ended.startTime! : NaN;
     expect(ran).toBeGreaterThanOrEqual(60);
     expect(ran).toBeLessThan(100);
-    const m = lines(marker(`${prefix}short`));
+    const m = lines(marker(`${shortPrefix}short`));
     const usr1 = m.findIndex((l) => l.startsWith('USR1'));
     const term = m.findIndex((l) => l.startsWith('TERM'));
     expect(usr1).toBeGreaterThan(0);

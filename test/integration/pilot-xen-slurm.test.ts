@@ -15,36 +15,20 @@
  * testbed, and a fresh `dist/` (it is copied to dom0 by `xen1.sh sync-project` in beforeAll).
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { Worker } from '@temporalio/worker';
-import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
-import type { BatchJobStatus } from '../../src/activities/lrm/types';
-import { createApp } from '../../src/api/app';
-import { ApiMetrics } from '../../src/api/metrics';
-import { AllocatorClient } from '../../src/clients/allocator';
-import { pilotSlotWorkflowId } from '../../src/config/names';
-import type { VwsConfig } from '../../src/config/schema';
-import type { PilotNotification } from '../../src/domain/messages';
+import type { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
 import { parseXlList } from '../../src/activities/xen/config';
-import { LocalExecutor } from '../../src/exec/local';
 import type { SshExecutor } from '../../src/exec/ssh';
-import { receivedQuery, stopSignal } from '../fixtures/pilot-recorder-workflows';
-import { connect, testConfig, type TestConnections } from '../helpers/temporal';
+import { PILOT_MAIN as MAIN, PilotHarness, pilotRunArgs, waitFor as waitForEvery, type PilotJob } from '../helpers/pilot-program';
 import { describeIfXen1, xen1Executor } from '../helpers/xen1';
 
 jest.setTimeout(600_000);
 
-const TB = process.env.VWS_TESTBED_DIR ?? '/var/lib/vws/testbed';
-const SLURM_CONF = join(TB, 'slurm', 'slurm.conf');
 const XEN1 = resolve(__dirname, '../../testbed/xen/xen1.sh');
 const NODE = 'xen1';
 /** The project is at the same path in dom0 (xen1.sh sync-project); node is the host's binary (/usr/bin/node in dom0). */
-const MAIN = resolve(__dirname, '../../dist/pilot/main.js');
 const DOM0_NODE = '/usr/bin/node';
 /** xen1.sh boots Xen with dom0_mem=512M,max:512M; the pilot reads it from Xen's boot line (no --configured-mib). */
 const CONFIGURED_MIB = 512;
@@ -66,44 +50,17 @@ function slurmdUp(): boolean {
 
 const describeIfXen = slurmdUp() ? describeIfXen1('pilot-xen-slurm') : describe.skip;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const run = promisify(execFile);
-
-async function waitFor<T>(what: string, ms: number, f: () => Promise<T | undefined | null | false>, pollMs = 500): Promise<T> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(pollMs);
-  }
-}
-
-interface PilotJob {
-  slotId: string;
-  jobId: string;
-  submittedAt: number;
-  /** The job's output file in dom0 (the pilot's JSON log). */
-  output: string;
-}
+/** Polls every 500 ms: some of what is polled runs commands in dom0 (emulated, and slow to spawn). */
+const waitFor = <T>(what: string, ms: number, f: () => Promise<T | undefined | null | false>) => waitForEvery(what, ms, f, 500);
 
 describeIfXen('the pilot with --memory xen as a Slurm job on xen1', () => {
-  let conn: TestConnections;
-  let config: VwsConfig;
-  let stateDir: string;
-  let worker: Worker;
-  let running: Promise<void>;
-  let server: Server;
-  let apiUrl: string;
+  let h: PilotHarness;
   let slurm: SlurmBatchSystem;
   let dom0: SshExecutor;
   let pilotDir: string;
   let secretFile: string;
-  const slots: string[] = [];
   const measured: Record<string, number | string> = {};
-
-  const recorderQueue = () => `${config.temporal.prefix}-pilot-recorder`;
-  const jobPrefix = () => `${config.temporal.prefix}-pilot`;
 
   async function dom0MiB(): Promise<number> {
     const row = parseXlList((await dom0.run(['xl', 'list', '0'], { timeoutMs: 60_000 })).stdout).find((d) => d.domid === 0);
@@ -124,113 +81,79 @@ describeIfXen('the pilot with --memory xen as a Slurm job on xen1', () => {
       .map((l) => JSON.parse(l) as Record<string, unknown>);
   }
 
-  async function startRecorder(slotId: string): Promise<void> {
-    slots.push(slotId);
-    await conn.client.workflow.start('pilotRecorderWorkflow', { taskQueue: recorderQueue(), workflowId: pilotSlotWorkflowId(config, slotId) });
-  }
+  const startRecorder = (slotId: string) => h.startRecorder(slotId);
+  const received = (slotId: string) => h.received(slotId);
+  const ended = (job: PilotJob, ms: number) => h.ended(job, ms);
 
-  async function received(slotId: string): Promise<PilotNotification[]> {
-    return conn.client.workflow.getHandle(pilotSlotWorkflowId(config, slotId)).query(receivedQuery);
-  }
-
-  async function ended(job: PilotJob, ms: number): Promise<Extract<BatchJobStatus, { state: 'ended' }>> {
-    return waitFor(`job ${job.jobId} to end`, ms, async () => {
-      const s = await slurm.status(job.jobId);
-      return s.state === 'ended' ? s : undefined;
+  /**
+   * `dist/pilot/main.js run --memory xen` through vws's Slurm adapter, partition xen, pinned to xen1. The
+   * slot lasts `slot.holdS` from the pilot's own start (node starts slowly in the emulated dom0, and how
+   * slowly depends on the machine's load), or ends at a fixed `slot.endInS` from now.
+   */
+  async function submitPilot(slotId: string, slot: { holdS: number } | { endInS: number }): Promise<PilotJob> {
+    const args = pilotRunArgs({
+      slotId,
+      node: NODE,
+      api: h.apiUrl,
+      secretFile,
+      reserveMiB: RESERVE_MIB,
+      memory: 'xen',
+      ...slot,
+      marginS: 10,
+      graceS: KILL_WAIT_S,
+      pilotNeedsS: 3,
+      nodeDir: pilotDir,
     });
-  }
-
-  /** `dist/pilot/main.js run --memory xen` through vws's Slurm adapter, partition xen, pinned to xen1. */
-  async function submitPilot(slotId: string, endInS: number): Promise<PilotJob> {
-    const name = `${jobPrefix()}-${slotId}`;
-    const argv = [
-      DOM0_NODE,
-      MAIN,
-      'run',
-      '--slot', slotId,
-      '--node', NODE,
-      '--api', apiUrl,
-      '--secret-file', secretFile,
-      '--reserve-mib', String(RESERVE_MIB),
-      '--memory', 'xen',
-      '--end', new Date(Date.now() + endInS * 1000).toISOString(),
-      '--margin-seconds', '10',
-      '--grace-seconds', String(KILL_WAIT_S),
-      '--grace-ratio', '0.5',
-      '--pilot-needs-seconds', '3',
-      '--notify-seconds', '10',
-      '--node-dir', pilotDir,
-    ];
-    const output = `${pilotDir}/${name}.out`;
-    const submittedAt = Date.now();
-    const { jobId } = await slurm.submit({
-      name,
-      command: { kind: 'argv', argv },
+    return h.submit({
+      slotId,
+      argv: [DOM0_NODE, MAIN, ...args],
       node: NODE,
       partition: 'xen',
       constraints: ['xen'],
       walltimeSeconds: 10 * 60,
-      signalBeforeEnd: { signal: 'USR1', seconds: 60 },
-      outputFile: output,
-      workDir: '/tmp',
+      outputFile: `${pilotDir}/${h.jobPrefix}-${slotId}.out`,
     });
-    return { slotId, jobId, submittedAt, output };
   }
 
   beforeAll(async () => {
     expect(readFileSync(MAIN, 'utf8').length).toBeGreaterThan(0); // npx tsc -p tsconfig.build.json first
-    // dom0 gets the current dist/ (only when it changed).
-    await run(XEN1, ['sync-project'], { timeout: 400_000 });
-    conn = await connect();
-    stateDir = mkdtempSync(join(tmpdir(), 'vws-pilot-xen-slurm-'));
-    config = testConfig({ stateDir, pilot: { secretFile: join(stateDir, 'secrets', 'pilot.secret') }, reconciler: { enabled: false } });
+    // dom0 gets the current dist/ (only when it changed), while the head's side starts.
+    const synced = run(XEN1, ['sync-project'], { timeout: 400_000 });
+    synced.catch(() => undefined);
+    h = await PilotHarness.start('pilot-xen-slurm');
+    slurm = h.slurm;
     dom0 = xen1Executor();
-    pilotDir = `/var/lib/vws/node/${config.temporal.prefix}-pilot`;
+    pilotDir = `/var/lib/vws/node/${h.jobPrefix}`;
     secretFile = `${pilotDir}/pilot.secret`;
-    slurm = new SlurmBatchSystem(new LocalExecutor(), { slurmConf: SLURM_CONF });
-    worker = await Worker.create({
-      connection: conn.native,
-      namespace: config.temporal.namespace,
-      taskQueue: recorderQueue(),
-      workflowsPath: require.resolve('../fixtures/pilot-recorder-workflows'),
-    });
-    running = worker.run();
-    const metrics = new ApiMetrics({ config, client: conn.client, allocator: new AllocatorClient(conn.client, config), cacheMs: 60_000 });
-    const app = createApp({ config, client: conn.client, clientTokens: () => [], nodeTokens: () => [], metrics });
-    server = createServer(app);
-    await new Promise<void>((r) => server.listen(0, '10.213.0.1', r));
-    apiUrl = `http://10.213.0.1:${(server.address() as AddressInfo).port}`;
-    // createApp made the site's pilot secret; dom0 gets a copy in the pilots' node directory.
-    const secret = readFileSync(config.pilot!.secretFile, 'utf8');
+    // createApp made the site's pilot secret; dom0 (which does not see the head's /tmp) gets a copy in
+    // the pilots' node directory.
+    const secret = readFileSync(h.secretFile, 'utf8');
     await dom0.run(['sh', '-c', 'mkdir -p "$1" && umask 077 && cat > "$2"', 'sh', pilotDir, secretFile], { input: secret, timeoutMs: 60_000 });
     expect(await dom0MiB()).toBe(CONFIGURED_MIB);
+    await synced;
   });
 
   afterEach(async () => {
-    for (const j of await slurm.listByPrefix(jobPrefix())) await slurm.cancel(j.jobId);
-    await waitFor('no live pilot job', 60_000, async () => (await slurm.listByPrefix(jobPrefix())).length === 0);
+    await h.cancelAll(60_000);
   });
 
   afterAll(async () => {
-    for (const slot of slots) await conn?.client.workflow.getHandle(pilotSlotWorkflowId(config, slot)).signal(stopSignal).catch(() => undefined);
     // Leave xen1 as found, whatever a failed test left behind.
     if (dom0) {
       if ((await dom0MiB()) !== CONFIGURED_MIB) await dom0.run(['xl', 'mem-set', '0', `${CONFIGURED_MIB}m`], { timeoutMs: 60_000 });
       await dom0.run(['rm', '-rf', pilotDir], { timeoutMs: 60_000 }).catch(() => undefined);
       await dom0.close();
     }
-    server?.close();
-    worker?.shutdown();
-    await running;
-    await conn?.close();
-    rmSync(stateDir, { recursive: true, force: true });
+    await h?.close();
     console.log(`pilot-xen-slurm measured: ${JSON.stringify(measured)}`);
   });
 
   it('normal slot: dom0 at exactly configured − reserve while reserved, exactly configured after the end', async () => {
     const slotId = 'xen-normal';
     await startRecorder(slotId);
-    const job = await submitPilot(slotId, 120);
+    // Held 60 s from the pilot's start: 50 s reserved (margin 10 s), plenty for the checks below, however
+    // long node took to start in dom0.
+    const job = await submitPilot(slotId, { holdS: 60 });
     const reserved = await waitFor('reserved notification', RESERVED_WITHIN_MS, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
     measured.normalSubmitToReservedMs = Date.parse(reserved.receivedAt) - job.submittedAt;
     expect(reserved).toMatchObject({ slotId, node: NODE, memoryMiB: RESERVE_MIB, via: 'http' });
@@ -259,7 +182,7 @@ describeIfXen('the pilot with --memory xen as a Slurm job on xen1', () => {
   it('scancel while reserved: early-unreserving, dom0 back at exactly configured within KillWait', async () => {
     const slotId = 'xen-cancelled';
     await startRecorder(slotId);
-    const job = await submitPilot(slotId, 400);
+    const job = await submitPilot(slotId, { endInS: 400 });
     const reserved = await waitFor('reserved notification', RESERVED_WITHIN_MS, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
     measured.cancelledSubmitToReservedMs = Date.parse(reserved.receivedAt) - job.submittedAt;
     expect(await dom0MiB()).toBe(CONFIGURED_MIB - RESERVE_MIB);

@@ -11,59 +11,38 @@
  * "destroy every vws VM on the node" can never reach the VMs of other tests running on vmm1.
  * Needs: the dev server (TEMPORAL_ADDRESS), the testbed (Slurm, vmm1), and a fresh `dist/`.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { execFile } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { Worker } from '@temporalio/worker';
-import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
-import type { BatchJobStatus } from '../../src/activities/lrm/types';
-import { createApp } from '../../src/api/app';
-import { ApiMetrics } from '../../src/api/metrics';
-import { AllocatorClient } from '../../src/clients/allocator';
-import { pilotSlotWorkflowId } from '../../src/config/names';
+import type { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
 import type { VwsConfig } from '../../src/config/schema';
-import type { PilotNotification } from '../../src/domain/messages';
-import { LocalExecutor } from '../../src/exec/local';
-import { receivedQuery, stopSignal } from '../fixtures/pilot-recorder-workflows';
-import { connect, testConfig, type TestConnections } from '../helpers/temporal';
+import { PILOT_MAIN as MAIN, PilotHarness, pilotRunArgs, waitFor, type PilotJob } from '../helpers/pilot-program';
 
 jest.setTimeout(240_000);
 
 const TB = process.env.VWS_TESTBED_DIR ?? '/var/lib/vws/testbed';
-const SLURM_CONF = join(TB, 'slurm', 'slurm.conf');
 const NODE = 'vmm1';
 /** vmm1's node directory as the head sees it (inside vmm1 it is /var/lib/vws/node). */
 const NODE_DIR_ON_HEAD = join(TB, 'hosts', NODE, 'node');
-const MAIN = resolve(__dirname, '../../dist/pilot/main.js');
 /** The testbed's KillWait (slurm.conf). */
 const KILL_WAIT_S = 15;
 const CONFIGURED_MIB = 4096;
 const RESERVE_MIB = 64;
 
-let conn: TestConnections;
+let h: PilotHarness;
 let config: VwsConfig;
 let stateDir: string;
-let worker: Worker;
-let running: Promise<void>;
-let server: Server;
-let apiUrl: string;
 let slurm: SlurmBatchSystem;
 /** The pilots' node directory: inside vmm1, and the same directory seen from the head. */
 let pilotDir: string;
 let pilotDirOnHead: string;
-const slots: string[] = [];
 const timings: Record<string, number> = {};
 
-const recorderQueue = () => `${config.temporal.prefix}-pilot-recorder`;
-const jobPrefix = () => `${config.temporal.prefix}-pilot`;
 const lockOnHead = () => join(pilotDirOnHead, 'pilot', 'pilot.lock');
 const reservationOnHead = () => join(pilotDirOnHead, 'pilot', 'reserved-memory.json');
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const run = promisify(execFile);
 const TESTBED = resolve(__dirname, '../../testbed/testbed.sh');
 const BOOT_VM = resolve(__dirname, '../fixtures/boot-pilot-vm.js');
@@ -87,25 +66,9 @@ async function qemuRuns(name: string): Promise<boolean> {
   }
 }
 
-async function startRecorder(slotId: string): Promise<void> {
-  slots.push(slotId);
-  await conn.client.workflow.start('pilotRecorderWorkflow', { taskQueue: recorderQueue(), workflowId: pilotSlotWorkflowId(config, slotId) });
-}
-
-async function received(slotId: string): Promise<PilotNotification[]> {
-  return conn.client.workflow.getHandle(pilotSlotWorkflowId(config, slotId)).query(receivedQuery);
-}
-
-/** Polls `f` until it answers something truthy, or fails after `ms` naming `what`. */
-async function waitFor<T>(what: string, ms: number, f: () => Promise<T | undefined | null | false>): Promise<T> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > until) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(200);
-  }
-}
+const startRecorder = (slotId: string) => h.startRecorder(slotId);
+const received = (slotId: string) => h.received(slotId);
+const ended = (job: PilotJob, ms: number) => h.ended(job, ms);
 
 /** A URL on the bridge where nobody listens (a port just freed). */
 async function deadApi(): Promise<string> {
@@ -116,49 +79,32 @@ async function deadApi(): Promise<string> {
   return url;
 }
 
-interface PilotJob {
-  slotId: string;
-  jobId: string;
-  submittedAt: number;
-  output: string;
-}
-
 /** Submits `dist/pilot/main.js run` as a Slurm job pinned to vmm1. */
 async function submitPilot(o: { slotId: string; endInS: number; api?: string; marginS?: number; extra?: string[]; minutes?: number }): Promise<PilotJob> {
-  const name = `${jobPrefix()}-${o.slotId}`;
-  const argv = [
-    process.execPath,
-    MAIN,
-    'run',
-    '--slot', o.slotId,
-    '--node', NODE,
-    '--api', o.api ?? apiUrl,
-    '--secret-file', config.pilot!.secretFile,
-    '--reserve-mib', String(RESERVE_MIB),
-    '--memory', 'host',
-    '--configured-mib', String(CONFIGURED_MIB),
-    '--end', new Date(Date.now() + o.endInS * 1000).toISOString(),
-    '--margin-seconds', String(o.marginS ?? 5),
-    '--grace-seconds', String(KILL_WAIT_S),
-    '--grace-ratio', '0.5',
-    '--pilot-needs-seconds', '1.5',
-    '--notify-seconds', '10',
-    '--node-dir', pilotDir,
-    ...(o.extra ?? []),
-  ];
-  const output = `${pilotDir}/${name}.out`;
-  const submittedAt = Date.now();
-  const { jobId } = await slurm.submit({
-    name,
-    command: { kind: 'argv', argv },
+  const args = pilotRunArgs({
+    slotId: o.slotId,
+    node: NODE,
+    api: o.api ?? h.apiUrl,
+    secretFile: h.secretFile,
+    reserveMiB: RESERVE_MIB,
+    memory: 'host',
+    configuredMiB: CONFIGURED_MIB,
+    endInS: o.endInS,
+    marginS: o.marginS ?? 5,
+    graceS: KILL_WAIT_S,
+    pilotNeedsS: 1.5,
+    nodeDir: pilotDir,
+    extra: o.extra,
+  });
+  const name = `${h.jobPrefix}-${o.slotId}`;
+  return h.submit({
+    slotId: o.slotId,
+    argv: [process.execPath, MAIN, ...args],
     node: NODE,
     walltimeSeconds: (o.minutes ?? 3) * 60,
-    // Slurm's own "your time is nearly up" (it may come up to a minute early): the pilot treats it as SIGTERM.
-    signalBeforeEnd: { signal: 'USR1', seconds: 60 },
-    outputFile: output,
-    workDir: '/tmp',
+    outputFile: `${pilotDir}/${name}.out`,
+    outputOnHead: join(pilotDirOnHead, `${name}.out`),
   });
-  return { slotId: o.slotId, jobId, submittedAt, output: join(pilotDirOnHead, `${name}.out`) };
 }
 
 /** The pilot's JSON log lines so far. */
@@ -172,13 +118,6 @@ function logLines(job: PilotJob): Array<Record<string, unknown>> {
 
 const lineOf = (job: PilotJob, step: string) => logLines(job).find((l) => l.step === step);
 
-async function ended(job: PilotJob, ms: number): Promise<Extract<BatchJobStatus, { state: 'ended' }>> {
-  return waitFor(`job ${job.jobId} to end`, ms, async () => {
-    const s = await slurm.status(job.jobId);
-    return s.state === 'ended' ? s : undefined;
-  });
-}
-
 /** The node is clean: no reservation file and no lock. */
 function expectNodeClean(): void {
   expect(existsSync(reservationOnHead())).toBe(false);
@@ -187,33 +126,18 @@ function expectNodeClean(): void {
 
 beforeAll(async () => {
   expect(existsSync(MAIN)).toBe(true); // npx tsc -p tsconfig.build.json first
-  conn = await connect();
-  // Under /tmp: the same files inside vmm1's mount namespace, so the pilot reads the secret there.
-  stateDir = mkdtempSync(join(tmpdir(), 'vws-pilot-program-'));
-  config = testConfig({ stateDir, pilot: { secretFile: join(stateDir, 'secrets', 'pilot.secret') }, reconciler: { enabled: false } });
-  pilotDir = `/var/lib/vws/node/${config.temporal.prefix}-pilot`;
-  pilotDirOnHead = join(NODE_DIR_ON_HEAD, `${config.temporal.prefix}-pilot`);
+  // Its state directory is under /tmp: the same files inside vmm1's mount namespace, so the pilot reads
+  // the secret there. The API listens on the testbed's bridge: the pilot runs inside vmm1's network namespace.
+  h = await PilotHarness.start('pilot-program');
+  ({ config, stateDir, slurm } = h);
+  pilotDir = `/var/lib/vws/node/${h.jobPrefix}`;
+  pilotDirOnHead = join(NODE_DIR_ON_HEAD, h.jobPrefix);
   mkdirSync(pilotDirOnHead, { recursive: true });
-  slurm = new SlurmBatchSystem(new LocalExecutor(), { slurmConf: SLURM_CONF });
-  worker = await Worker.create({
-    connection: conn.native,
-    namespace: config.temporal.namespace,
-    taskQueue: recorderQueue(),
-    workflowsPath: require.resolve('../fixtures/pilot-recorder-workflows'),
-  });
-  running = worker.run();
-  const metrics = new ApiMetrics({ config, client: conn.client, allocator: new AllocatorClient(conn.client, config), cacheMs: 60_000 });
-  const app = createApp({ config, client: conn.client, clientTokens: () => [], nodeTokens: () => [], metrics });
-  // On the testbed's bridge: the pilot runs inside vmm1's network namespace.
-  server = createServer(app);
-  await new Promise<void>((r) => server.listen(0, '10.213.0.1', r));
-  apiUrl = `http://10.213.0.1:${(server.address() as AddressInfo).port}`;
 });
 
 afterEach(async () => {
   // Nothing of this test may stay in Slurm, whatever happened.
-  for (const j of await slurm.listByPrefix(jobPrefix())) await slurm.cancel(j.jobId);
-  await waitFor('no live pilot job', 20_000, async () => (await slurm.listByPrefix(jobPrefix())).length === 0);
+  await h.cancelAll(20_000);
   expectNodeClean();
 });
 
@@ -221,13 +145,8 @@ afterAll(async () => {
   for (const name of vms) {
     if (await qemuRuns(name)) await run('pkill', ['-KILL', '-f', `qemu-system.*${name}`]).catch(() => undefined);
   }
-  for (const slot of slots) await conn.client.workflow.getHandle(pilotSlotWorkflowId(config, slot)).signal(stopSignal).catch(() => undefined);
-  server?.close();
-  worker?.shutdown();
-  await running;
-  await conn.close();
-  rmSync(pilotDirOnHead, { recursive: true, force: true });
-  rmSync(stateDir, { recursive: true, force: true });
+  await h?.close();
+  if (pilotDirOnHead) rmSync(pilotDirOnHead, { recursive: true, force: true });
   // Measured timings, for the notes.
   console.log(`pilot-program timings (ms): ${JSON.stringify(timings)}`);
 });
@@ -236,7 +155,8 @@ describe('the pilot program as a Slurm job on vmm1', () => {
   it('normal slot: reserved then unreserving arrive signed and in order; reservation held during, gone after; ends before its limit', async () => {
     const slotId = 'normal';
     await startRecorder(slotId);
-    const job = await submitPilot({ slotId, endInS: 40 });
+    // 25 s, like the unreachable slot below: reserved within a few seconds, held, handed back at end − 5 s.
+    const job = await submitPilot({ slotId, endInS: 25 });
     const reserved = await waitFor('reserved notification', 30_000, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
     timings.normalSubmitToReservedDelivered = Date.parse(reserved.receivedAt) - job.submittedAt;
     // Delivered through the API means the HMAC and timestamp checked out; the message says what was reserved.
