@@ -9,7 +9,7 @@
  * <node>-<time>/): memory.csv, memory.png, trials.json. Each trial is timed; nothing here fails on time.
  */
 import { execFile } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { SlurmBatchSystem } from '../src/activities/lrm/slurm';
@@ -18,6 +18,7 @@ import { plotMemoryPng } from '../test/helpers/memory-plot';
 import { runPilotTrials, summarizeTrials, type TrialKind, type TrialResult } from '../test/helpers/pilot-trials';
 import { cancelStackJobs, startPilotStack, testbedSlurm } from '../test/helpers/pilot-stack';
 import { TESTBED_DIR, TEST_NODES, type Stack, type TestNode } from '../test/helpers/stack';
+import { dom0ProjectDir, xen1Executor } from '../test/helpers/xen1';
 
 jest.setTimeout(24 * 3600_000);
 
@@ -26,6 +27,11 @@ const KINDS = (process.env.VWS_TRIAL_KINDS ?? 'A,B,C').split(',') as TrialKind[]
 const NODE = (process.env.VWS_TRIAL_NODE ?? 'vmm3') as TestNode;
 const OUT = process.env.VWS_TRIAL_OUT ?? resolve(__dirname, 'out', `pilot-trials-${NODE}-${new Date().toISOString().replace(/[:.]/g, '-')}`);
 const XEN1 = resolve(__dirname, '../testbed/xen/xen1.sh');
+/**
+ * How long a deploy may take (VWS_TRIAL_DEPLOY_SECONDS). xen1's dom0 runs under TCG: there the pilot's Node.js
+ * alone was seen to need 100 s to start and the balloon 36 s at load 3, so its trials get 15 minutes.
+ */
+const DEPLOY_WINDOW_MS = Number(process.env.VWS_TRIAL_DEPLOY_SECONDS ?? (NODE === 'xen1' ? 900 : 240)) * 1000;
 
 let stack: Stack;
 let slurm: SlurmBatchSystem;
@@ -36,22 +42,29 @@ beforeAll(async () => {
   mkdirSync(OUT, { recursive: true });
   slurm = testbedSlurm();
   const xen = NODE === 'xen1';
-  // dom0 runs the project from its own copy (testbed/xen/xen1.sh sync-project), at the same path.
-  if (xen) await promisify(execFile)(XEN1, ['sync-project'], { timeout: 600_000 });
+  // dom0 runs this tree's dist/ from its own copy (testbed/xen/xen1.sh sync-project), at the path dom0 was
+  // booted with (the repository root, which is not this tree's when the bench runs in a snapshot of it).
+  let dom0Main = '';
+  if (xen) {
+    await promisify(execFile)(XEN1, ['sync-project'], { timeout: 600_000 });
+    const dom0 = xen1Executor();
+    dom0Main = join(await dom0ProjectDir(dom0).finally(() => dom0.close()), 'dist', 'pilot', 'main.js');
+  }
   stack = await startPilotStack({
     label: `pilot-trials-${NODE}`,
-    first: '10.213.0.85',
-    last: '10.213.0.86',
+    // A range per node, so a run on vmm3 and one on xen1 (each under its node's lock) can go at once.
+    ...(xen ? { first: '10.213.0.90', last: '10.213.0.91' } : { first: '10.213.0.85', last: '10.213.0.86' }),
     node: NODE,
     headProcess: true,
     ...(xen ? { lrm: { partition: 'xen', constraints: ['xen'] } } : {}),
-    pilot: { reserveTimeoutSeconds: 300, ...(xen ? { command: ['/usr/bin/node', resolve(__dirname, '../dist/pilot/main.js')] } : {}) },
+    pilot: { reserveTimeoutSeconds: 300, ...(xen ? { command: ['/usr/bin/node', dom0Main] } : {}) },
   });
   if (xen) {
     // The site copies its pilot secret to every node: here, to the same path in dom0.
     const secret = readFileSync(stack.config.pilot!.secretFile, 'utf8');
     await stack.nodeExec.mkdir(join(stack.config.stateDir, 'secrets'));
     await stack.nodeExec.writeFileAtomic(stack.config.pilot!.secretFile, secret);
+    await stack.nodeExec.run(['chmod', '600', stack.config.pilot!.secretFile]);
   }
   const probe = xen ? dom0Probe(NODE, stack.nodeExec) : hostReservationProbe(NODE, join(TESTBED_DIR, 'hosts', NODE, 'node'), TEST_NODES[NODE].memoryMiB);
   monitor = startMemoryMonitor([probe], join(OUT, 'memory.csv'));
@@ -76,7 +89,13 @@ describe.each(KINDS)(`Test %s on ${NODE}`, (kind) => {
       node: NODE,
       kind,
       trials: TRIALS,
-      onTrial: (t) => t.trial % 10 === 0 && console.log(`${kind}${t.trial}: ${t.ok ? 'ok' : t.failure} deploy ${t.deployMs} ms, hand-back ${t.handBackMs} ms`),
+      deployWindowMs: DEPLOY_WINDOW_MS,
+      ...(NODE === 'xen1' ? { handBackWindowMs: 600_000 } : {}),
+      // One line per trial as it ends (jest prints console output only at the end): a long run's progress.
+      onTrial: (t) => {
+        appendFileSync(join(OUT, 'progress.jsonl'), `${JSON.stringify(t)}\n`);
+        if (t.trial % 10 === 0) console.log(`${kind}${t.trial}: ${t.ok ? 'ok' : t.failure} deploy ${t.deployMs} ms, hand-back ${t.handBackMs} ms`);
+      },
     });
     results.push(...r);
     console.log(`Test ${kind} on ${NODE}: ${JSON.stringify({ ...summarizeTrials(r), seconds: Math.round((Date.now() - t0) / 1000) })}`);

@@ -23,13 +23,28 @@ export function hostReservationProbe(node: string, nodeDirOnHead: string, config
   };
 }
 
-/** A Xen node: dom0's memory from `xl list 0` (MiB, 4th column). */
+/**
+ * A Xen node: dom0's memory from `xl list 0` (MiB, 3rd column). Read over SSH to a dom0 under TCG, where a
+ * connection was seen to drop under load: a failed read is tried twice more before it counts as failed.
+ */
 export function dom0Probe(node: string, exec: Executor): MemoryProbe {
+  const once = async () => {
+    const out = (await exec.run(['xl', 'list', '0'], { timeoutMs: 20_000 })).stdout.trim().split('\n');
+    const mib = Number(out[out.length - 1].split(/\s+/)[2]);
+    if (!Number.isInteger(mib)) throw new Error(`xl list 0 printed no memory: ${out.join(' | ')}`);
+    return mib;
+  };
   return {
     node,
     read: async () => {
-      const out = (await exec.run(['xl', 'list', '0'], { timeoutMs: 10_000 })).stdout.trim().split('\n');
-      return Number(out[out.length - 1].split(/\s+/)[2]);
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await once();
+        } catch (e) {
+          if (attempt >= 3) throw e;
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
     },
   };
 }

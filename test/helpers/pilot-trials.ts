@@ -13,7 +13,7 @@ import { AllocatorClient } from '../../src/clients/allocator';
 import { pilotSlotWorkflowId } from '../../src/config/names';
 import { pilotSlotQuery } from '../../src/domain/pilot-slot';
 import type { MemoryMonitor } from './memory-monitor';
-import type { Stack } from './stack';
+import { TEST_NODES, type Stack } from './stack';
 import { show } from './workspace';
 
 /** Which of the seed's tests. */
@@ -48,6 +48,8 @@ export interface TrialOptions {
   trials: number;
   /** How long a deploy may take before the trial fails, ms. */
   deployWindowMs?: number;
+  /** How long each step of the hand-back (workspace Cancelled, slot ended) may take, ms (default 120 s). */
+  handBackWindowMs?: number;
   /** Called after each trial (progress). */
   onTrial?: (r: TrialResult) => void;
 }
@@ -95,8 +97,8 @@ export async function runPilotTrials(o: TrialOptions): Promise<TrialResult[]> {
       } else {
         await slurm.cancel(jobId!);
       }
-      await until('workspace Cancelled', 120_000, async () => (await show(stack, id)).state === 'Cancelled');
-      await until('slot ended', 120_000, async () => (await stack.conn.client.workflow.getHandle(slotId).describe()).status.name !== 'RUNNING');
+      await until('workspace Cancelled', o.handBackWindowMs ?? 120_000, async () => (await show(stack, id)).state === 'Cancelled');
+      await until('slot ended', o.handBackWindowMs ?? 120_000, async () => (await stack.conn.client.workflow.getHandle(slotId).describe()).status.name !== 'RUNNING');
       r.handBackMs = Date.now() - t1;
       // Nothing held anywhere, and the memory exactly where it started.
       const job = await slurm.status(jobId!);
@@ -113,10 +115,12 @@ export async function runPilotTrials(o: TrialOptions): Promise<TrialResult[]> {
       if (r.memoryAfterMiB !== before) throw new Error(`memory ${r.memoryAfterMiB} MiB after the trial, ${before} MiB before`);
       if (kind === 'C') {
         // vws itself goes down hard and comes back between trials; the next trial must not notice.
+        // An SSH-mode node (xen1) has no node worker process: the head's process serves its task queue.
+        const nodeWorker = TEST_NODES[stack.node].agent === 'worker';
         stack.killHead();
-        stack.killNodeWorker();
+        if (nodeWorker) stack.killNodeWorker();
         await stack.startHead();
-        await stack.startNodeWorker();
+        if (nodeWorker) await stack.startNodeWorker();
       }
       r.ok = true;
     } catch (e) {

@@ -56,3 +56,15 @@ export function xen1Executor(): SshExecutor {
     hostAlias: 'xen1',
   });
 }
+
+/**
+ * Where dom0 has the project (`vws.project=` on dom0's kernel line, the repository root of the xen1.sh that
+ * booted it; `xen1.sh sync-project` fills it): the path a pilot job in dom0 runs `dist/pilot/main.js` from,
+ * which differs from this tree's when the tests run in a snapshot of it.
+ */
+export async function dom0ProjectDir(x: Pick<SshExecutor, 'run'>): Promise<string> {
+  const cmdline = (await x.run(['cat', '/proc/cmdline'], { timeoutMs: 30_000 })).stdout;
+  const m = /(?:^|\s)vws\.project=(\/\S*)/.exec(cmdline);
+  if (!m) throw new Error(`dom0's kernel line names no vws.project (testbed/xen/xen1.sh boots it with one): ${cmdline.trim()}`);
+  return m[1];
+}

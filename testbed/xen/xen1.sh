@@ -228,12 +228,15 @@ sync_project() {
   local list sum have
   [[ -s "$REPO_ROOT/dist/pilot/main.js" ]] || { step "no $REPO_ROOT/dist/pilot/main.js: project not synced"; return 0; }
   # The packages main.js loads (require.cache at exit; main.js without arguments prints its usage).
+  # A snapshot tree whose node_modules is a symlink (helpers' /tmp/treeX) loads packages by their real
+  # path: they are named under the project's own node_modules/, as tar and dom0 see them.
   list="$(cd "$REPO_ROOT" && node -e '
     const path = require("path"), fs = require("fs"), root = process.cwd(), out = new Set(["dist", "package.json"]);
+    const nm = fs.realpathSync(path.join(root, "node_modules"));
     process.on("exit", () => {
       for (const f of Object.keys(require.cache)) {
         const m = /^(.*\/node_modules\/(@[^/]+\/)?[^/]+)\//.exec(f);
-        if (m) out.add(path.relative(root, m[1]));
+        if (m) out.add(m[1].startsWith(nm + "/") ? path.join("node_modules", m[1].slice(nm.length + 1)) : path.relative(root, m[1]));
       }
       fs.writeSync(3, [...out].sort().join("\n") + "\n");
     });
