@@ -3,9 +3,9 @@
  *  - read latency of `GET /workspaces/:id` through the real express app on a real HTTP port, open loop
  *    at a steady rate (each request sent on its instant, never waiting for the one before), over live
  *    Running workspaces: p50 / p90 / p99 / max, measured from each request's planned instant (goal p99 ≤ 20 ms);
- *  - the resident memory of the process hosting the head worker and the API with N live workspaces
- *    (goal ≤ 300 MB at 1,000), and the time to create and destroy them all, with the allocator's ledger
- *    empty afterwards.
+ *  - the resident memory of the head process (the head worker, as `./run.sh start` runs it) and of the
+ *    API process with N live workspaces (goal ≤ 300 MB at 1,000), and the time to create and destroy
+ *    them all, with the allocator's ledger empty afterwards.
  *
  *   VWS_BENCH=1 TEMPORAL_ADDRESS=127.0.0.1:7233 VWS_LOG_LEVEL=warn npx jest --runInBand --selectProjects bench --testPathPattern bench/api
  *
@@ -14,10 +14,12 @@
  * `workers.head.maxCachedWorkflows`, default: the configuration's), VWS_BENCH_HEAD_ARGS (node options
  * of the head process, e.g. `--max-semi-space-size=1`; the environment, e.g. MALLOC_ARENA_MAX, is inherited),
  * VWS_BENCH_HEAD_WORKER (JSON worker settings of the head, e.g. `{"maxConcurrentWorkflowTaskExecutions":10}`)
- * and VWS_BENCH_HEAD_DIST (a compiled `dist/` to run the head from, as production does; see head-process.ts).
+ * and VWS_BENCH_HEAD_DIST (a compiled `dist/` to run the head from, as production does; see head-process.ts);
+ * VWS_BENCH_API_ARGS (node options of the API process); VWS_BENCH_API_IN_HEAD=1 runs the API inside the
+ * head process instead (one process, as earlier runs of this benchmark did).
  *
- * Three processes: the head (`head-process.ts`: the head worker, the API on a real HTTP port; its
- * memory is the figure), the nodes (`node-workers.ts`: `driver: bench` node workers, no hypervisor and
+ * Four processes: the head (`head-process.ts worker`: the head worker; its memory is the figure), the
+ * API (`head-process.ts api`: the express app on a real HTTP port), the nodes (`node-workers.ts`: `driver: bench` node workers, no hypervisor and
  * no guest, DHCP stand-in as in `ensemble.bench.ts`), and this one (jest: the clients that create,
  * read and destroy). Workspaces are created as the ensemble benchmark's lifecycle lane does:
  * `workspaceWorkflow` started directly, reserving its slot from the allocator workflow and propagating
@@ -50,6 +52,10 @@ const NODES = Number(process.env.VWS_BENCH_API_NODES ?? 10);
 const HEAD_CACHE = process.env.VWS_BENCH_HEAD_CACHE ? Number(process.env.VWS_BENCH_HEAD_CACHE) : undefined;
 /** Extra node options of the head process (e.g. `--max-semi-space-size=1`), to measure what a site's settings save. */
 const HEAD_ARGS = (process.env.VWS_BENCH_HEAD_ARGS ?? '').split(/\s+/).filter(Boolean);
+/** Node options of the API process. */
+const API_ARGS = (process.env.VWS_BENCH_API_ARGS ?? '').split(/\s+/).filter(Boolean);
+/** The API inside the head process (one process) rather than in its own, as production runs it. */
+const API_IN_HEAD = process.env.VWS_BENCH_API_IN_HEAD === '1';
 const MiB = 1024 * 1024;
 
 let conn: TestConnections;
@@ -59,19 +65,21 @@ let image: ResolvedImage;
 type HeadReady = { ready: true; port: number; maxCachedWorkflows: number; settings: Record<string, unknown> };
 let head: BenchProcess<HeadReady>;
 let nodes: BenchProcess<{ ready: true }>;
+/** The API's process, unless it runs inside the head's. */
+let api: BenchProcess<HeadReady> | undefined;
 let port: number;
 const token = `tok-bench-${randomBytes(16).toString('hex')}`;
 /** Ids of the live workspaces this file created. */
 const ids: string[] = [];
 /** Memory of the head process (and of the node process) at each step, for the tables. */
-const memory: Array<{ step: string; rss: number; heapUsed: number; nodesRss: number }> = [];
+const memory: Array<{ step: string; rss: number; heapUsed: number; nodesRss: number; apiRss?: number }> = [];
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Records the head process's memory (and the node process's) as `step`. */
 async function recordMemory(step: string): Promise<void> {
-  const [h, n] = await Promise.all([head.memory(), nodes.memory()]);
-  memory.push({ step, rss: h.rss, heapUsed: h.heapUsed, nodesRss: n.rss });
+  const [h, n, a] = await Promise.all([head.memory(), nodes.memory(), api?.memory()]);
+  memory.push({ step, rss: h.rss, heapUsed: h.heapUsed, nodesRss: n.rss, ...(a ? { apiRss: a.rss } : {}) });
 }
 
 beforeAll(async () => {
@@ -93,13 +101,23 @@ beforeAll(async () => {
   image = await stageLocalFile(config, 'tiny', raw);
 
   // The nodes and the head in processes of their own (see the file comment); they read the resolved configuration.
-  ({ head, nodes } = await startBenchSite<HeadReady>({ config, dir, nodes: nodeNames, bundleCode: (await workflowBundle()).code, tokenDigest: tokenDigest(token), identity: OWNER, headExecArgv: ['--expose-gc', ...HEAD_ARGS] }));
-  port = head.ready.port;
+  ({ head, nodes, api } = await startBenchSite<HeadReady>({
+    config,
+    dir,
+    nodes: nodeNames,
+    bundleCode: (await workflowBundle()).code,
+    tokenDigest: tokenDigest(token),
+    identity: OWNER,
+    headExecArgv: ['--expose-gc', ...HEAD_ARGS],
+    separateApi: !API_IN_HEAD,
+    apiExecArgv: ['--expose-gc', ...API_ARGS],
+  }));
+  port = (api ?? head).ready.port;
 }, 300_000);
 
 afterAll(async () => {
   // Whatever a failed step left running: end it, so nothing outlives the file.
-  await stopBenchSite({ head, nodes }, conn?.client, config.temporal.prefix, 'api bench done');
+  await stopBenchSite({ head, nodes, api }, conn?.client, config.temporal.prefix, 'api bench done');
   await conn?.close();
 }, 300_000);
 
@@ -223,10 +241,10 @@ describe(`the API and the head with ${WORKSPACES} live workspaces (bench driver)
         `| workspaces | total | per second | per workspace: median / p99 |`,
         `| ${WORKSPACES} | ${createSeconds.toFixed(1)} s | ${(WORKSPACES / createSeconds).toFixed(1)} | ${quantile(sorted, 0.5)} / ${quantile(sorted, 0.99)} ms |`,
         ``,
-        `memory of the head process (head worker + API on its HTTP port; after a full GC; nodes and clients in other processes), head settings ${JSON.stringify(head.ready.settings)}:`,
-        `| | head rss | head heapUsed | node process rss |`,
-        ...[idle, live].map((m) => `| ${m.step} | ${mb(m.rss)} MiB | ${mb(m.heapUsed)} MiB | ${mb(m.nodesRss)} MiB |`),
-        `| per workspace (difference / ${WORKSPACES}) | ${((live.rss - idle.rss) / WORKSPACES / 1024).toFixed(1)} KiB | ${((live.heapUsed - idle.heapUsed) / WORKSPACES / 1024).toFixed(1)} KiB | ${((live.nodesRss - idle.nodesRss) / WORKSPACES / 1024).toFixed(1)} KiB |`,
+        `memory of the head process (${api ? 'the head worker; the API in a process of its own' : 'head worker + API on its HTTP port'}; after a full GC; nodes and clients in other processes), head settings ${JSON.stringify(head.ready.settings)}${api ? `, API settings ${JSON.stringify(api.ready.settings)}` : ''}:`,
+        `| | head rss | head heapUsed | API process rss | node process rss |`,
+        ...[idle, live].map((m) => `| ${m.step} | ${mb(m.rss)} MiB | ${mb(m.heapUsed)} MiB | ${m.apiRss === undefined ? '(in the head)' : `${mb(m.apiRss)} MiB`} | ${mb(m.nodesRss)} MiB |`),
+        `| per workspace (difference / ${WORKSPACES}) | ${((live.rss - idle.rss) / WORKSPACES / 1024).toFixed(1)} KiB | ${((live.heapUsed - idle.heapUsed) / WORKSPACES / 1024).toFixed(1)} KiB | | ${((live.nodesRss - idle.nodesRss) / WORKSPACES / 1024).toFixed(1)} KiB |`,
         `goal (issue 8): head rss ≤ 300 MB with 1,000 live workspaces; measured ${(live.rss / 1e6).toFixed(0)} MB with ${WORKSPACES}`,
         `history of a Running workspace: ${events.toFixed(1)} events (mean of ${sample.length})`,
       ].join('\n'),
@@ -236,31 +254,31 @@ describe(`the API and the head with ${WORKSPACES} live workspaces (bench driver)
   it(`reads GET /workspaces/:id at ${RPS} requests/s for ${READ_SECONDS} s (open loop) and prints the latency`, async () => {
     expect(ids.length).toBeGreaterThan(0);
     const agent = new Agent({ keepAlive: true });
-    const api = await openLoop((i) => get(agent, `/workspaces/${ids[i % ids.length]}`));
+    const reads = await openLoop((i) => get(agent, `/workspaces/${ids[i % ids.length]}`));
     agent.destroy();
-    await recordMemory(`after ${api.latencies.length} reads`);
+    await recordMemory(`after ${reads.latencies.length} reads`);
     // The same reads from this process without the API: the server's DescribeWorkflowExecution (what GET
     // reads: the view in the memo) and the workflow query (what GET read before, through the head worker).
     const handle = (i: number) => conn.client.workflow.getHandle(workspaceWorkflowId(config, ids[i % ids.length]));
     const described = await openLoop((i) => handle(i).describe().then(() => 200));
     const query = await openLoop((i) => handle(i).query(describeQuery).then(() => 200));
     const total = Math.round(RPS * READ_SECONDS);
-    expect(Object.fromEntries(api.statuses)).toEqual({ 200: total });
+    expect(Object.fromEntries(reads.statuses)).toEqual({ 200: total });
     expect(Object.fromEntries(described.statuses)).toEqual({ 200: total });
     const ms = (x: number) => x.toFixed(1);
     const answered = (r: OpenLoop) => (r.statuses.get(200) === total ? 'all 200' : `${r.statuses.get(200) ?? 0} answered, ${total - (r.statuses.get(200) ?? 0)} failed`);
     const row = (what: string, r: OpenLoop) =>
       `| ${what} | ${r.latencies.length} (${answered(r)}) | ${(r.latencies.length / r.seconds).toFixed(1)}/s | ${ms(quantile(r.latencies, 0.5))} ms | ${ms(quantile(r.latencies, 0.9))} ms | ${ms(quantile(r.latencies, 0.99))} ms | ${ms(r.latencies[r.latencies.length - 1])} ms | ${ms(r.lateMax)} ms |`;
-    const p99 = quantile(api.latencies, 0.99);
+    const p99 = quantile(reads.latencies, 0.99);
     console.log(
       [
         `reads, open loop at ${RPS}/s for ${READ_SECONDS} s over ${ids.length} Running workspaces (round robin); latency from each request's planned instant:`,
         `| read | requests | achieved rate | p50 | p90 | p99 | max | latest send behind plan |`,
-        row('GET /workspaces/:id (express app on a real HTTP port, keep-alive)', api),
+        row('GET /workspaces/:id (express app on a real HTTP port, keep-alive)', reads),
         row('for comparison: DescribeWorkflowExecution from the benchmark process (no API)', described),
         row('for comparison: describe query from the benchmark process (no API; a cache miss replays)', query),
         `goal (issue 8): GET p99 ≤ 20 ms; measured p99 ${ms(p99)} ms (${p99 <= 20 ? 'met' : 'not met'})`,
-        `head memory after the GETs: rss ${mb(memory[memory.length - 1].rss)} MiB, heapUsed ${mb(memory[memory.length - 1].heapUsed)} MiB`,
+        `head memory after the GETs: rss ${mb(memory[memory.length - 1].rss)} MiB, heapUsed ${mb(memory[memory.length - 1].heapUsed)} MiB${api ? `; API process rss ${mb(memory[memory.length - 1].apiRss ?? 0)} MiB` : ''}`,
       ].join('\n'),
     );
   }, 600_000);

@@ -98,16 +98,23 @@ export async function forkBenchProcess<Ready extends { ready: true }>(script: st
   return { child, ready, exited, memory };
 }
 
-/** A benchmark's site: the head (worker and API) and the bench nodes, each in a process of its own. */
+/**
+ * A benchmark's site: the head (worker and API, or the worker alone when `api` is set) and the bench
+ * nodes, each in a process of its own.
+ */
 export interface BenchSite<HeadReady extends { ready: true; port: number } = { ready: true; port: number }> {
   head: BenchProcess<HeadReady>;
   nodes: BenchProcess<{ ready: true }>;
+  /** The API in a process of its own, as production runs it (`separateApi`); its `ready.port` is the API's. */
+  api?: BenchProcess<HeadReady>;
 }
 
 /**
  * Starts a benchmark's site from its resolved configuration: writes it and the workflow bundle (built
  * here, once, as the tests build it) into `dir`, then forks the bench nodes and the head (`headExecArgv`,
  * e.g. `--expose-gc` to measure its memory). The head's API accepts the token whose digest is given.
+ * With `separateApi` the head process runs the head worker alone and the API runs in a third process
+ * (`apiExecArgv`), as `./run.sh start` runs them.
  */
 export async function startBenchSite<HeadReady extends { ready: true; port: number } = { ready: true; port: number }>(o: {
   config: VwsConfig;
@@ -117,18 +124,23 @@ export async function startBenchSite<HeadReady extends { ready: true; port: numb
   tokenDigest: string;
   identity: string;
   headExecArgv?: string[];
+  separateApi?: boolean;
+  apiExecArgv?: string[];
 }): Promise<BenchSite<HeadReady>> {
   const configPath = join(o.dir, 'config.json');
   writeFileSync(configPath, JSON.stringify(o.config));
   const bundlePath = join(o.dir, 'workflows.js');
   writeFileSync(bundlePath, o.bundleCode);
   const nodes = await forkBenchProcess<{ ready: true }>('node-workers.ts', [configPath, o.dir, ...o.nodes]);
-  const head = await forkBenchProcess<HeadReady>('head-process.ts', [configPath, bundlePath, o.tokenDigest, o.identity], o.headExecArgv ?? []);
-  return { head, nodes };
+  const args = [configPath, bundlePath, o.tokenDigest, o.identity];
+  if (!o.separateApi) return { head: await forkBenchProcess<HeadReady>('head-process.ts', [...args, 'both'], o.headExecArgv ?? []), nodes };
+  const head = await forkBenchProcess<HeadReady>('head-process.ts', [...args, 'worker'], o.headExecArgv ?? []);
+  const api = await forkBenchProcess<HeadReady>('head-process.ts', [...args, 'api'], o.apiExecArgv ?? []);
+  return { head, nodes, api };
 }
 
 /** Ends a benchmark: terminates whatever workflow of its prefix still runs (a failed step's), then stops its processes. */
-export async function stopBenchSite(site: { head?: BenchProcess<unknown>; nodes?: BenchProcess<unknown> }, client: Client | undefined, prefix: string, reason: string): Promise<void> {
+export async function stopBenchSite(site: { head?: BenchProcess<unknown>; nodes?: BenchProcess<unknown>; api?: BenchProcess<unknown> }, client: Client | undefined, prefix: string, reason: string): Promise<void> {
   if (client) {
     const ends: Promise<unknown>[] = [];
     for await (const w of client.workflow.list({ query: `WorkflowId STARTS_WITH "${prefix}-" AND ExecutionStatus = "Running"` })) {
@@ -136,7 +148,7 @@ export async function stopBenchSite(site: { head?: BenchProcess<unknown>; nodes?
     }
     await Promise.all(ends);
   }
-  for (const p of [site.head, site.nodes]) {
+  for (const p of [site.api, site.head, site.nodes]) {
     p?.child.kill('SIGTERM');
     await p?.exited;
   }
