@@ -5,11 +5,13 @@
  * line. Used by test/workflow/pilot-program.test.ts (vmm1) and test/integration/pilot-xen-slurm.test.ts
  * (xen1's dom0).
  */
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
 import { Worker } from '@temporalio/worker';
 import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
 import type { BatchJobStatus } from '../../src/activities/lrm/types';
@@ -220,5 +222,15 @@ export class PilotHarness {
     await this.running;
     await this.conn.close();
     rmSync(this.stateDir, { recursive: true, force: true });
+  }
+}
+
+/** True while a QEMU process of `name` runs (anywhere on this machine: the namespaces share the pid space). */
+export async function qemuRuns(name: string): Promise<boolean> {
+  try {
+    await promisify(execFile)('pgrep', ['-f', `qemu-system.*${name}`]);
+    return true;
+  } catch {
+    return false;
   }
 }

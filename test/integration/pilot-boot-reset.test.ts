@@ -16,6 +16,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, wr
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
+import { qemuRuns } from '../helpers/pilot-program';
 
 jest.setTimeout(180_000);
 
@@ -34,14 +35,6 @@ const reservationFile = () => join(nodeDir, 'pilot', 'reserved-memory.json');
 const lockFile = () => join(nodeDir, 'pilot', 'pilot.lock');
 const bootId = () => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
 
-async function qemuRuns(name: string): Promise<boolean> {
-  try {
-    await run('pgrep', ['-f', `qemu-system.*${name}`]);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Runs boot-reset inside vmm2, as its systemd unit would (no --node): exit code and log lines. */
 async function bootReset(): Promise<{ code: number; lines: Array<Record<string, unknown>> }> {

@@ -19,7 +19,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
 import type { VwsConfig } from '../../src/config/schema';
-import { PILOT_MAIN as MAIN, PilotHarness, pilotRunArgs, waitFor, type PilotJob } from '../helpers/pilot-program';
+import { PILOT_MAIN as MAIN, PilotHarness, pilotRunArgs, qemuRuns, waitFor, type PilotJob } from '../helpers/pilot-program';
 
 jest.setTimeout(240_000);
 
@@ -56,15 +56,6 @@ async function bootVmOnNode(name: string): Promise<void> {
   expect(r.stdout.trim()).toBe(name);
 }
 
-/** True while a QEMU process of `name` runs (anywhere on this machine: the namespaces share the pid space). */
-async function qemuRuns(name: string): Promise<boolean> {
-  try {
-    await run('pgrep', ['-f', `qemu-system.*${name}`]);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const startRecorder = (slotId: string) => h.startRecorder(slotId);
 const received = (slotId: string) => h.received(slotId);
