@@ -2,8 +2,7 @@
  * Server-sent events (`text/event-stream`) for following a workspace, group or ensemble live:
  * `GET /workspaces/:id/events`, `GET /groups/:id/events`, `GET /ensembles/:id/events`.
  *
- * The stream polls the object on the server (a workspace: the view in its memo, as `GET` reads it; a group
- * or ensemble: its describe query) and sends an event only when something
+ * The stream polls the workflow's describe query on the server and sends an event only when something
  * a client follows has changed (state, task, the IP obtained by DHCP, bytes copied; members for groups
  * and ensembles). Each event's data is the object exactly as `GET` on it answers, so an event is a fresh
  * read. When the object has ended (Cancelled, or Corrupted at rest; a group or ensemble Ended; or its
@@ -19,12 +18,12 @@ import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { ensembleWorkflowId, groupWorkflowId, workspaceWorkflowId } from '../config/names';
 import type { VwsConfig } from '../config/schema';
 import type { EnsembleDescription, GroupDescription, MemberSummary } from '../domain/groups';
-import { ensembleDescribeQuery, groupDescribeQuery } from '../domain/messages';
-import { ensembleIdSchema, groupIdSchema } from '../domain/requests';
+import { describeQuery, ensembleDescribeQuery, groupDescribeQuery } from '../domain/messages';
+import { ensembleIdSchema, groupIdSchema, workspaceIdSchema } from '../domain/requests';
 import type { WorkspaceDescription } from '../domain/workspace';
 import { log } from '../log';
 import { principalOf, queryOwned, wrap } from './http';
-import { presentWorkspace, readOwnedWorkspace, readWorkspaceWithProgress } from './workspace-view';
+import { presentWorkspace, withCopyProgress } from './workspace-view';
 
 /** How a stream polls and keeps itself alive. */
 export interface EventStreamOptions {
@@ -190,12 +189,11 @@ export function eventRoutes(config: VwsConfig, client: Client, options: EventStr
       const id = String(req.params.id);
       const workflowId = workspaceWorkflowId(config, id);
       const principal = principalOf(res);
-      // Read as GET reads it (the view in the memo, no query): a stream polls every pollMs for as long as it is open.
-      const first = await readOwnedWorkspace(client, config, principal, id);
+      const first = await withCopyProgress(client, config, await queryOwned(client, workflowId, describeQuery, principal, 'workspace', id, workspaceIdSchema));
       await stream<WorkspaceDescription>(client, res, {
         kind: 'workspace',
         workflowId,
-        read: () => readWorkspaceWithProgress(client, config, id),
+        read: async () => withCopyProgress(client, config, await client.workflow.getHandle(workflowId).query(describeQuery)),
         key: workspaceKey,
         ended: workspaceEnded,
         present: (d) => presentWorkspace(config, d),

@@ -81,14 +81,6 @@ export async function readOwnedDescription(client: Client, config: VwsConfig, pr
   return (await readOwned(client, config, principal, id)).description;
 }
 
-/**
- * A workspace with the progress of a copy in flight, read as {@link readOwnedWorkspace} does but with no
- * ownership check (for a stream whose owner was checked at its start). Errors are the client's.
- */
-export async function readWorkspaceWithProgress(client: Client, config: VwsConfig, id: string): Promise<WorkspaceDescription> {
-  return withProgress(client, config, await readWorkspace(client, workspaceWorkflowId(config, id)));
-}
-
 /** The description of `read` with the progress of a copy in flight (from the execution it was read with, when there is one). */
 function withProgress(client: Client, config: VwsConfig, read: WorkspaceRead): Promise<WorkspaceDescription> {
   return read.execution ? Promise.resolve(progressFrom(read.description, read.execution)) : withCopyProgress(client, config, read.description);
