@@ -2,7 +2,8 @@
  * The pilot's SSH fallback for real: vws's HTTP endpoint is unreachable (a closed port), so the pilot's
  * notifier carries the signed message over SSH (ssh2, the testbed's key, vmm2's host key pinned) to
  * vmm2, where `vws-pilot receive` (this tree's dist/) checks it with the same code as the HTTP route and
- * signals the slot's workflow on the Temporal dev server at the head's bridge address (10.213.0.1:7233).
+ * signals the slot's workflow on the Temporal dev server at the head's bridge address (10.213.0.1, the
+ * port of TEMPORAL_ADDRESS: 7234 under ./run.sh test).
  * The slot workflow is the recorder from test/fixtures, so the test sees exactly what was delivered.
  * Also: forged, replayed (across receiver processes), stale and malformed messages over SSH are refused
  * and deliver nothing; and the pilot program itself (`vws-pilot run --ssh-fallback …`, a QEMU-mode node
@@ -25,7 +26,7 @@ import { newSignedPilotMessage } from '../../src/pilot/message';
 import { PilotNotifier } from '../../src/pilot/notifier';
 import { SshNotificationChannel } from '../../src/pilot/ssh-notify';
 import { receivedQuery, stopSignal } from '../fixtures/pilot-recorder-workflows';
-import { connect, testConfig, type TestConnections } from '../helpers/temporal';
+import { connect, temporalAddress, testConfig, type TestConnections } from '../helpers/temporal';
 
 jest.setTimeout(180_000);
 
@@ -71,7 +72,8 @@ beforeAll(async () => {
   // Under /tmp: vmm2's mount namespace shares it, so the receiver there reads the same files.
   dir = mkdtempSync(join(tmpdir(), 'vws-pilot-sshfb-'));
   chmodSync(dir, 0o755);
-  const raw = { temporal: { address: '10.213.0.1:7233' }, stateDir: join(dir, 'state'), pilot: { secretFile: join(dir, 'pilot.secret') } };
+  // The receiver runs in vmm2: it reaches the test's dev server over the bridge, on the port the tests use.
+  const raw = { temporal: { address: `10.213.0.1:${temporalAddress().split(':').pop()}` }, stateDir: join(dir, 'state'), pilot: { secretFile: join(dir, 'pilot.secret') } };
   config = testConfig(raw);
   secret = 'an-ssh-fallback-test-secret-0123456789';
   writeFileSync(config.pilot!.secretFile, `${secret}\n`, { mode: 0o600 });
