@@ -55,12 +55,7 @@ export interface NodeTableEntry {
  */
 export function nodeTableOption(v: string | undefined, node: string): NodeTableEntry | undefined {
   if (v === undefined) return undefined;
-  let table: unknown;
-  try {
-    table = JSON.parse(v);
-  } catch {
-    throw new PilotUsageError('--node-table', 'must be JSON: {"<node>": {"memory": "xen"|"host", "configuredMiB": n}}');
-  }
+  const table = jsonOption('--node-table', v, '{"<node>": {"memory": "xen"|"host", "configuredMiB": n}}');
   if (!table || typeof table !== 'object' || Array.isArray(table)) throw new PilotUsageError('--node-table', 'must be a JSON object keyed by node name');
   const entry = (table as Record<string, unknown>)[node] as Record<string, unknown> | undefined;
   if (!entry) throw new PilotUsageError('--node-table', `node ${node} is not a pilot node of this site (table has: ${Object.keys(table).join(', ') || 'none'})`);
@@ -164,12 +159,7 @@ export function sshHostsOption(values: string[]): Record<string, string> {
  */
 export function sshFallbackOption(v: string | undefined): PilotSshFallback | undefined {
   if (v === undefined) return undefined;
-  let raw: unknown;
-  try {
-    raw = JSON.parse(v);
-  } catch {
-    throw new PilotUsageError('--ssh-fallback', 'must be JSON: {"host": …, "keyFile": …, "knownHostsFile": …, "command": [ … ]}');
-  }
+  const raw = jsonOption('--ssh-fallback', v, '{"host": …, "keyFile": …, "knownHostsFile": …, "command": [ … ]}');
   const r = pilotSshFallbackSchema.safeParse(raw);
   if (!r.success) {
     const i = r.error.issues[0];
@@ -177,4 +167,13 @@ export function sshFallbackOption(v: string | undefined): PilotSshFallback | und
     throw new PilotUsageError(field, i.code === 'unrecognized_keys' ? `unknown fields: ${i.keys.join(', ')}` : i.message);
   }
   return r.data;
+}
+
+/** Parses option `flag`'s JSON value; a value that is not JSON is a usage error showing the expected `shape`. */
+function jsonOption(flag: string, v: string, shape: string): unknown {
+  try {
+    return JSON.parse(v) as unknown;
+  } catch {
+    throw new PilotUsageError(flag, `must be JSON: ${shape}`);
+  }
 }
