@@ -22,6 +22,7 @@ import {
   CancellationScope,
   condition,
   getExternalWorkflowHandle,
+  patched,
   proxyActivities,
   setHandler,
   sleep,
@@ -33,6 +34,12 @@ import type { BatchJobStatus } from '../activities/lrm/types';
 import { FailureType, NON_RETRYABLE_FAILURES } from '../domain/errors';
 import { pilotNotificationSignal, preemptSignal, slotFailedSignal, slotReadySignal, slotReleaseSignal, type PilotNotification } from '../domain/messages';
 import { pilotSlotQuery, type PilotSlotDescription, type PilotSlotInput } from '../domain/pilot-slot';
+
+/**
+ * The patch under which the reserved loop reads a notification that arrives while it asks the batch
+ * system about the job, instead of after the answer (slots recorded before it replay without it).
+ */
+export const SLOT_INBOX_PATCH = 'slot-inbox-races-job-status';
 
 /** True once the batch system no longer runs the job (ended, or forgotten). */
 const gone = (s: BatchJobStatus) => s.state === 'ended' || s.state === 'unknown';
@@ -76,6 +83,24 @@ export async function pilotSlotWorkflow(input: PilotSlotInput): Promise<PilotSlo
       await send();
     } catch {
       released ??= 'the workspace is gone';
+    }
+  };
+  /**
+   * The job's status, or undefined as soon as a notification or a release arrives first. On a starved
+   * head the status activity was seen to take two minutes (Test B): an `early-unreserving` that came
+   * meanwhile waited for it, and the grace period the pilot gives vws ran out before vws acted. The
+   * status activity left behind finishes on its own; its answer (or failure) is dropped.
+   */
+  const statusUnlessMessage = async (jobId: string): Promise<BatchJobStatus | undefined> => {
+    const status = acts.pilotJobStatus(jobId);
+    const waiting = new CancellationScope();
+    const message = waiting.run(() => condition(() => inbox.length > 0 || released !== undefined));
+    try {
+      return await Promise.race([status, message.then(() => undefined)]);
+    } finally {
+      waiting.cancel();
+      message.catch(() => undefined); // cancelled once the status answered
+      status.catch(() => undefined); // dropped when a message came first; the next poll asks again
     }
   };
   const fail = (message: string) => ApplicationFailure.create({ type: FailureType.NoCapacity, message, nonRetryable: true });
@@ -150,8 +175,8 @@ export async function pilotSlotWorkflow(input: PilotSlotInput): Promise<PilotSlo
       }
       if (!evicted && Date.now() >= evacuateAt) await evict(`the pilot slot on ${reserved.node} ends at ${until}`);
       if (!woke) {
-        const s = await acts.pilotJobStatus(job.jobId);
-        if (gone(s)) await evict(endText(s));
+        const s = patched(SLOT_INBOX_PATCH) ? await statusUnlessMessage(job.jobId) : await acts.pilotJobStatus(job.jobId);
+        if (s && gone(s)) await evict(endText(s));
       }
     }
     return d;

@@ -34,7 +34,7 @@ describe('recorded histories', () => {
   });
 
   it('include every long-lived workflow type', () => {
-    for (const kind of ['workspace-', 'allocator-', 'group-', 'ensemble-']) expect(files.some((f) => f.startsWith(kind))).toBe(true);
+    for (const kind of ['workspace-', 'allocator-', 'group-', 'ensemble-', 'pilot-slot-']) expect(files.some((f) => f.startsWith(kind))).toBe(true);
   });
 
   it.each(files)('%s replays against the current workflow code', async (file) => {
