@@ -30,6 +30,20 @@ export interface FileLockOptions {
   sleep?: (ms: number) => Promise<void>;
   /** Called on every poll while waiting for another holder (an activity's heartbeat). */
   waiting?: () => void;
+  /**
+   * True once the caller no longer wants the lock: an activity attempt that timed out (Temporal cancels
+   * it) while it waited. It gives up instead of taking the lock later and acting on an old decision
+   * (a late add after the removal that followed it).
+   */
+  abandoned?: () => boolean;
+}
+
+/** Thrown by {@link acquireFileLock} when its caller abandoned the wait. */
+export class LockWaitAbandoned extends Error {
+  constructor(path: string) {
+    super(`gave up waiting for the lock ${path}: the caller was cancelled`);
+    this.name = 'LockWaitAbandoned';
+  }
 }
 
 /** A held lock; `release` is idempotent. */
@@ -93,6 +107,7 @@ export async function acquireFileLock(exec: Executor, path: string, owner: strin
       break;
     }
     if (now() - held.at > staleMs && (await takeOver(held))) break;
+    if (options.abandoned?.()) throw new LockWaitAbandoned(path);
     options.waiting?.();
     await sleep(pollMs);
   }

@@ -385,7 +385,14 @@ export async function dhcpLeftovers(x: Executor, dir: string, where: string): Pr
   const nets = (await x.run(['ls', '-1', '-p', dir], { okCodes: [0, 1, 2] })).stdout.split('\n').filter((n) => n.endsWith('/')).map((n) => n.slice(0, -1));
   for (const net of nets) {
     const pid = (await x.readFile(join(dir, net, 'server.pid')))?.trim();
-    if (pid && (await x.run(['kill', '-0', pid], { okCodes: [0, 1] })).code === 0) left.push(`${where} DHCP server of ${net} running`); // no pid: a restart is not a new leak
+    if (pid && (await x.run(['kill', '-0', pid], { okCodes: [0, 1] })).code === 0) {
+      // no pid: a restart is not a new leak. When and how it started tells which activity left it.
+      // Busybox in xen1's dom0: no pgrep, no `ps -p`; /proc and `date -r` work everywhere.
+      const ps = ((await x.readFile(`/proc/${pid}/cmdline`)) ?? '').split('\0').join(' ').trim();
+      const written = (await x.run(['date', '-u', '-r', join(dir, net, 'server.pid'), '+%FT%TZ'], { okCodes: [0, 1] })).stdout.trim();
+      const tail = async (f: string) => (await x.run(['tail', '-n', '3', join(dir, net, f)], { okCodes: [0, 1] })).stdout.trim().replace(/\n/g, ' | ');
+      left.push(`${where} DHCP server of ${net} running (pid ${pid}: ${ps || 'no cmdline'}; pid file written ${written}; now ${new Date().toISOString()}; server.log: ${await tail('server.log')}; server.log.1: ${await tail('server.log.1')})`);
+    }
     for (const e of parseState(await x.readFile(join(dir, net, 'entries.json'))).entries) left.push(`${where} DHCP host entry ${net}: ${e.mac} ${e.ip} ${e.hostname}`);
     for (const l of ((await x.readFile(join(dir, net, 'leases'))) ?? '').split('\n').filter((l) => /^\d+ /.test(l))) left.push(`${where} DHCP lease ${net}: ${l}`);
   }

@@ -1,7 +1,7 @@
 /** The file lock on real files (LocalExecutor): mutual exclusion, stale takeover by exactly one waiter. */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { acquireFileLock, withFileLock } from '../../src/activities/file-lock';
+import { acquireFileLock, LockWaitAbandoned, withFileLock } from '../../src/activities/file-lock';
 import { LocalExecutor } from '../../src/exec/local';
 
 const exec = new LocalExecutor();
@@ -71,4 +71,20 @@ test('a released lock that was taken over is not removed by its old holder', asy
   writeFileSync(lock, JSON.stringify({ owner: 'new', at: Date.now() }));
   await old.release();
   expect(JSON.parse(readFileSync(lock, 'utf8')).owner).toBe('new');
+});
+
+test('a waiter that is abandoned (its activity attempt cancelled) gives up and never takes the lock later', async () => {
+  const lock = join(dir, 'lock');
+  const held = await acquireFileLock(exec, lock, 'a', { pollMs: 10 });
+  let cancelled = false;
+  let ran = false;
+  const late = withFileLock(exec, lock, 'b', { pollMs: 10, abandoned: () => cancelled }, async () => {
+    ran = true;
+  });
+  await new Promise((r) => setTimeout(r, 50));
+  cancelled = true;
+  await expect(late).rejects.toThrow(LockWaitAbandoned);
+  await held.release();
+  expect(ran).toBe(false);
+  expect(existsSync(lock)).toBe(false);
 });

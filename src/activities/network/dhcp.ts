@@ -10,11 +10,12 @@
  * executor operations are used, so the same code runs locally and over SSH.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { heartbeat } from '@temporalio/activity';
-import { ApplicationFailure } from '@temporalio/common';
+import { Context, heartbeat } from '@temporalio/activity';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { FailureType } from '../../domain/errors';
 import type { Executor } from '../../exec/executor';
-import { withFileLock } from '../file-lock';
+import { LockWaitAbandoned, withFileLock } from '../file-lock';
+import { withHeartbeat } from '../heartbeat';
 import { log } from '../../log';
 import {
   ackedIp,
@@ -48,6 +49,17 @@ export interface DhcpDeps {
   now?: () => number;
   /** Lock owner of one call; every call needs its own (default: random). */
   owner?: () => string;
+  /** True once the running activity attempt is cancelled (timed out); default: the activity's own signal. */
+  cancelled?: () => boolean;
+}
+
+/** Whether the current activity attempt was cancelled; false outside an activity. */
+function attemptCancelled(): boolean {
+  try {
+    return Context.current().cancellationSignal.aborted;
+  } catch {
+    return false;
+  }
 }
 
 /** Input of {@link createDhcpActivities}' add and remove. */
@@ -75,11 +87,13 @@ const LEASE_KICK_MS = 20_000;
 /** dnsmasq's log (`log-dhcp` is verbose) is rotated at a restart once it is this big. */
 const LOG_ROTATE_BYTES = 8 * 1024 * 1024;
 /**
- * The network lock: changes take a second or two (a server restart), so a holder that stopped refreshing
- * for 15 s is dead. Short, because a retried activity's fresh attempt has to wait that long for the lock
- * its dead attempt left (attempts do not share an owner: a timed-out attempt may still be running).
+ * The network lock: changes take a second or two (a server restart), but on a loaded node one SSH round
+ * trip was seen to take 20 s (xen1's emulated dom0 in CI), so only a holder that stopped refreshing for
+ * 30 s is taken for dead. Not longer, because a retried activity's fresh attempt has to wait that long
+ * for the lock its dead attempt left (attempts do not share an owner: a timed-out attempt may still be
+ * running; it gives up waiting once cancelled).
  */
-const LOCK = { staleMs: 15_000, refreshMs: 3_000, pollMs: 200 };
+const LOCK = { staleMs: 30_000, refreshMs: 3_000, pollMs: 200 };
 
 /** Creates the DHCP activities over one host's DHCP root. */
 export function createDhcpActivities(deps: DhcpDeps) {
@@ -89,6 +103,7 @@ export function createDhcpActivities(deps: DhcpDeps) {
   const beat = deps.beat ?? ((d: unknown) => heartbeat(d));
   const now = deps.now ?? Date.now;
   const owner = deps.owner ?? (() => `pid-${process.pid}-${randomBytes(6).toString('hex')}`);
+  const cancelled = deps.cancelled ?? attemptCancelled;
 
   type Server = DhcpServerSpec & { net: Subnet };
 
@@ -97,7 +112,13 @@ export function createDhcpActivities(deps: DhcpDeps) {
   /** Runs `fn` under the network's lock, with its directory in place. */
   async function locked<T>(f: DhcpFiles, fn: () => Promise<T>): Promise<T> {
     await exec.mkdir(f.dir);
-    return withFileLock(exec, f.lock, owner(), { ...LOCK, now, sleep, waiting: () => beat({ waitingForLock: f.lock }) }, fn);
+    if (cancelled()) throw new CancelledFailure(`cancelled before taking the lock ${f.lock}`);
+    try {
+      return await withFileLock(exec, f.lock, owner(), { ...LOCK, now, sleep, waiting: () => beat({ waitingForLock: f.lock }), abandoned: cancelled }, fn);
+    } catch (e) {
+      if (e instanceof LockWaitAbandoned) throw new CancelledFailure(e.message);
+      throw e;
+    }
   }
 
   /** Writes `content` unless the file already holds it; answers whether it wrote. */
@@ -165,6 +186,21 @@ export function createDhcpActivities(deps: DhcpDeps) {
     await ctl.start();
     const started = await ctl.live();
     if (started) await exec.writeFileAtomic(f.served, `${started.pid} ${digest}\n`);
+    await stopIfUnwanted(f, ctl);
+  }
+
+  /**
+   * Stops a server just started if, meanwhile, its last entry went. The network lock should make that
+   * impossible, but a holder stalled past `LOCK.staleMs` (a loaded node's SSH) loses the lock to a waiter
+   * while it still works; a removal that ran in that gap has already stopped the server, so the start
+   * that follows it would otherwise leave a server with nothing to serve (CI, xen1: "DHCP server of
+   * public running" after the last destroy). Removals write the entries before they stop the server, so
+   * whichever of the two runs last stops it.
+   */
+  async function stopIfUnwanted(f: DhcpFiles, ctl: ReturnType<typeof serverControl>): Promise<void> {
+    if ((await readState(f)).entries.length > 0) return;
+    log.warn({ dir: f.dir, where: exec.where }, 'DHCP server started while its last entry was removed: stopped again');
+    await ctl.stop();
   }
 
   /** The IP `mac` obtained from the server, or null. */
@@ -231,31 +267,37 @@ export function createDhcpActivities(deps: DhcpDeps) {
       const f = dhcpFiles(dir, s.network);
       const deadline = now() + input.timeoutSeconds * 1000;
       let kickAt = s.server === 'dnsmasq' ? now() + LEASE_KICK_MS : Infinity;
-      for (;;) {
-        const ip = await obtained(s, f, mac);
-        if (ip) return ip;
-        if (now() >= kickAt && now() < deadline) {
-          kickAt = Infinity; // once per wait: a server that does not help after a restart is not hung
-          await locked(f, async () => {
-            if (!(await readState(f)).entries.some((e) => e.mac === mac)) return;
-            const ctl = serverControl(exec, s, f, { sleep, now });
-            await ctl.stop();
-            await ctl.start();
-          });
-          log.warn({ network: s.network, mac, where: exec.where }, 'no DHCP lease after 20 s: restarted dnsmasq');
-          continue;
+      // Beats on a timer as well as per poll: on a loaded node one look at the files, or the restart below,
+      // was seen to take 20 s over SSH (xen1's emulated dom0), and the attempt was taken for dead while it
+      // worked; its retry then raced it for the server.
+      return withHeartbeat(beat, `DHCP lease for ${mac}`, async () => {
+        for (;;) {
+          const ip = await obtained(s, f, mac);
+          if (ip) return ip;
+          if (now() >= kickAt && now() < deadline) {
+            kickAt = Infinity; // once per wait: a server that does not help after a restart is not hung
+            await locked(f, async () => {
+              if (!(await readState(f)).entries.some((e) => e.mac === mac)) return;
+              const ctl = serverControl(exec, s, f, { sleep, now });
+              await ctl.stop();
+              await ctl.start();
+              await stopIfUnwanted(f, ctl);
+            });
+            log.warn({ network: s.network, mac, where: exec.where }, 'no DHCP lease after 20 s: restarted dnsmasq');
+            continue;
+          }
+          if (now() >= deadline) {
+            const known = (await readState(f)).entries.some((e) => e.mac === mac);
+            throw ApplicationFailure.nonRetryable(
+              `no DHCP lease for ${mac} from ${s.server} of network ${s.network} on ${exec.where} after ${input.timeoutSeconds} s` +
+                (known ? '' : ' (the server has no entry for it)'),
+              FailureType.AddressTimeout,
+            );
+          }
+          beat({ waitingForLease: mac });
+          await sleep(LEASE_POLL_MS);
         }
-        if (now() >= deadline) {
-          const known = (await readState(f)).entries.some((e) => e.mac === mac);
-          throw ApplicationFailure.nonRetryable(
-            `no DHCP lease for ${mac} from ${s.server} of network ${s.network} on ${exec.where} after ${input.timeoutSeconds} s` +
-              (known ? '' : ' (the server has no entry for it)'),
-            FailureType.AddressTimeout,
-          );
-        }
-        beat({ waitingForLease: mac });
-        await sleep(LEASE_POLL_MS);
-      }
+      });
     },
 
     /** The entries of a network's server (for leak checks: a clean host has none). */
