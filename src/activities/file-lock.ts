@@ -32,8 +32,8 @@ export interface FileLockOptions {
   waiting?: () => void;
   /**
    * True once the caller no longer wants the lock: an activity attempt that timed out (Temporal cancels
-   * it) while it waited. It gives up instead of taking the lock later and acting on an old decision
-   * (a late add after the removal that followed it).
+   * it). Checked before every try, so it gives up instead of taking the lock, free or later, and acting on
+   * an old decision (a late add after the removal that followed it).
    */
   abandoned?: () => boolean;
 }
@@ -99,6 +99,7 @@ export async function acquireFileLock(exec: Executor, path: string, owner: strin
   }
 
   for (;;) {
+    if (options.abandoned?.()) throw new LockWaitAbandoned(path);
     if (await exec.createExclusive(path, body())) break;
     const held = await readLock(exec, path);
     if (held === null) continue; // released between our two calls
@@ -107,7 +108,6 @@ export async function acquireFileLock(exec: Executor, path: string, owner: strin
       break;
     }
     if (now() - held.at > staleMs && (await takeOver(held))) break;
-    if (options.abandoned?.()) throw new LockWaitAbandoned(path);
     options.waiting?.();
     await sleep(pollMs);
   }

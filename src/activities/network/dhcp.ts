@@ -112,7 +112,6 @@ export function createDhcpActivities(deps: DhcpDeps) {
   /** Runs `fn` under the network's lock, with its directory in place. */
   async function locked<T>(f: DhcpFiles, fn: () => Promise<T>): Promise<T> {
     await exec.mkdir(f.dir);
-    if (cancelled()) throw new CancelledFailure(`cancelled before taking the lock ${f.lock}`);
     try {
       return await withFileLock(exec, f.lock, owner(), { ...LOCK, now, sleep, waiting: () => beat({ waitingForLock: f.lock }), abandoned: cancelled }, fn);
     } catch (e) {
