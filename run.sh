@@ -177,6 +177,12 @@ cmd_test() {
   # The closing line CI reads (jest's own summary is not one it recognises).
   node -e '
     const r = require(process.argv[1]);
+    // The slowest tests, so the time budget of the suite can be watched from any CI log.
+    const tests = r.testResults.flatMap((f) => f.assertionResults.map((a) => ({
+      ms: a.duration ?? 0, name: `${f.name.replace(process.cwd() + "/", "")} › ${a.fullName}` })));
+    tests.sort((a, b) => b.ms - a.ms);
+    console.log("vws: slowest tests");
+    for (const t of tests.slice(0, 20)) console.log(`  ${(t.ms / 1000).toFixed(1).padStart(7)} s  ${t.name}`);
     console.log(`vws: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} skipped`);
   ' "$tmp/jest.json" || rc=1
   trap - EXIT
