@@ -40,6 +40,8 @@ import { pilotSlotQuery, type PilotSlotDescription, type PilotSlotInput } from '
  * system about the job, instead of after the answer (slots recorded before it replay without it).
  */
 export const SLOT_INBOX_PATCH = 'slot-inbox-races-job-status';
+/** The same for the queued loop: a `reserved` that arrives while the job's status is asked is read at once. */
+export const QUEUED_INBOX_PATCH = 'slot-queued-inbox-races-job-status';
 
 /** True once the batch system no longer runs the job (ended, or forgotten). */
 const gone = (s: BatchJobStatus) => s.state === 'ended' || s.state === 'unknown';
@@ -76,7 +78,7 @@ export async function pilotSlotWorkflow(input: PilotSlotInput): Promise<PilotSlo
     if (d.reservedAt && at < Date.parse(d.reservedAt)) return `stale: sent ${n.at}, before the reservation at ${d.reservedAt}`;
     return undefined;
   };
-  const note = (n: PilotNotification, what: string) => d.notices.push(`${n.event} from ${n.node} at ${n.at}: ${what}`);
+  const note = (n: PilotNotification, what: string) => d.notices.push(`${n.event} from ${n.node} over ${n.via} at ${n.at}: ${what}`);
   /** Tells the workspace, which may be gone already (then there is nothing to tell). */
   const tell = async (send: () => Promise<void>) => {
     try {
@@ -136,8 +138,8 @@ export async function pilotSlotWorkflow(input: PilotSlotInput): Promise<PilotSlo
         } else note(n, 'ignored (not reserved yet)');
       }
       if (!woke && !reserved) {
-        const s = await acts.pilotJobStatus(job.jobId);
-        if (gone(s)) throw fail(`${endText(s)} before its pilot reserved the node`);
+        const s = patched(QUEUED_INBOX_PATCH) ? await statusUnlessMessage(job.jobId) : await acts.pilotJobStatus(job.jobId);
+        if (s && gone(s)) throw fail(`${endText(s)} before its pilot reserved the node`);
       }
     }
     if (!reserved) return d; // released while queued: the finally cancels the job
@@ -164,7 +166,11 @@ export async function pilotSlotWorkflow(input: PilotSlotInput): Promise<PilotSlo
     while (released === undefined) {
       const wait = evicted ? pollMs : Math.max(0, Math.min(evacuateAt - Date.now(), pollMs));
       const woke = await condition(() => inbox.length > 0 || released !== undefined, wait);
-      if (released !== undefined) break;
+      if (released !== undefined) {
+        // Released (the workspace is gone) with messages not yet read: noted, so the notices tell all.
+        for (const n of inbox.splice(0)) note(n, 'not acted on: the slot is being released');
+        break;
+      }
       for (const n of inbox.splice(0)) {
         const stale = fresh(n);
         if (stale) note(n, `ignored (${stale})`);

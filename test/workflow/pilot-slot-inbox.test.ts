@@ -1,7 +1,8 @@
 /**
  * The pilot-slot workflow reads a pilot's `early-unreserving` while it is still asking the batch system
  * about the job (Test B on a starved head: the status activity took two minutes and the notification
- * waited behind it, so the grace period ran out before vws trashed the VMs).
+ * waited behind it, so the grace period ran out before vws trashed the VMs), and likewise a `reserved`
+ * while the queued slot asks about its job.
  *
  * The workflow and the stand-in workspace run on the real dev server. The head's batch-system activities
  * are STAND-INS defined here: a status call that hangs until the test lets it answer is what this test
@@ -76,6 +77,23 @@ async function until<T>(what: string, seconds: number, get: () => Promise<T | un
   }
 }
 
+/** Starts a stand-in workspace and the real slot workflow serving it (polling every second). */
+async function startSlot(name: string) {
+  const workspaceId = `${prefix}-ws-${name}`;
+  const workspace = await conn.client.workflow.start('slotWorkspaceRecorderWorkflow', { taskQueue, workflowId: workspaceId });
+  const input: PilotSlotInput = {
+    slotId: 'slot-inbox',
+    workspaceWorkflowId: workspaceId,
+    memoryMiB: 512,
+    vcpus: 1,
+    holdSeconds: 3600,
+    headTaskQueue: taskQueue,
+    settings: { reserveTimeoutSeconds: 60, marginSeconds: 0, evacuateSeconds: 0, pollSeconds: 1, windowSeconds: 60 },
+  };
+  const slot = await conn.client.workflow.start('pilotSlotWorkflow', { taskQueue, workflowId: `${prefix}-pilot-slot-${name}`, args: [input] });
+  return { workspace, slot };
+}
+
 beforeAll(async () => {
   conn = await connect();
   worker = await Worker.create({
@@ -95,19 +113,7 @@ afterAll(async () => {
 });
 
 it('acts on an early-unreserving that arrives while the job status is still being asked', async () => {
-  const workspaceId = `${prefix}-ws`;
-  const slotId = `${prefix}-pilot-slot-inbox`;
-  const workspace = await conn.client.workflow.start('slotWorkspaceRecorderWorkflow', { taskQueue, workflowId: workspaceId });
-  const input: PilotSlotInput = {
-    slotId: 'slot-inbox',
-    workspaceWorkflowId: workspaceId,
-    memoryMiB: 512,
-    vcpus: 1,
-    holdSeconds: 3600,
-    headTaskQueue: taskQueue,
-    settings: { reserveTimeoutSeconds: 60, marginSeconds: 0, evacuateSeconds: 0, pollSeconds: 1, windowSeconds: 60 },
-  };
-  const slot = await conn.client.workflow.start('pilotSlotWorkflow', { taskQueue, workflowId: slotId, args: [input] });
+  const { workspace, slot } = await startSlot('inbox');
 
   await slot.signal(pilotNotificationSignal, notification('reserved'));
   await until('the slot to reserve', 30, async () => ((await slot.query(pilotSlotQuery)).state === 'reserved' ? true : undefined));
@@ -135,13 +141,47 @@ it('acts on an early-unreserving that arrives while the job status is still bein
   await slot.signal('slot-release', { reason: 'the workspace is destroyed' });
   const final = await slot.result();
   expect(final).toMatchObject({ state: 'ended', jobId: JOB, node: 'vmm3' });
-  expect(final.notices).toEqual([expect.stringMatching(/^reserved from vmm3 at .*: acted on$/), expect.stringMatching(/^early-unreserving from vmm3 at .*: acted on: evacuating$/)]);
+  expect(final.notices).toEqual([expect.stringMatching(/^reserved from vmm3 over http at .*: acted on$/), expect.stringMatching(/^early-unreserving from vmm3 over http at .*: acted on: evacuating$/)]);
   expect(batch.cancelled).toBe(true);
 
   const out = process.env.VWS_RECORD_HISTORIES;
   if (out) {
     mkdirSync(out, { recursive: true });
     writeFileSync(join(out, 'pilot-slot-early-unreserving-during-status.json'), historyToJSON(await slot.fetchHistory()));
+  }
+  await workspace.signal(stopRecorderSignal);
+  await workspace.result();
+});
+
+it('acts on a reserved that arrives while the queued slot is still asking about the job', async () => {
+  Object.assign(batch, { cancelled: false, calls: 0 });
+  // The first poll of the queued job hangs, as on a starved head.
+  batch.hold = new Promise<void>((r) => (letAnswer = r));
+  const { workspace, slot } = await startSlot('queued');
+  await until('a status call to hang', 30, async () => (batch.hanging > 0 ? true : undefined));
+  await slot.signal(pilotNotificationSignal, notification('reserved'));
+  let state: string | undefined;
+  try {
+    state = await until('the slot to reserve', 10, async () => ((await slot.query(pilotSlotQuery)).state === 'reserved' ? 'reserved' : undefined)).catch(async () => (await slot.query(pilotSlotQuery)).state);
+  } finally {
+    const stillHanging = batch.hanging > 0;
+    batch.hold = undefined;
+    letAnswer();
+    expect(stillHanging).toBe(true); // the reservation did not wait for the status answer
+  }
+  expect(state).toBe('reserved');
+  expect(await workspace.query(toldQuery)).toEqual(['ready']);
+
+  await slot.signal('slot-release', { reason: 'the workspace is destroyed' });
+  const final = await slot.result();
+  expect(final).toMatchObject({ state: 'ended', jobId: JOB, node: 'vmm3' });
+  expect(final.notices).toEqual([expect.stringMatching(/^reserved from vmm3 over http at .*: acted on$/)]);
+  expect(batch.cancelled).toBe(true);
+
+  const out = process.env.VWS_RECORD_HISTORIES;
+  if (out) {
+    mkdirSync(out, { recursive: true });
+    writeFileSync(join(out, 'pilot-slot-reserved-during-queued-status.json'), historyToJSON(await slot.fetchHistory()));
   }
   await workspace.signal(stopRecorderSignal);
   await workspace.result();
