@@ -123,9 +123,9 @@ describe('qsub options', () => {
     environment: { VWS_SLOT: 'slot-a', B: 'x y' },
   };
 
-  it('TORQUE: nodes=<node>:ppn:props, mem, padded walltime in seconds, -d', () => {
+  it('TORQUE: not rerunnable, nodes=<node>:ppn:props, mem, padded walltime in seconds, -d', () => {
     expect(qsubArgs(base, { flavor: 'torque', queue: 'batch', account: 'grid', constraints: ['pilot'], walltimePaddingSeconds: 2 })).toEqual([
-      '-N', 'vws-p-1', '-q', 'batch', '-A', 'grid',
+      '-N', 'vws-p-1', '-r', 'n', '-q', 'batch', '-A', 'grid',
       '-l', 'nodes=vmm2:ppn=1:pilot:xen', '-l', 'mem=512mb',
       '-l', 'walltime=00:10:02',
       '-j', 'oe', '-o', '/var/log/vws/p.out', '-d', '/tmp',
@@ -137,7 +137,7 @@ describe('qsub options', () => {
   it('PBS Pro: select with host and boolean properties; no -d', () => {
     const args = qsubArgs({ ...base, partition: 'workq', cpus: 2 }, { flavor: 'pbspro', queue: 'batch' });
     expect(args).toEqual([
-      '-N', 'vws-p-1', '-q', 'workq',
+      '-N', 'vws-p-1', '-r', 'n', '-q', 'workq',
       '-l', 'select=1:ncpus=2:mem=512mb:host=vmm2:xen=True',
       '-l', 'walltime=00:10:00',
       '-j', 'oe', '-o', '/var/log/vws/p.out',

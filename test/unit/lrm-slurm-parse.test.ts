@@ -151,7 +151,7 @@ describe('requests and sbatch options', () => {
     expect(sbatchArgs({ ...base, walltimeSeconds: 59 }, { walltimePaddingSeconds: 2 })).toContain('--time=2');
   });
 
-  it('builds every option from the request, with site defaults underneath', () => {
+  it('builds every option from the request, with site defaults underneath; never requeued', () => {
     const args = sbatchArgs(
       { ...base, node: 'vmm2', constraints: ['xen', 'bigmem'], memoryMiB: 512, cpus: 2, signalBeforeEnd: { signal: 'USR1', seconds: 60 }, outputFile: '/var/log/p.out', workDir: '/var/tmp' },
       { partition: 'vws', account: 'grid', constraints: ['pilot', 'xen'], walltimePaddingSeconds: 2 },
@@ -160,6 +160,7 @@ describe('requests and sbatch options', () => {
       '--job-name=vws-p-1',
       '--nodes=1',
       '--ntasks=1',
+      '--no-requeue',
       '--nodelist=vmm2',
       '--partition=vws',
       '--constraint=pilot&xen&bigmem',

@@ -133,7 +133,8 @@ export function qsubArgs(job: PilotJobRequest, o: PbsOptions = {}): string[] {
   if (job.signalBeforeEnd) throw invalidJobField('signalBeforeEnd', 'PBS has no signal before the walltime limit; the pilot must end itself on time');
   if (job.command.kind === 'script' && job.command.args?.length) throw invalidJobField('command.args', 'PBS cannot pass arguments to a batch script portably; use an argv command');
   const flavor = o.flavor ?? 'torque';
-  const args = ['-N', job.name];
+  // `-r n`: not rerunnable (never requeued), as the Slurm adapter's --no-requeue: a pilot is for one slot.
+  const args = ['-N', job.name, '-r', 'n'];
   const queue = job.partition ?? o.queue;
   if (queue) args.push('-q', queue);
   const account = job.account ?? o.account;

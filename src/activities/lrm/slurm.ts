@@ -224,10 +224,13 @@ function mergedConstraints(job: PilotJobRequest, o: SlurmOptions): string[] {
 /**
  * The sbatch options for a validated request (pure, unit-tested): name, node, partition, features,
  * account, time limit in whole minutes after padding, memory, CPUs, the pre-end signal to the batch shell
- * (`B:`), output and working directory. One node, one task: the pilot is one process per node.
+ * (`B:`), output and working directory. One node, one task, never requeued: the pilot is one process per
+ * node, for one slot.
  */
 export function sbatchArgs(job: PilotJobRequest, o: SlurmOptions = {}): string[] {
-  const args = [`--job-name=${job.name}`, '--nodes=1', '--ntasks=1'];
+  // Never requeued: a pilot belongs to one slot, and a requeued one would start later for a slot vws has
+  // already released, holding the node's memory for nothing until its time ran out.
+  const args = [`--job-name=${job.name}`, '--nodes=1', '--ntasks=1', '--no-requeue'];
   if (job.node) args.push(`--nodelist=${job.node}`);
   const partition = job.partition ?? o.partition;
   if (partition) args.push(`--partition=${partition}`);
