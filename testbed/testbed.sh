@@ -1094,6 +1094,38 @@ cmd_exec() {
   exec nsenter -t "$pid" --net --uts --mount --wd="$PWD" -- "$@"
 }
 
+# A node's reboot, as near as a namespace host comes to one (issue 7's kill matrix: "node reboot (the
+# node's namespace restarted)"). Every process in the host dies at once, with SIGKILL and no warning, as in
+# a power cut: VMs, the pilot and its job step, node workers, slurmd, sshd, DHCP servers. What is on its
+# disk stays (its node directory, reservation files, locks). Then it boots: CMD, if given, runs first inside
+# the host, as a unit ordered before slurmd does (`vws-pilot boot-reset`, deploy/systemd), then sshd and
+# slurmd start again. Not like a real reboot: the kernel is shared, so the boot id and Slurm's node boot
+# time do not change, and the network state (bridges, taps, nft rules) stays. Exits with CMD's status.
+cmd_reboot() {
+  local h="${1:-}" anchor pids=() p rc=0 left
+  [[ "$h" =~ ^vmm[1-9]$ ]] || die "usage: testbed.sh reboot vmmK [-- CMD [ARGS...]]"
+  shift
+  [[ "${1:-}" == "--" ]] && shift
+  anchor="$(anchor_pid "$h")" || die "host $h is not up (run testbed.sh up)"
+  for p in $(ip netns pids "$h" 2>/dev/null); do
+    [[ "$p" == "$anchor" ]] || pids+=("$p")
+  done
+  (( ${#pids[@]} == 0 )) || kill -KILL "${pids[@]}" 2>/dev/null || true
+  gone() { local q; for q in "${pids[@]}"; do pid_alive "$q" && return 1; done; return 0; }
+  poll 10 gone || die "$h: processes still alive 10 s after SIGKILL: ${pids[*]}"
+  step "$h: power cut (${#pids[@]} process(es) killed)"
+  if (( $# )); then
+    nsenter -t "$anchor" --net --uts --mount --wd="$PWD" -- "$@" || rc=$?
+    step "$h: boot command exited $rc: $*"
+  fi
+  ensure_sshd "$h"
+  ensure_slurmd "$h"
+  wait_sshd_port "$h"
+  left="$(ip netns pids "$h" | wc -l)"
+  step "$h: up again ($left process(es): anchor, sshd, slurmd)"
+  return "$rc"
+}
+
 cmd_env() {
   printf 'export SLURM_CONF=%q\n' "$SLURM_CONF_FILE"
   printf 'export VWS_TESTBED_DIR=%q\n' "$TB"
@@ -1102,7 +1134,7 @@ cmd_env() {
 usage() {
   cat <<EOF
 usage: testbed.sh up [--hosts N] | status | down | clean [--only-prefix P] [--temporal HOST:PORT]
-       | exec HOST -- CMD [ARGS...] | env
+       | exec HOST -- CMD [ARGS...] | reboot HOST [-- CMD [ARGS...]] | env
 state dir: $TB (VWS_TESTBED_DIR)
 EOF
 }
@@ -1116,6 +1148,7 @@ main() {
     down) cmd_down ;;
     clean) cmd_clean "$@" ;;
     exec) cmd_exec "$@" ;;
+    reboot) cmd_reboot "$@" ;;
     env) cmd_env ;;
     -h|--help|help) usage ;;
     *) usage >&2; exit 2 ;;

@@ -6,19 +6,26 @@
  * - queued: the job is cancelled with scancel while it waits;
  * - reserved: the pilot process is killed with SIGKILL (it never hands back: vws resets the node);
  * - reserved: vws's head and node workers are killed, the job is cancelled while they are down (the pilot
- *   hands back alone), and the workers come back.
- * Not covered here: node reboot (the namespace restarted) and the unreserving states.
+ *   hands back alone), and the workers come back;
+ * - reserved: the node reboots (`testbed.sh reboot`: every process on it killed -9 at once, the VM, the
+ *   pilot and its job step, the node worker, slurmd; then `vws-pilot boot-reset` runs as its systemd unit
+ *   would, before slurmd);
+ * - early-unreserving: with vws's workers down, the job is cancelled and the pilot killed with SIGKILL
+ *   while it waits out vws's share of the grace (so neither vws nor the pilot trashed the VM or restored
+ *   the memory): back up, vws finds the job gone, evacuates the VM and resets the node.
+ * Not covered here: the reserving state (on a QEMU node it lasts milliseconds) and unreserving (the slot's
+ * normal end, bench/pilot-trials' Test A ends there 100 times).
  */
 import { execFile } from 'node:child_process';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import type { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
-import { AllocatorClient } from '../../src/clients/allocator';
+import { pilotJobName } from '../../src/activities/head/pilot-slot';
 import { pilotSlotWorkflowId } from '../../src/config/names';
 import { pilotSlotQuery } from '../../src/domain/pilot-slot';
 import { hostReservationProbe } from '../helpers/memory-monitor';
-import { cancelStackJobs, startPilotStack, testbedSlurm } from '../helpers/pilot-stack';
-import { eventually, TESTBED_DIR, TEST_NODES, type Stack } from '../helpers/stack';
+import { usePilotStack } from '../helpers/pilot-stack';
+import { eventually, ROOT, TESTBED_DIR, TEST_NODES } from '../helpers/stack';
 import { settled, show } from '../helpers/workspace';
 
 jest.setTimeout(600_000);
@@ -26,47 +33,35 @@ jest.setTimeout(600_000);
 const NODE = 'vmm3';
 const memory = hostReservationProbe(NODE, join(TESTBED_DIR, 'hosts', NODE, 'node'), TEST_NODES[NODE].memoryMiB);
 
-let stack: Stack;
-let slurm: SlurmBatchSystem;
-let allocator: AllocatorClient;
-
-beforeAll(async () => {
-  slurm = testbedSlurm();
-  stack = await startPilotStack({ label: 'pilot-kill-matrix', first: '10.213.0.78', last: '10.213.0.79', node: NODE, headProcess: true, pilot: { pollSeconds: 3 } });
-  allocator = new AllocatorClient(stack.conn.client, stack.config);
-});
-afterAll(async () => {
-  await cancelStackJobs(stack, slurm);
-  await stack?.stop();
-});
+const f = usePilotStack({ label: 'pilot-kill-matrix', first: '10.213.0.78', last: '10.213.0.79', node: NODE, headProcess: true, pilot: { pollSeconds: 3 } });
 
 const create = async () => {
-  const r = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 128, durationSeconds: 600, pilot: true });
+  const r = await f.stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 128, durationSeconds: 600, pilot: true });
   expect(r.status).toBe(202);
   return String(r.body.id);
 };
-const slot = (id: string) => stack.conn.client.workflow.getHandle(pilotSlotWorkflowId(stack.config, id));
+const slot = (id: string) => f.stack.conn.client.workflow.getHandle(pilotSlotWorkflowId(f.stack.config, id));
 
 /** The slot ended; no job, lease, grant or leftover; memory exactly configured. */
 async function expectClean(id: string): Promise<void> {
   await eventually(120, async () => (await slot(id).describe()).status.name !== 'RUNNING', `slot of ${id} ended`);
-  expect(await slurm.listByPrefix(`${stack.config.temporal.prefix}-pilot`)).toEqual([]);
-  expect(await allocator.leases()).toEqual([]);
-  expect(await stack.grants()).toEqual([]);
-  expect(await stack.leftovers()).toEqual([]);
+  expect(await f.slurm.listByPrefix(`${f.stack.config.temporal.prefix}-pilot`)).toEqual([]);
+  expect(await f.allocator.leases()).toEqual([]);
+  expect(await f.stack.grants()).toEqual([]);
+  expect(await f.stack.leftovers()).toEqual([]);
   expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB);
 }
 
 /** A job that takes every CPU of vmm3, so the next pilot waits in the queue. */
 async function fillNode(): Promise<string> {
-  const { jobId } = await slurm.submit({ name: `${stack.config.temporal.prefix}-blocker`, command: { kind: 'argv', argv: ['/bin/sleep', '600'] }, node: NODE, cpus: 4, walltimeSeconds: 600, workDir: '/tmp' });
-  await eventually(30, async () => (await slurm.status(jobId)).state === 'running', 'the blocker running');
+  const { jobId } = await f.slurm.submit({ name: `${f.stack.config.temporal.prefix}-blocker`, command: { kind: 'argv', argv: ['/bin/sleep', '600'] }, node: NODE, cpus: 4, walltimeSeconds: 600, workDir: '/tmp' });
+  await eventually(30, async () => (await f.slurm.status(jobId)).state === 'running', 'the blocker running');
   return jobId;
 }
 
 /** Waits until the workspace is Running in its slot; answers the job id. */
 async function running(id: string): Promise<string> {
-  await settled(stack, id, 'Running', 240);
+  await settled(f.stack, id, 'Running', 240);
   return (await slot(id).query(pilotSlotQuery)).jobId!;
 }
 
@@ -75,11 +70,11 @@ describe('pilot kill matrix on vmm3', () => {
     const blocker = await fillNode();
     const id = await create();
     const jobId = await eventually(60, async () => (await slot(id).query(pilotSlotQuery)).jobId, 'the pilot job submitted');
-    expect((await slurm.status(jobId)).state).toBe('queued');
-    expect(await show(stack, id)).toMatchObject({ task: 'queued-in-batch' });
-    expect((await stack.call('alice', 'DELETE', `/workspaces/${id}`)).status).toBe(202);
-    await settled(stack, id, 'Cancelled', 120);
-    await slurm.cancel(blocker);
+    expect((await f.slurm.status(jobId)).state).toBe('queued');
+    expect(await show(f.stack, id)).toMatchObject({ task: 'queued-in-batch' });
+    expect((await f.stack.call('alice', 'DELETE', `/workspaces/${id}`)).status).toBe(202);
+    await settled(f.stack, id, 'Cancelled', 120);
+    await f.slurm.cancel(blocker);
     await expectClean(id);
   });
 
@@ -87,10 +82,10 @@ describe('pilot kill matrix on vmm3', () => {
     const blocker = await fillNode();
     const id = await create();
     const jobId = await eventually(60, async () => (await slot(id).query(pilotSlotQuery)).jobId, 'the pilot job submitted');
-    await slurm.cancel(jobId);
-    const ws = await settled(stack, id, 'Cancelled', 120);
+    await f.slurm.cancel(jobId);
+    const ws = await settled(f.stack, id, 'Cancelled', 120);
     expect(ws.reason).toMatch(/refused: pilot mode: the pilot job \d+ ended \(cancelled.*before its pilot reserved the node/);
-    await slurm.cancel(blocker);
+    await f.slurm.cancel(blocker);
     await expectClean(id);
   });
 
@@ -99,7 +94,7 @@ describe('pilot kill matrix on vmm3', () => {
     const jobId = await running(id);
     expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
     await promisify(execFile)('pkill', ['-KILL', '-f', `pilot/main.js run --slot ${id}`]);
-    const ws = await settled(stack, id, 'Cancelled', 120);
+    const ws = await settled(f.stack, id, 'Cancelled', 120);
     expect(ws.reason).toMatch(new RegExp(`preempted: the pilot job ${jobId} ended`));
     await expectClean(id);
     expect((await slot(id).query(pilotSlotQuery)).notices.some((n) => n.startsWith(`node ${NODE} checked after the job`))).toBe(true);
@@ -108,16 +103,60 @@ describe('pilot kill matrix on vmm3', () => {
   it('reserved + vws workers down + scancel: the pilot hands back alone; back up, vws finds it all gone', async () => {
     const id = await create();
     const jobId = await running(id);
-    stack.killHead();
-    stack.killNodeWorker();
-    await slurm.cancel(jobId);
+    f.stack.killHead();
+    f.stack.killNodeWorker();
+    await f.slurm.cancel(jobId);
     // The pilot waits out vws's share of the grace, destroys the VM itself and restores the memory.
-    await eventually(60, async () => (await slurm.status(jobId)).state === 'ended' && (await memory.read()) === TEST_NODES[NODE].memoryMiB, 'the pilot handing back alone');
-    expect(await stack.vmStatus(id)).toBe('absent');
-    await stack.startHead();
-    await stack.startNodeWorker();
-    const ws = await settled(stack, id, 'Cancelled', 180);
+    await eventually(60, async () => (await f.slurm.status(jobId)).state === 'ended' && (await memory.read()) === TEST_NODES[NODE].memoryMiB, 'the pilot handing back alone');
+    expect(await f.stack.vmStatus(id)).toBe('absent');
+    await f.stack.startHead();
+    await f.stack.startNodeWorker();
+    const ws = await settled(f.stack, id, 'Cancelled', 180);
     expect(ws.reason).toMatch(/preempted: the batch system is taking node vmm3 back \(early-unreserving\)/);
     await expectClean(id);
+  });
+
+  it('reserved + node reboot: everything on the node dies; the boot reset restores memory, vws ends the workspace', async () => {
+    const id = await create();
+    const jobId = await running(id);
+    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
+    // The boot: `vws-pilot boot-reset` from the site configuration, the node found by its host name.
+    const bootReset = ['env', '-u', 'VWS_NODE', `VWS_CONFIG=${f.stack.configFile}`, process.execPath, join(ROOT, 'dist/pilot/main.js'), 'boot-reset', '--wait-seconds', '0'];
+    const t0 = Date.now();
+    await promisify(execFile)(resolve(ROOT, 'testbed/testbed.sh'), ['reboot', NODE, '--', ...bootReset], { timeout: 120_000 });
+    const bootMs = Date.now() - t0;
+    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB);
+    expect(await f.stack.vmStatus(id)).toBe('absent');
+    // The node worker comes back with the node (a systemd unit, here the f.stack).
+    await f.stack.startNodeWorker();
+    const ws = await settled(f.stack, id, 'Cancelled', 240);
+    expect(ws.reason).toMatch(new RegExp(`the pilot job ${jobId} ended`));
+    const endedMs = Date.now() - t0;
+    await expectClean(id);
+    // The boot reset had already put the node right: vws's own check after the job found nothing to do.
+    expect((await slot(id).query(pilotSlotQuery)).notices).toContain(`node ${NODE} checked after the job: 0 VMs left, memory at ${TEST_NODES[NODE].memoryMiB} MiB`);
+    console.log(`node reboot: power cut → booted with boot-reset ${bootMs} ms; → workspace Cancelled ${endedMs} ms (${ws.reason})`);
+  });
+
+  it('early-unreserving + SIGKILL of the pilot while vws is down: back up, vws evacuates and resets the node', async () => {
+    const id = await create();
+    const jobId = await running(id);
+    f.stack.killHead();
+    f.stack.killNodeWorker();
+    await f.slurm.cancel(jobId);
+    // The pilot tells nobody (vws is down) and waits out vws's share of the grace: kill it in there.
+    const out = `/tmp/${pilotJobName(f.stack.config, id)}.out`;
+    await eventually(10, async () => readFileSync(out, 'utf8').includes('"to":"early-unreserving"'), 'the pilot in early-unreserving');
+    await promisify(execFile)('pkill', ['-KILL', '-f', `pilot/main.js run --slot ${id}`]);
+    await eventually(60, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
+    // Nobody handed the node back: the VM runs on and the memory is still reserved.
+    expect(await f.stack.vmStatus(id)).toBe('running');
+    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
+    await f.stack.startHead();
+    await f.stack.startNodeWorker();
+    const ws = await settled(f.stack, id, 'Cancelled', 180);
+    expect(ws.reason).toMatch(/preempted/);
+    await expectClean(id);
+    expect((await slot(id).query(pilotSlotQuery)).notices.some((n) => n.startsWith(`node ${NODE} checked after the job`))).toBe(true);
   });
 });

@@ -5,8 +5,10 @@
  */
 import { join } from 'node:path';
 import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
+import { AllocatorClient } from '../../src/clients/allocator';
 import { LocalExecutor } from '../../src/exec/local';
-import { startStack, TESTBED_DIR, type Stack, type StackOptions, type TestNode } from './stack';
+import { ROOT, startStack, TESTBED_DIR, type Stack, type StackOptions, type TestNode } from './stack';
+import { temporalAddress } from './temporal';
 
 /** The testbed's slurm.conf (testbed/testbed.sh). */
 export const SLURM_CONF = join(TESTBED_DIR, 'slurm', 'slurm.conf');
@@ -24,6 +26,27 @@ export interface PilotStackOptions extends Pick<StackOptions, 'label' | 'first' 
   /** Extra `lrm` and `pilot` settings over the defaults here. */
   lrm?: Record<string, unknown>;
   pilot?: Record<string, unknown>;
+  /**
+   * vws's HTTP endpoint unreachable from the pilots: their API URL is a closed port (10.213.0.1:9), and
+   * `pilot.sshFallback` carries every notification over SSH to vmm2, where `vws-pilot receive` (this
+   * tree's dist/, with the stack's own configuration) stands in for the head's receiver: the testbed's
+   * head runs no sshd. The receiver reaches the dev server over the bridge.
+   */
+  sshFallback?: boolean;
+}
+
+/** An API URL where nothing listens (the discard port): every HTTP attempt is refused at once. */
+const CLOSED_API = 'http://10.213.0.1:9';
+
+/** `pilot.sshFallback` to vmm2's sshd (its key pinned) and `vws-pilot receive` there with `configFile`. */
+function sshFallbackToVmm2(configFile: string): Record<string, unknown> {
+  return {
+    host: '10.213.0.12',
+    hostAlias: 'vmm2',
+    keyFile: join(TESTBED_DIR, 'ssh/id_ed25519'),
+    knownHostsFile: join(TESTBED_DIR, 'ssh/known_hosts'),
+    command: ['/usr/bin/env', `VWS_TEMPORAL_ADDRESS=10.213.0.1:${temporalAddress().split(':').pop()}`, process.execPath, join(ROOT, 'dist/pilot/main.js'), 'receive', '--config', configFile],
+  };
 }
 
 /** Starts a stack whose only node is a pilot node lent by the testbed's Slurm. */
@@ -40,7 +63,13 @@ export function startPilotStack(o: PilotStackOptions): Promise<Stack> {
       lrm: { kind: 'slurm', partition: 'vws', slurm: { conf: SLURM_CONF }, ...o.lrm },
       pilot: { graceSeconds: TESTBED_KILL_WAIT_S, graceRatio: 0.5, pollSeconds: 5, reserveTimeoutSeconds: 120, ...o.pilot },
     },
-    lateConfig: (dir, api) => ({ pilot: { secretFile: join(dir, 'secrets', 'pilot.secret'), apiUrl: api } }),
+    lateConfig: (dir, api) => ({
+      pilot: {
+        secretFile: join(dir, 'secrets', 'pilot.secret'),
+        apiUrl: o.sshFallback ? CLOSED_API : api,
+        ...(o.sshFallback ? { sshFallback: sshFallbackToVmm2(join(dir, 'vws.yaml')) } : {}),
+      },
+    }),
   });
 }
 
@@ -48,4 +77,30 @@ export function startPilotStack(o: PilotStackOptions): Promise<Stack> {
 export async function cancelStackJobs(stack: Stack | undefined, slurm: SlurmBatchSystem): Promise<void> {
   if (!stack) return;
   for (const j of await slurm.listByPrefix(stack.config.temporal.prefix).catch(() => [])) await slurm.cancel(j.jobId).catch(() => undefined);
+}
+
+/** What a pilot test file works with: its stack, the testbed's Slurm and the stack's allocator. */
+export interface PilotFixture {
+  stack: Stack;
+  slurm: SlurmBatchSystem;
+  allocator: AllocatorClient;
+}
+
+/**
+ * Starts a pilot stack before the file's tests and, after them, cancels every job of its prefix still
+ * known to Slurm (nothing of a test may stay queued, whatever failed) and stops it. Read the fields
+ * inside tests (they are set in beforeAll).
+ */
+export function usePilotStack(o: PilotStackOptions): PilotFixture {
+  const f = {} as PilotFixture;
+  beforeAll(async () => {
+    f.slurm = testbedSlurm();
+    f.stack = await startPilotStack(o);
+    f.allocator = new AllocatorClient(f.stack.conn.client, f.stack.config);
+  });
+  afterAll(async () => {
+    await cancelStackJobs(f.stack, f.slurm);
+    await f.stack?.stop();
+  });
+  return f;
 }

@@ -28,7 +28,8 @@ import { sshExecutorFor } from '../../src/exec/ssh';
 import { createHeadWorker, createSshNodeWorkers } from '../../src/workers/head';
 import { connect, temporalAddress, uniquePrefix, workflowBundle, type TestConnections } from './temporal';
 
-const ROOT = join(__dirname, '../..');
+/** The checkout's root. */
+export const ROOT = join(__dirname, '../..');
 /** The testbed's state directory (as testbed/testbed.sh uses it). */
 export const TESTBED_DIR = process.env.VWS_TESTBED_DIR ?? '/var/lib/vws/testbed';
 /** The guest image built by testbed/guest/build.sh. */
@@ -81,6 +82,8 @@ export type TestNode = keyof typeof TEST_NODES;
 /** A running stack. */
 export interface Stack {
   config: VwsConfig;
+  /** The stack's configuration file (what its workers read as VWS_CONFIG). */
+  configFile: string;
   /** API base URL as seen from the head. */
   api: string;
   /** Bearer tokens of the two test clients. */
@@ -295,6 +298,7 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       });
       return { status: res.status, body: (await res.json().catch(() => ({}))) as Record<string, unknown> };
     },
+    configFile,
     grants: () => conn.client.workflow.getHandle(allocatorWorkflowId(config)).query(grantsQuery),
     async recordHistory(workspaceId, name) {
       await record(workspaceWorkflowId(config, workspaceId), `workspace-${name}`);

@@ -117,6 +117,8 @@ describe('Slurm adapter on the testbed', () => {
     await slurm.cancel(blocker.jobId);
     const running = await waitState(pilot.jobId, ['running'], 15_000);
     expect(running).toMatchObject({ state: 'running', nodes: 'vmm3', name: `${prefix}pilot` });
+    // Never requeued (a pilot is for one slot): Slurm holds the submission's --no-requeue.
+    expect(execFileSync('scontrol', ['show', 'job', pilot.jobId], { env: { ...process.env, SLURM_CONF } }).toString()).toMatch(/\bRequeue=0\b/);
     const m = marker(`${prefix}pilot`);
     await waitFor('the pilot to start', () => lines(m).length > 0, 5_000);
     // Pinned node, the job's own id, and only the environment we gave (a comma survives).
