@@ -4,6 +4,8 @@
  * nothing is held (no slot, lease, grant, batch job, VM, DHCP entry or file).
  * - queued: the workspace is destroyed while its job waits behind a job that fills the node;
  * - queued: the job is cancelled with scancel while it waits;
+ * - queued: vws's head and node workers are killed; the job starts and the pilot reserves while they are
+ *   down (its `reserved` reaches the API and waits in the slot's history); back up, the workspace runs;
  * - reserved: the pilot process is killed with SIGKILL (it never hands back: vws resets the node);
  * - reserved: vws's head and node workers are killed, the job is cancelled while they are down (the pilot
  *   hands back alone), and the workers come back;
@@ -86,6 +88,24 @@ describe('pilot kill matrix on vmm3', () => {
     const ws = await settled(f.stack, id, 'Cancelled', 120);
     expect(ws.reason).toMatch(/refused: pilot mode: the pilot job \d+ ended \(cancelled.*before its pilot reserved the node/);
     await f.slurm.cancel(blocker);
+    await expectClean(id);
+  });
+
+  it('queued + vws workers down: the job starts and the pilot reserves meanwhile; back up, the workspace runs', async () => {
+    const blocker = await fillNode();
+    const id = await create();
+    await eventually(60, async () => (await slot(id).query(pilotSlotQuery)).jobId, 'the pilot job submitted');
+    f.stack.killHead();
+    f.stack.killNodeWorker();
+    await f.slurm.cancel(blocker);
+    // The pilot reserves and its `reserved` reaches the API, which records it in the slot's history.
+    await eventually(60, async () => (await memory.read()) === TEST_NODES[NODE].memoryMiB - 192, 'the pilot reserving while vws is down');
+    await f.stack.startHead();
+    await f.stack.startNodeWorker();
+    await settled(f.stack, id, 'Running', 240);
+    expect((await slot(id).query(pilotSlotQuery)).state).toBe('reserved');
+    expect((await f.stack.call('alice', 'DELETE', `/workspaces/${id}`)).status).toBe(202);
+    await settled(f.stack, id, 'Cancelled', 120);
     await expectClean(id);
   });
 
