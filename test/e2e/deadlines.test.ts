@@ -70,10 +70,12 @@ describe.each(testNodes(['vmm1', 'xen1'] as TestNode[]))('deadlines on %s', (nod
     await stack.recordHistory(id, `deadline-serialize-${node}`);
   });
 
+  // On xen1 (TCG: a boot takes ~25 s) only the mechanism: the flag takes the same path to the same
+  // driver call (`xl destroy`), and the workflow's side of both is tested on vmm1.
   it('Trash and trash-at-shutdown: evict at once and keep nothing', async () => {
     const trash = await deploy(stack, { durationSeconds: DURATION, shutdownMechanism: 'Trash' });
-    const flag = await deploy(stack, { durationSeconds: DURATION, trashAtShutdown: true });
-    for (const id of [trash, flag]) {
+    const flag = node === 'xen1' ? undefined : await deploy(stack, { durationSeconds: DURATION, trashAtShutdown: true });
+    for (const id of flag ? [trash, flag] : [trash]) {
       const ws = await settled(stack, id, 'Cancelled', 120);
       expect(ws.reason).toBe(`DeploymentTime of ${DURATION} s ran out; trashed`);
       expect(ws.shutdownMechanism).toBe('Trash');
@@ -83,7 +85,10 @@ describe.each(testNodes(['vmm1', 'xen1'] as TestNode[]))('deadlines on %s', (nod
     expect(await stack.grants()).toEqual([]);
   });
 
-  it('a paused workspace still uses its running time', async () => {
+  // The clock is the workflow's, whatever the hypervisor; destroying a paused Xen domain is tested in
+  // test/e2e/operations.test.ts on xen1. So on vmm1 only.
+  const pausedTest = node === 'xen1' ? it.skip : it;
+  pausedTest('a paused workspace still uses its running time', async () => {
     const id = await deploy(stack, { durationSeconds: DURATION, shutdownMechanism: 'Trash' });
     await settled(stack, id, 'Running');
     await operate(stack, id, 'pause', 'Paused');
