@@ -50,6 +50,8 @@ export interface ExtraDisk {
 export interface ShutdownResult {
   /** False when the guest ignored the request within the timeout and the VM was destroyed. */
   graceful: boolean;
+  /** When not graceful: why, in a sentence for the workspace's notices (what the driver saw). */
+  forcedBecause?: string;
 }
 
 /** A hypervisor driver. */

@@ -516,6 +516,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     const n = node(FORWARD_RETRY);
     const r = await n.long.shutdownVm({ workspaceId: input.id, timeoutSeconds: routing.shutdownTimeoutSeconds });
     d.lastShutdown = r.graceful ? 'graceful' : 'forced';
+    if (!r.graceful && r.forcedBecause) d.notices.push(`shutdown forced: ${r.forcedBecause}`);
     // The DHCP entry and lease follow the VM: a later boot then waits for a lease of its own.
     await removeDhcpEntries(FORWARD_RETRY);
     forgetObtained();

@@ -56,7 +56,8 @@ describe.each(testNodes(['vmm1', 'vmm2', 'xen1'] as TestNode[]))('every operatio
     await expectEventually(async () => (await stack.console(id)).split('VWS-GUEST: image=').length > bootsBefore, 'the guest boots again');
 
     ({ ws, seconds: times.shutdown } = await operate(stack, id, 'shutdown', 'Propagated'));
-    expect(ws.lastShutdown).toBe('graceful');
+    // With the notices: a forced shutdown says why.
+    expect({ lastShutdown: ws.lastShutdown, notices: ws.notices }).toEqual({ lastShutdown: 'graceful', notices: [] });
     expect(await stack.vmStatus(id)).toBe('absent');
     expect(await stack.grants()).toHaveLength(1); // a shut-down workspace keeps its slot: it can start again
 

@@ -157,7 +157,7 @@ maybe('QemuDriver on a real VM', () => {
     // A guest that has not booted far enough to run acpid ignores the button: forced after the timeout.
     await driver.create(spec);
     const forced = await timed('shutdown (forced, 1 s)', () => driver.shutdown(NAME, 1000));
-    expect(forced).toEqual({ graceful: false });
+    expect(forced).toEqual({ graceful: false, forcedBecause: 'the guest did not power off within 1 s of the power button' });
     expect(tapExists()).toBe(false);
 
     // A paused VM is resumed so that it can see the button.

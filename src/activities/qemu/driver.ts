@@ -361,12 +361,15 @@ export class QemuDriver implements HypervisorDriver {
       return true;
     });
     let graceful = true;
+    let forcedBecause: string | undefined;
     if (asked !== 'absent') {
       graceful = asked && (await this.waitGone(name, timeoutMs));
+      if (!asked) forcedBecause = 'the VM was stopped (not paused by vws) and could not see the power button';
+      else if (!graceful) forcedBecause = `the guest did not power off within ${Math.round(timeoutMs / 1000)} s of the power button`;
       if (!graceful) await this.kill(name);
     }
     await this.cleanup(name);
-    return { graceful };
+    return forcedBecause ? { graceful, forcedBecause } : { graceful };
   }
 
   /**

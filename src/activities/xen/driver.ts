@@ -183,30 +183,35 @@ export class XenDriver implements HypervisorDriver, Dom0Memory {
       return { graceful: true };
     }
     if (state === 'paused') await this.xl(['unpause', name], 30_000);
-    const graceful = state !== 'shutoff' && (await this.askShutdown(name, timeoutMs));
+    const asked = state === 'shutoff' ? 'the domain was already shut off' : await this.askShutdown(name, timeoutMs);
+    const graceful = asked === true;
     // xl's monitor destroys the domain right after it shut down (on_poweroff="destroy"); give it a moment.
     if (!(await this.waitGone(name, graceful ? 5_000 : 0))) await this.destroyDomain(name);
     await this.cleanup(name);
-    return { graceful };
+    return asked === true ? { graceful } : { graceful, forcedBecause: asked };
   }
 
   /**
    * `xl shutdown -w` until the guest has shut down, within `timeoutMs`. A guest still booting has no PV
-   * control interface yet, so that answer is retried until the deadline. False on timeout.
+   * control interface yet, so that answer is retried until the deadline, and so is an `xl` that ended
+   * without an exit code before it (a lost SSH channel, a signal). True once shut down; otherwise why not.
    */
-  private async askShutdown(name: string, timeoutMs: number): Promise<boolean> {
+  private async askShutdown(name: string, timeoutMs: number): Promise<true | string> {
     const deadline = Date.now() + timeoutMs;
+    let last = 'no answer';
     for (;;) {
       const left = deadline - Date.now();
-      if (left <= 0) return false;
+      if (left <= 0) return `the guest did not shut down within ${Math.round(timeoutMs / 1000)} s (last: ${last})`;
       try {
         const r = await this.xl(['shutdown', '-w', name], left, [0, 1]);
         if (r.code === 0) return true;
         if (/invalid domain identifier/.test(r.stderr)) return true; // it went away meanwhile
         if (!/PV control interface not available/i.test(r.stderr)) throw new CommandError(['xl', 'shutdown', '-w', name], r.code, r.stderr);
+        last = r.stderr.trim().slice(-200);
       } catch (e) {
-        if (e instanceof CommandError && e.code === null) return false; // our timeout killed xl
-        throw e;
+        // No exit code: our timeout killed xl (then the loop ends above), or it was cut off: ask again.
+        if (!(e instanceof CommandError && e.code === null)) throw e;
+        last = e.message.slice(0, 200);
       }
       await sleep(500);
     }
