@@ -12,6 +12,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils';
+import type { WorkflowHandle } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import type { PilotSlotActivities } from '../../src/activities/head/pilot-slot';
 import type { BatchJobStatus } from '../../src/activities/lrm/types';
@@ -94,6 +95,17 @@ async function startSlot(name: string) {
   return { workspace, slot };
 }
 
+/** With VWS_RECORD_HISTORIES=DIR, saves the slot's history as DIR/FILE.json for the replay test; ends the stand-in. */
+async function finish(workspace: WorkflowHandle, slot: WorkflowHandle, file: string): Promise<void> {
+  const out = process.env.VWS_RECORD_HISTORIES;
+  if (out) {
+    mkdirSync(out, { recursive: true });
+    writeFileSync(join(out, `${file}.json`), historyToJSON(await slot.fetchHistory()));
+  }
+  await workspace.signal(stopRecorderSignal);
+  await workspace.result();
+}
+
 beforeAll(async () => {
   conn = await connect();
   worker = await Worker.create({
@@ -144,13 +156,7 @@ it('acts on an early-unreserving that arrives while the job status is still bein
   expect(final.notices).toEqual([expect.stringMatching(/^reserved from vmm3 over http at .*: acted on$/), expect.stringMatching(/^early-unreserving from vmm3 over http at .*: acted on: evacuating$/)]);
   expect(batch.cancelled).toBe(true);
 
-  const out = process.env.VWS_RECORD_HISTORIES;
-  if (out) {
-    mkdirSync(out, { recursive: true });
-    writeFileSync(join(out, 'pilot-slot-early-unreserving-during-status.json'), historyToJSON(await slot.fetchHistory()));
-  }
-  await workspace.signal(stopRecorderSignal);
-  await workspace.result();
+  await finish(workspace, slot, 'pilot-slot-early-unreserving-during-status');
 });
 
 it('acts on a reserved that arrives while the queued slot is still asking about the job', async () => {
@@ -178,11 +184,5 @@ it('acts on a reserved that arrives while the queued slot is still asking about 
   expect(final.notices).toEqual([expect.stringMatching(/^reserved from vmm3 over http at .*: acted on$/)]);
   expect(batch.cancelled).toBe(true);
 
-  const out = process.env.VWS_RECORD_HISTORIES;
-  if (out) {
-    mkdirSync(out, { recursive: true });
-    writeFileSync(join(out, 'pilot-slot-reserved-during-queued-status.json'), historyToJSON(await slot.fetchHistory()));
-  }
-  await workspace.signal(stopRecorderSignal);
-  await workspace.result();
+  await finish(workspace, slot, 'pilot-slot-reserved-during-queued-status');
 });
