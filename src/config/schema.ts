@@ -127,6 +127,11 @@ export const sshSchema = z
     keepaliveIntervalMs: z.number().int().min(100).default(5_000),
     /** Concurrent channels per connection (OpenSSH's MaxSessions defaults to 10). */
     maxChannels: z.number().int().min(1).max(64).default(8),
+    /**
+     * Bound on one file operation over SFTP (a read, write, stat, rename) and on opening a session or
+     * stream; past it the call fails and the next one opens a fresh SFTP session.
+     */
+    sftpTimeoutMs: z.number().int().min(100).default(30_000),
   })
   .strict();
 

@@ -184,6 +184,12 @@ export interface SshExecutorOptions {
   maxChannels?: number;
   /** Program providing `timeout` on the host (default `['timeout']`; e.g. `['busybox', 'timeout']`). */
   timeoutCommand?: readonly string[];
+  /**
+   * Bound on one SFTP call, on opening the SFTP session or a stream, and on opening a unix-socket channel
+   * (default 30 s). Keepalives only notice a dead connection; an SFTP server that stopped answering on a
+   * live one (its process stopped or stuck) would otherwise hold the caller for ever.
+   */
+  sftpTimeoutMs?: number;
 }
 
 /** Counters for tests and diagnostics. */
@@ -220,6 +226,27 @@ function fsError(message: string, code: string | undefined): Error {
   return err;
 }
 
+/**
+ * `promise`, or the error `onTimeout` returns if it has not settled within `ms`. The timer never keeps
+ * the process alive and is cleared as soon as the promise settles.
+ */
+function bounded<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(onTimeout()), ms);
+    timer.unref();
+    promise.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(timer);
+        reject(e);
+      },
+    );
+  });
+}
+
 /** Maps an SFTP status error to a Node-style code. */
 function sftpCode(err: unknown): string | undefined {
   const code = (err as { code?: unknown }).code;
@@ -253,6 +280,7 @@ export class SshExecutor implements Executor {
   private readonly keepaliveCountMax: number;
   private readonly maxChannels: number;
   private readonly timeoutCommand: readonly string[];
+  private readonly sftpTimeoutMs: number;
 
   private conn: Connection | null = null;
   private connecting: Promise<Connection> | null = null;
@@ -271,6 +299,7 @@ export class SshExecutor implements Executor {
     this.maxChannels = options.maxChannels ?? 8;
     if (!Number.isInteger(this.maxChannels) || this.maxChannels < 1) throw new Error(`${this.where}: maxChannels must be a positive integer`);
     this.timeoutCommand = options.timeoutCommand ?? ['timeout'];
+    this.sftpTimeoutMs = options.sftpTimeoutMs ?? 30_000;
 
     // The key is parsed here, once, so a bad key is a configuration error at start-up, not a failure of
     // some later activity. Its bytes never appear in a message.
@@ -566,22 +595,31 @@ export class SshExecutor implements Executor {
   private async sftp(): Promise<SFTPWrapper> {
     const conn = await this.connection();
     if (!conn.sftp) {
-      const opening = new Promise<SFTPWrapper>((resolve, reject) => {
-        try {
-          conn.client.sftp((err, sftp) => {
-            if (err) reject(new Error(`${this.where}: could not start SFTP: ${err.message}`));
-            else {
-              sftp.on('close', () => {
-                if (conn.sftp === opening) conn.sftp = undefined;
-              });
-              sftp.on('error', () => undefined);
-              resolve(sftp);
-            }
-          });
-        } catch (e) {
-          reject(new Error(`${this.where}: could not start SFTP: ${conn.closed ? this.lostMessage(conn) : (e as Error).message}`));
-        }
-      });
+      let late = false;
+      const opening = bounded(
+        new Promise<SFTPWrapper>((resolve, reject) => {
+          try {
+            conn.client.sftp((err, sftp) => {
+              if (err) reject(new Error(`${this.where}: could not start SFTP: ${err.message}`));
+              else if (late) sftp.end(); // opened after the caller gave up: nobody will use it
+              else {
+                sftp.on('close', () => {
+                  if (conn.sftp === opening) conn.sftp = undefined;
+                });
+                sftp.on('error', () => undefined);
+                resolve(sftp);
+              }
+            });
+          } catch (e) {
+            reject(new Error(`${this.where}: could not start SFTP: ${conn.closed ? this.lostMessage(conn) : (e as Error).message}`));
+          }
+        }),
+        this.sftpTimeoutMs,
+        () => {
+          late = true;
+          return fsError(`${this.where}: could not start SFTP: no answer within ${this.sftpTimeoutMs} ms`, 'ETIMEDOUT');
+        },
+      );
       conn.sftp = opening;
       opening.catch(() => {
         if (conn.sftp === opening) conn.sftp = undefined;
@@ -590,14 +628,43 @@ export class SshExecutor implements Executor {
     return conn.sftp;
   }
 
-  /** One SFTP call as a promise; errors name the operation, path and host, and carry ENOENT etc. */
+  /**
+   * Stops using an SFTP session that did not answer in time: the next call opens a fresh one. Its channel
+   * is closed, and a late answer on it goes nowhere.
+   */
+  private abandonSftp(sftp: SFTPWrapper): void {
+    const conn = this.conn;
+    if (conn?.sftp) {
+      const session = conn.sftp;
+      void session.then(
+        (s) => {
+          if (s === sftp && conn.sftp === session) conn.sftp = undefined;
+        },
+        () => undefined,
+      );
+    }
+    try {
+      sftp.end();
+    } catch {
+      // Already closed with its connection.
+    }
+  }
+
+  /**
+   * One SFTP call as a promise; errors name the operation, path and host, and carry ENOENT etc. A call
+   * with no answer within `sftpTimeoutMs` fails with ETIMEDOUT and abandons the session.
+   */
   private async sftpCall<T>(op: string, path: string, call: (sftp: SFTPWrapper, cb: (err: Error | null | undefined, value?: T) => void) => void): Promise<T> {
     const sftp = await this.sftp();
-    return new Promise<T>((resolve, reject) => {
+    const pending = new Promise<T>((resolve, reject) => {
       call(sftp, (err, value) => {
         if (err) reject(this.wrapSftpError(err, op, path));
         else resolve(value as T);
       });
+    });
+    return bounded(pending, this.sftpTimeoutMs, () => {
+      this.abandonSftp(sftp);
+      return fsError(`${this.where}: ${op} ${path}: no answer from the SFTP server within ${this.sftpTimeoutMs} ms`, 'ETIMEDOUT');
     });
   }
 
@@ -703,31 +770,48 @@ export class SshExecutor implements Executor {
   async readStream(path: string, start = 0): Promise<Readable> {
     const sftp = await this.sftp();
     const stream = sftp.createReadStream(path, { start });
-    await new Promise<void>((resolve, reject) => {
-      stream.once('open', () => resolve()).once('error', (e: Error) => reject(this.wrapSftpError(e, 'read', path)));
-    });
+    await this.streamOpened(sftp, stream, 'read', path);
     return stream;
   }
 
   async writeStream(path: string, options: { append?: boolean } = {}): Promise<Writable> {
     const sftp = await this.sftp();
     const stream = sftp.createWriteStream(path, { flags: options.append ? 'a' : 'w', mode: 0o644 });
-    await new Promise<void>((resolve, reject) => {
-      stream.once('open', () => resolve()).once('error', (e: Error) => reject(this.wrapSftpError(e, 'write', path)));
-    });
+    await this.streamOpened(sftp, stream, 'write', path);
     return stream;
+  }
+
+  /** Waits, within `sftpTimeoutMs`, for an SFTP stream to open. */
+  private async streamOpened(sftp: SFTPWrapper, stream: Readable | Writable, op: string, path: string): Promise<void> {
+    const opened = new Promise<void>((resolve, reject) => {
+      stream.once('open', () => resolve()).once('error', (e: Error) => reject(this.wrapSftpError(e, op, path)));
+    });
+    await bounded(opened, this.sftpTimeoutMs, () => {
+      stream.destroy();
+      this.abandonSftp(sftp);
+      return fsError(`${this.where}: ${op} ${path}: no answer from the SFTP server within ${this.sftpTimeoutMs} ms`, 'ETIMEDOUT');
+    });
   }
 
   async connectUnix(path: string): Promise<Duplex> {
     const conn = await this.connection();
     const failure = (err: Error) =>
       new Error(`${this.where}: cannot connect to unix socket ${path}: ${conn.closed ? this.lostMessage(conn) : err.message}`);
-    return new Promise<Duplex>((resolve, reject) => {
+    let late = false;
+    const opening = new Promise<Duplex>((resolve, reject) => {
       try {
-        conn.client.openssh_forwardOutStreamLocal(path, (err, ch) => (err ? reject(failure(err)) : resolve(ch)));
+        conn.client.openssh_forwardOutStreamLocal(path, (err, ch) => {
+          if (late && !err) ch.destroy(); // opened after the caller gave up: nobody will use it
+          else if (err) reject(failure(err));
+          else resolve(ch);
+        });
       } catch (e) {
         reject(failure(e as Error));
       }
+    });
+    return bounded(opening, this.sftpTimeoutMs, () => {
+      late = true;
+      return fsError(`${this.where}: cannot connect to unix socket ${path}: no answer within ${this.sftpTimeoutMs} ms`, 'ETIMEDOUT');
     });
   }
 }
@@ -749,5 +833,6 @@ export function sshExecutorFor(config: VwsConfig, node: NodeConfig, knownHosts?:
     connectTimeoutMs: config.ssh.connectTimeoutMs,
     keepaliveIntervalMs: config.ssh.keepaliveIntervalMs,
     maxChannels: config.ssh.maxChannels,
+    sftpTimeoutMs: config.ssh.sftpTimeoutMs,
   });
 }

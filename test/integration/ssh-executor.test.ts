@@ -5,7 +5,7 @@
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -65,6 +65,28 @@ async function finish(stream: Writable, data: Buffer): Promise<void> {
     stream.once('error', reject).once('close', () => resolve());
     stream.end(data);
   });
+}
+
+/** Prints the node-side sshd process serving the connection: the first sshd among the command's ancestors. */
+const SSHD_OF_CONNECTION =
+  'p=$PPID; while :; do case $(cat /proc/$p/comm) in sshd*) echo $p; exit 0;; esac; p=$(cut -d" " -f4 /proc/$p/stat); [ "$p" -gt 1 ] || exit 1; done';
+
+/** The children of `pid` with their command names (the testbed's hosts share our PID namespace). */
+function childrenOf(pid: number): Array<{ pid: number; comm: string }> {
+  const out: Array<{ pid: number; comm: string }> = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      // "pid (comm) state ppid …": comm may hold spaces and parentheses, so split at the last ')'.
+      const close = stat.lastIndexOf(')');
+      const ppid = Number(stat.slice(close + 2).split(' ')[1]);
+      if (ppid === pid) out.push({ pid: Number(name), comm: stat.slice(stat.indexOf('(') + 1, close) });
+    } catch {
+      // Exited while we looked.
+    }
+  }
+  return out;
 }
 
 const dir = `/tmp/vws-ssh-test-${randomBytes(4).toString('hex')}`;
@@ -156,11 +178,7 @@ describe('SshExecutor on testbed host vmm2', () => {
   it('reconnects after the connection is killed; a command in flight fails clearly', async () => {
     const ex = vmm2();
     // The node-side sshd process serving our connection: the first sshd among our command's ancestors.
-    const { stdout } = await ex.run([
-      'sh',
-      '-c',
-      'p=$PPID; while :; do case $(cat /proc/$p/comm) in sshd*) echo $p; exit 0;; esac; p=$(cut -d" " -f4 /proc/$p/stat); [ "$p" -gt 1 ] || exit 1; done',
-    ]);
+    const { stdout } = await ex.run(['sh', '-c', SSHD_OF_CONNECTION]);
     const sshdPid = Number(stdout.trim());
     expect(sshdPid).toBeGreaterThan(1);
     const inFlight = ex.run(['sleep', '5']).catch((e: unknown) => e);
@@ -179,6 +197,31 @@ describe('SshExecutor on testbed host vmm2', () => {
     await expect(ex.run(['echo', 'third'])).resolves.toMatchObject({ stdout: 'third\n' });
     expect(await ex.exists('/etc')).toBe(true);
     expect(ex.stats.connects).toBe(3);
+  });
+
+  it('fails an SFTP call the server does not answer within sftpTimeoutMs, and the next call gets a fresh session', async () => {
+    const ex = vmm2({ sftpTimeoutMs: 1500 });
+    const f = `${dir}/stalled/a.txt`;
+    await ex.writeFileAtomic(f, 'before\n'); // opens the SFTP session
+    // internal-sftp serves the session in a forked child of the connection's sshd; stopping it stalls
+    // every SFTP answer while the connection (keepalives, commands) stays alive.
+    const sshdPid = Number((await ex.run(['sh', '-c', SSHD_OF_CONNECTION])).stdout.trim());
+    const sftpPids = childrenOf(sshdPid).filter((c) => c.comm.startsWith('sshd')).map((c) => c.pid);
+    expect(sftpPids).toHaveLength(1);
+    process.kill(sftpPids[0], 'SIGSTOP');
+    try {
+      await expect(ex.readFile(f)).rejects.toMatchObject({
+        code: 'ETIMEDOUT',
+        message: `ssh root@10.213.0.12:22: read ${f}: no answer from the SFTP server within 1500 ms`,
+      });
+      await expect(ex.run(['echo', 'alive'])).resolves.toMatchObject({ stdout: 'alive\n' });
+      await ex.writeFileAtomic(f, 'after\n');
+      expect(await ex.readFile(f)).toBe('after\n');
+      expect(ex.stats.connects).toBe(1); // the same connection, a new SFTP session
+      expect(childrenOf(sshdPid).filter((c) => c.comm.startsWith('sshd') && c.pid !== sftpPids[0])).toHaveLength(1);
+    } finally {
+      process.kill(sftpPids[0], 'SIGKILL');
+    }
   });
 
   it('round-trips files: atomic writes, rename over a target, sizes, and MiB streams by sha256', async () => {

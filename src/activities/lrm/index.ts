@@ -48,6 +48,7 @@ export function submitHostExecutor(config: VwsConfig): Executor {
     connectTimeoutMs: config.ssh.connectTimeoutMs,
     keepaliveIntervalMs: config.ssh.keepaliveIntervalMs,
     maxChannels: config.ssh.maxChannels,
+    sftpTimeoutMs: config.ssh.sftpTimeoutMs,
   });
 }
 

@@ -52,6 +52,7 @@ function acquireSftp(p: SftpImageUrl, deps: UrlDeps): { exec: SshExecutor; relea
         connectTimeoutMs: connectTimeout(deps),
         keepaliveIntervalMs: deps.config.ssh.keepaliveIntervalMs,
         maxChannels: deps.config.ssh.maxChannels,
+        sftpTimeoutMs: deps.config.ssh.sftpTimeoutMs,
       });
     } catch (e) {
       // A bad or unreadable site key: no retry fixes the configuration.
