@@ -183,6 +183,12 @@ cmd_test() {
     tests.sort((a, b) => b.ms - a.ms);
     console.log("vws: slowest tests");
     for (const t of tests.slice(0, 20)) console.log(`  ${(t.ms / 1000).toFixed(1).padStart(7)} s  ${t.name}`);
+    // Per file, set-up and tear-down included (a stack, a VM kept for several tests): where the time goes.
+    const files = r.testResults.map((f) => ({ ms: f.endTime - f.startTime, name: f.name.replace(process.cwd() + "/", "") }));
+    files.sort((a, b) => b.ms - a.ms);
+    const total = files.reduce((n, f) => n + f.ms, 0);
+    console.log(`vws: slowest files (all ${files.length}: ${(total / 1000).toFixed(0)} s)`);
+    for (const f of files.slice(0, 15)) console.log(`  ${(f.ms / 1000).toFixed(1).padStart(7)} s  ${f.name}`);
     console.log(`vws: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} skipped`);
   ' "$tmp/jest.json" || rc=1
   trap - EXIT
