@@ -1,7 +1,7 @@
 /**
  * Memory against time, per node, as a PNG (the seed's Tests A/B/C figures): one coloured line per node,
- * axes with tick labels in a small built-in digit font, and a legend of coloured boxes in node order
- * (the CSV beside it names the nodes). pngjs only: no native canvas to build on a fresh machine.
+ * axes with tick labels in a small built-in font, the unit (MiB) and a legend naming each node beside its
+ * colour. pngjs only: no native canvas to build on a fresh machine.
  */
 import { writeFileSync } from 'node:fs';
 import { PNG } from 'pngjs';
@@ -23,7 +23,7 @@ const COLOURS: Array<[number, number, number]> = [
   [255, 127, 14],
 ];
 
-/** 3×5 glyphs of the digits, `.`, `-` and `s` (seconds). */
+/** 3×5 glyphs: digits, lower-case letters (node names), `M`, `B` (MiB), `.`, `-`, `_`. */
 const GLYPHS: Record<string, string[]> = {
   '0': ['111', '101', '101', '101', '111'],
   '1': ['010', '110', '010', '010', '111'],
@@ -37,7 +37,35 @@ const GLYPHS: Record<string, string[]> = {
   '9': ['111', '101', '111', '001', '111'],
   '.': ['000', '000', '000', '000', '010'],
   '-': ['000', '000', '111', '000', '000'],
+  _: ['000', '000', '000', '000', '111'],
+  M: ['101', '111', '111', '101', '101'],
+  B: ['110', '101', '110', '101', '110'],
+  a: ['000', '110', '011', '101', '111'],
+  b: ['100', '100', '111', '101', '111'],
+  c: ['000', '111', '100', '100', '111'],
+  d: ['001', '001', '111', '101', '111'],
+  e: ['000', '111', '111', '100', '111'],
+  f: ['011', '100', '110', '100', '100'],
+  g: ['000', '111', '101', '111', '011'],
+  h: ['100', '100', '111', '101', '101'],
+  i: ['010', '000', '010', '010', '010'],
+  j: ['001', '000', '001', '101', '111'],
+  k: ['100', '101', '110', '101', '101'],
+  l: ['110', '010', '010', '010', '111'],
+  m: ['000', '111', '111', '101', '101'],
+  n: ['000', '110', '101', '101', '101'],
+  o: ['000', '111', '101', '101', '111'],
+  p: ['000', '111', '101', '111', '100'],
+  q: ['000', '111', '101', '111', '001'],
+  r: ['000', '111', '100', '100', '100'],
   s: ['000', '111', '100', '011', '111'],
+  t: ['010', '111', '010', '010', '011'],
+  u: ['000', '101', '101', '101', '111'],
+  v: ['000', '101', '101', '101', '010'],
+  w: ['000', '101', '101', '111', '111'],
+  x: ['000', '101', '010', '101', '101'],
+  y: ['000', '101', '111', '001', '111'],
+  z: ['000', '111', '011', '100', '111'],
 };
 
 /** A rounded step for about `n` ticks over `span`. */
@@ -116,8 +144,15 @@ export function plotMemoryPng(file: string, series: MemorySeries[]): { width: nu
       line(px(t), py(v), px(next[0]), py(v), c, 2);
       line(px(next[0]), py(v), px(next[0]), py(next[1]), c, 2);
     });
-    // Legend: a box per node, in the CSV's node order.
-    for (let dx = 0; dx < 14; dx++) for (let dy = 0; dy < 10; dy++) set(W - M.right - 20 - i * 24 + dx, 8 + dy, c);
+  });
+  // The unit, and a legend naming each node beside its colour (other characters are drawn as spaces).
+  text('MiB', 4, 10);
+  let lx = M.left + 10;
+  series.forEach((s, i) => {
+    const c = COLOURS[i % COLOURS.length];
+    for (let dx = 0; dx < 14; dx++) for (let dy = 0; dy < 10; dy++) set(lx + dx, 10 + dy, c);
+    text(s.node.toLowerCase(), lx + 20, 10);
+    lx += 20 + s.node.length * 8 + 24;
   });
   writeFileSync(file, PNG.sync.write(png));
   return { width: W, height: H };
