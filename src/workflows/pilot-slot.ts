@@ -13,7 +13,9 @@
  *   no longer has the job. A notification older than the slot's reservation or outside the window is
  *   stale: recorded, never acted on.
  * - releasing (always, even on cancellation): cancel the job, wait until the batch system confirms it is
- *   gone (the pilot has then handed the node back: VMs gone, memory restored), and only then end the lease.
+ *   gone (the pilot has then handed the node back: VMs gone, memory restored), have the node checked (a
+ *   pilot killed before it handed back, even one whose `reserved` never arrived, left it to vws), and only
+ *   then end the lease.
  *
  * No run timeout: the release must always run. Workflow code: deterministic, no I/O.
  */
@@ -43,6 +45,19 @@ export const SLOT_INBOX_PATCH = 'slot-inbox-races-job-status';
 /** The same for the queued loop: a `reserved` that arrives while the job's status is asked is read at once. */
 export const QUEUED_INBOX_PATCH = 'slot-queued-inbox-races-job-status';
 
+/**
+ * The patch under which a slot that never heard `reserved` still has the node its job ran on checked
+ * after the job: a pilot killed after it reserved memory, but before its `reserved` reached vws, left the
+ * node short of that memory, and only the node's next pilot or boot would have put it right.
+ */
+export const RAN_ON_CHECK_PATCH = 'slot-checks-node-job-ran-on';
+
+/** The one node a status names (a batch system's host list of one name), or undefined. */
+function singleNode(s: BatchJobStatus | undefined): string | undefined {
+  const nodes = s && s.state !== 'unknown' ? s.nodes : undefined;
+  return nodes && /^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(nodes) ? nodes : undefined;
+}
+
 /** True once the batch system no longer runs the job (ended, or forgotten). */
 const gone = (s: BatchJobStatus) => s.state === 'ended' || s.state === 'unknown';
 
@@ -66,6 +81,8 @@ export async function pilotSlotWorkflow(input: PilotSlotInput): Promise<PilotSlo
   const inbox: PilotNotification[] = [];
   let released: string | undefined;
   let leased = false;
+  /** The node the batch system ran the job on, as its statuses named it (before any `reserved`). */
+  let ranOn: string | undefined;
   setHandler(pilotSlotQuery, () => d);
   setHandler(pilotNotificationSignal, (n) => void inbox.push(n));
   setHandler(slotReleaseSignal, (r) => void (released ??= r?.reason ?? 'released'));
@@ -139,6 +156,7 @@ export async function pilotSlotWorkflow(input: PilotSlotInput): Promise<PilotSlo
       }
       if (!woke && !reserved) {
         const s = patched(QUEUED_INBOX_PATCH) ? await statusUnlessMessage(job.jobId) : await acts.pilotJobStatus(job.jobId);
+        ranOn = singleNode(s) ?? ranOn;
         if (s && gone(s)) throw fail(`${endText(s)} before its pilot reserved the node`);
       }
     }
@@ -202,10 +220,14 @@ export async function pilotSlotWorkflow(input: PilotSlotInput): Promise<PilotSlo
         await acts.cancelPilotJob(d.jobId);
         for (;;) {
           const s = await acts.pilotJobStatus(d.jobId);
+          ranOn = singleNode(s) ?? ranOn;
           if (gone(s)) break;
           await sleep('2s');
         }
       }
+      // Never reserved as far as vws knows, yet the job ran on a node: its pilot may have reserved memory
+      // and died (SIGKILL, node trouble) before its `reserved` arrived. Same check as after a reservation.
+      if (!d.node && ranOn && input.nodeTaskQueuePrefix && patched(RAN_ON_CHECK_PATCH)) d.node = ranOn;
       if (d.node && input.nodeTaskQueuePrefix) {
         // A pilot that was killed (SIGKILL, node trouble) never handed back: unless a later pilot holds
         // the node now, its worker resets it (VMs destroyed, memory exactly configured). Bounded: a node

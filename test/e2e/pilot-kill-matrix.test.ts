@@ -15,8 +15,9 @@
  * - early-unreserving: with vws's workers down, the job is cancelled and the pilot killed with SIGKILL
  *   while it waits out vws's share of the grace (so neither vws nor the pilot trashed the VM or restored
  *   the memory): back up, vws finds the job gone, evacuates the VM and resets the node.
- * Not covered here: the reserving state (on a QEMU node it lasts milliseconds) and unreserving (the slot's
- * normal end, bench/pilot-trials' Test A ends there 100 times).
+ * Not covered here: the reserving state (on a QEMU node it lasts milliseconds; a pilot killed after it
+ * reserved but before vws heard `reserved` is in pilot-unheard.test.ts) and unreserving (the slot's normal
+ * end, bench/pilot-trials' Test A ends there 100 times).
  */
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';

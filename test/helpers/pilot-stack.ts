@@ -33,6 +33,8 @@ export interface PilotStackOptions extends Pick<StackOptions, 'label' | 'first' 
    * head runs no sshd. The receiver reaches the dev server over the bridge.
    */
   sshFallback?: boolean;
+  /** vws unreachable from the pilots altogether: their API URL is a closed port and there is no SSH fallback. */
+  unreachableApi?: boolean;
 }
 
 /** An API URL where nothing listens (the discard port): every HTTP attempt is refused at once. */
@@ -66,7 +68,7 @@ export function startPilotStack(o: PilotStackOptions): Promise<Stack> {
     lateConfig: (dir, api) => ({
       pilot: {
         secretFile: join(dir, 'secrets', 'pilot.secret'),
-        apiUrl: o.sshFallback ? CLOSED_API : api,
+        apiUrl: o.sshFallback || o.unreachableApi ? CLOSED_API : api,
         ...(o.sshFallback ? { sshFallback: sshFallbackToVmm2(join(dir, 'vws.yaml')) } : {}),
       },
     }),

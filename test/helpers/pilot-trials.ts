@@ -56,11 +56,20 @@ export interface TrialOptions {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Polls `f` every 250 ms until truthy; throws `what` after `ms`. */
+/** Thrown by a poll of {@link until} when waiting on is pointless (the workspace ended): ends the wait at once. */
+class WaitPointless extends Error {}
+
+/**
+ * Polls `f` every 250 ms until truthy; throws `what` after `ms`. A failed poll counts as "not yet" (the
+ * API or a query may be briefly unavailable), except {@link WaitPointless}, which is thrown as it came.
+ */
 async function until<T>(what: string, ms: number, f: () => Promise<T | undefined | null | false>): Promise<T> {
   const end = Date.now() + ms;
   for (;;) {
-    const v = await f().catch(() => undefined);
+    const v = await f().catch((e: unknown) => {
+      if (e instanceof WaitPointless) throw e;
+      return undefined;
+    });
     if (v) return v;
     if (Date.now() > end) throw new Error(`${what} not within ${ms / 1000} s`);
     await sleep(250);
@@ -84,7 +93,7 @@ export async function runPilotTrials(o: TrialOptions): Promise<TrialResult[]> {
       const slotId = pilotSlotWorkflowId(stack.config, id);
       await until('Running with an address', o.deployWindowMs ?? 240_000, async () => {
         const ws = await show(stack, id);
-        if (ws.state === 'Cancelled' || ws.state === 'Corrupted') throw new Error(`${id} ended ${ws.state}: ${ws.reason}`);
+        if (ws.state === 'Cancelled' || ws.state === 'Corrupted') throw new WaitPointless(`${id} ended ${ws.state} before it ran: ${ws.reason}`);
         return ws.state === 'Running' && ws.task === null && !!ws.obtainedIp;
       });
       r.deployMs = Date.now() - t0;
