@@ -36,6 +36,8 @@ const NODES = Number(process.env.VWS_BENCH_ENSEMBLE_NODES ?? 10);
 const MEMBERS = 100;
 const LIFECYCLE_SECONDS = Number(process.env.VWS_BENCH_LIFECYCLE_SECONDS ?? 30);
 const LANES = Number(process.env.VWS_BENCH_LANES ?? 16);
+/** The head worker's workflow cache, when set (`workers.head.maxCachedWorkflows`; the configuration's default otherwise). */
+const HEAD_CACHE = process.env.VWS_BENCH_HEAD_CACHE ? Number(process.env.VWS_BENCH_HEAD_CACHE) : undefined;
 
 let conn: TestConnections;
 let config: VwsConfig;
@@ -56,6 +58,7 @@ beforeAll(async () => {
     // Bench nodes are large enough that greedy placement would put all 100 members on the first one;
     // round-robin spreads them over the ten, as memory limits would on real nodes.
     allocator: { placement: 'round-robin' },
+    ...(HEAD_CACHE ? { workers: { head: { maxCachedWorkflows: HEAD_CACHE } } } : {}),
   });
   const raw = join(dir, 'tiny.raw');
   writeFileSync(raw, randomBytes(1024 * 1024));
