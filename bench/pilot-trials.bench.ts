@@ -14,11 +14,11 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { SlurmBatchSystem } from '../src/activities/lrm/slurm';
 import type { SshExecutor } from '../src/exec/ssh';
-import { dom0Probe, hostReservationProbe, startMemoryMonitor, type MemoryMonitor } from '../test/helpers/memory-monitor';
+import { dom0Probe, startMemoryMonitor, type MemoryMonitor } from '../test/helpers/memory-monitor';
 import { plotMemoryPng } from '../test/helpers/memory-plot';
 import { runPilotTrials, summarizeTrials, type TrialKind, type TrialResult } from '../test/helpers/pilot-trials';
-import { cancelStackJobs, startPilotStack, testbedSlurm } from '../test/helpers/pilot-stack';
-import { TESTBED_DIR, TEST_NODES, type Stack, type TestNode } from '../test/helpers/stack';
+import { cancelStackJobs, startPilotStack, testbedReservationProbe, testbedSlurm } from '../test/helpers/pilot-stack';
+import { type Stack, type TestNode } from '../test/helpers/stack';
 import { dom0ProjectDir, xen1Executor } from '../test/helpers/xen1';
 
 jest.setTimeout(24 * 3600_000);
@@ -72,7 +72,7 @@ beforeAll(async () => {
   // Its own connection to dom0, sending a command again once if the connection was lost (xen1's emulated
   // dom0 drops one now and then): a lost sample is the monitor's trouble, not the trial's.
   if (xen) dom0Reads = xen1Executor();
-  const probe = dom0Reads ? dom0Probe(NODE, dom0Reads) : hostReservationProbe(NODE, join(TESTBED_DIR, 'hosts', NODE, 'node'), TEST_NODES[NODE].memoryMiB);
+  const probe = dom0Reads ? dom0Probe(NODE, dom0Reads) : testbedReservationProbe(NODE);
   monitor = startMemoryMonitor([probe], join(OUT, 'memory.csv'));
 });
 

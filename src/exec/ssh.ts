@@ -664,8 +664,13 @@ export class SshExecutor implements Executor {
     });
     return bounded(pending, this.sftpTimeoutMs, () => {
       this.abandonSftp(sftp);
-      return fsError(`${this.where}: ${op} ${path}: no answer from the SFTP server within ${this.sftpTimeoutMs} ms`, 'ETIMEDOUT');
+      return this.sftpNoAnswer(op, path);
     });
+  }
+
+  /** The error of an SFTP request the server did not answer within `sftpTimeoutMs`. */
+  private sftpNoAnswer(op: string, path: string): Error {
+    return fsError(`${this.where}: ${op} ${path}: no answer from the SFTP server within ${this.sftpTimeoutMs} ms`, 'ETIMEDOUT');
   }
 
   private wrapSftpError(err: unknown, op: string, path: string): Error {
@@ -789,7 +794,7 @@ export class SshExecutor implements Executor {
     await bounded(opened, this.sftpTimeoutMs, () => {
       stream.destroy();
       this.abandonSftp(sftp);
-      return fsError(`${this.where}: ${op} ${path}: no answer from the SFTP server within ${this.sftpTimeoutMs} ms`, 'ETIMEDOUT');
+      return this.sftpNoAnswer(op, path);
     });
   }
 

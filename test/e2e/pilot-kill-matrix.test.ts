@@ -24,17 +24,15 @@ import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { pilotJobName } from '../../src/activities/head/pilot-slot';
-import { pilotSlotWorkflowId } from '../../src/config/names';
 import { pilotSlotQuery } from '../../src/domain/pilot-slot';
-import { hostReservationProbe } from '../helpers/memory-monitor';
-import { usePilotStack } from '../helpers/pilot-stack';
-import { eventually, ROOT, TESTBED_DIR, TEST_NODES } from '../helpers/stack';
+import { testbedReservationProbe, usePilotStack } from '../helpers/pilot-stack';
+import { eventually, ROOT, TEST_NODES } from '../helpers/stack';
 import { settled, show } from '../helpers/workspace';
 
 jest.setTimeout(600_000);
 
 const NODE = 'vmm3';
-const memory = hostReservationProbe(NODE, join(TESTBED_DIR, 'hosts', NODE, 'node'), TEST_NODES[NODE].memoryMiB);
+const memory = testbedReservationProbe(NODE);
 
 const f = usePilotStack({ label: 'pilot-kill-matrix', first: '10.213.0.78', last: '10.213.0.79', node: NODE, headProcess: true, pilot: { pollSeconds: 3 } });
 
@@ -43,7 +41,7 @@ const create = async () => {
   expect(r.status).toBe(202);
   return String(r.body.id);
 };
-const slot = (id: string) => f.stack.conn.client.workflow.getHandle(pilotSlotWorkflowId(f.stack.config, id));
+const slot = f.slot;
 
 /** The slot ended; no job, lease, grant or leftover; memory exactly configured. */
 async function expectClean(id: string): Promise<void> {

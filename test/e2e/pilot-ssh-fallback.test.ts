@@ -8,22 +8,19 @@
  * `early-unreserving` over SSH evacuates it within the grace, and the node is handed back with nothing
  * left. test/integration/pilot-ssh-fallback.test.ts covers the refusals (forged, replayed, stale) over SSH.
  */
-import { join } from 'node:path';
-import { pilotSlotWorkflowId } from '../../src/config/names';
 import { pilotSlotQuery } from '../../src/domain/pilot-slot';
-import { usePilotStack } from '../helpers/pilot-stack';
-import { hostReservationProbe } from '../helpers/memory-monitor';
-import { eventually, TESTBED_DIR, TEST_NODES } from '../helpers/stack';
+import { testbedReservationProbe, usePilotStack } from '../helpers/pilot-stack';
+import { eventually, TEST_NODES } from '../helpers/stack';
 import { settled } from '../helpers/workspace';
 
 jest.setTimeout(600_000);
 
 const NODE = 'vmm3';
-const memory = hostReservationProbe(NODE, join(TESTBED_DIR, 'hosts', NODE, 'node'), TEST_NODES[NODE].memoryMiB);
+const memory = testbedReservationProbe(NODE);
 
 const f = usePilotStack({ label: 'pilot-ssh-fallback', first: '10.213.0.76', last: '10.213.0.77', node: NODE, sshFallback: true, pilot: { pollSeconds: 3 } });
 
-const slot = (id: string) => f.stack.conn.client.workflow.getHandle(pilotSlotWorkflowId(f.stack.config, id));
+const slot = f.slot;
 
 describe('pilot mode with vws unreachable over HTTP from the node', () => {
   it('reserved and early-unreserving arrive over SSH: the workspace runs, is evacuated on scancel, nothing left', async () => {

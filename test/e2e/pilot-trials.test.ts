@@ -9,11 +9,11 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PNG } from 'pngjs';
 import type { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
-import { hostReservationProbe, startMemoryMonitor, type MemoryMonitor } from '../helpers/memory-monitor';
+import { startMemoryMonitor, type MemoryMonitor } from '../helpers/memory-monitor';
 import { plotMemoryPng } from '../helpers/memory-plot';
 import { runPilotTrials, summarizeTrials, type TrialKind, type TrialResult } from '../helpers/pilot-trials';
-import { cancelStackJobs, startPilotStack, testbedSlurm } from '../helpers/pilot-stack';
-import { TESTBED_DIR, TEST_NODES, type Stack } from '../helpers/stack';
+import { cancelStackJobs, startPilotStack, testbedReservationProbe, testbedSlurm } from '../helpers/pilot-stack';
+import { TEST_NODES, type Stack } from '../helpers/stack';
 
 jest.setTimeout(900_000);
 
@@ -27,7 +27,7 @@ const results: TrialResult[] = [];
 beforeAll(async () => {
   slurm = testbedSlurm();
   stack = await startPilotStack({ label: 'pilot-trials', first: '10.213.0.83', last: '10.213.0.84', node: NODE, headProcess: true });
-  monitor = startMemoryMonitor([hostReservationProbe(NODE, join(TESTBED_DIR, 'hosts', NODE, 'node'), TEST_NODES[NODE].memoryMiB)], join(stack.config.stateDir, 'memory.csv'));
+  monitor = startMemoryMonitor([testbedReservationProbe(NODE)], join(stack.config.stateDir, 'memory.csv'));
 });
 afterAll(async () => {
   await monitor?.stop();

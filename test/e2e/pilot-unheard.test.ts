@@ -7,24 +7,22 @@
  */
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { pilotJobName } from '../../src/activities/head/pilot-slot';
 import { pilotSlotWorkflowId } from '../../src/config/names';
 import { pilotSlotQuery } from '../../src/domain/pilot-slot';
-import { hostReservationProbe } from '../helpers/memory-monitor';
-import { usePilotStack } from '../helpers/pilot-stack';
-import { eventually, TESTBED_DIR, TEST_NODES } from '../helpers/stack';
+import { testbedReservationProbe, usePilotStack } from '../helpers/pilot-stack';
+import { eventually, TEST_NODES } from '../helpers/stack';
 import { settled } from '../helpers/workspace';
 
 jest.setTimeout(600_000);
 
 const NODE = 'vmm3';
-const memory = hostReservationProbe(NODE, join(TESTBED_DIR, 'hosts', NODE, 'node'), TEST_NODES[NODE].memoryMiB);
+const memory = testbedReservationProbe(NODE);
 
 const f = usePilotStack({ label: 'pilot-unheard', first: '10.213.0.85', last: '10.213.0.86', node: NODE, unreachableApi: true, pilot: { pollSeconds: 3 } });
 
-const slot = (id: string) => f.stack.conn.client.workflow.getHandle(pilotSlotWorkflowId(f.stack.config, id));
+const slot = f.slot;
 
 describe('a pilot whose reserved never reaches vws', () => {
   it('killed after it reserved: the slot ends unreserved and vws resets the node the job ran on', async () => {

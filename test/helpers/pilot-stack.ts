@@ -4,10 +4,13 @@
  * secret and the API URL the pilots report to, and the testbed's KillWait as the grace.
  */
 import { join } from 'node:path';
+import type { WorkflowHandle } from '@temporalio/client';
 import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
 import { AllocatorClient } from '../../src/clients/allocator';
+import { pilotSlotWorkflowId } from '../../src/config/names';
 import { LocalExecutor } from '../../src/exec/local';
-import { ROOT, startStack, TESTBED_DIR, type Stack, type StackOptions, type TestNode } from './stack';
+import { hostReservationProbe, type MemoryProbe } from './memory-monitor';
+import { ROOT, startStack, TESTBED_DIR, TEST_NODES, type Stack, type StackOptions, type TestNode } from './stack';
 import { temporalAddress } from './temporal';
 
 /** The testbed's slurm.conf (testbed/testbed.sh). */
@@ -51,6 +54,11 @@ function sshFallbackToVmm2(configFile: string): Record<string, unknown> {
   };
 }
 
+/** The memory a pilot reserves on a testbed QEMU node, read from its node directory (configured − reserved). */
+export function testbedReservationProbe(node: TestNode): MemoryProbe {
+  return hostReservationProbe(node, join(TESTBED_DIR, 'hosts', node, 'node'), TEST_NODES[node].memoryMiB);
+}
+
 /** Starts a stack whose only node is a pilot node lent by the testbed's Slurm. */
 export function startPilotStack(o: PilotStackOptions): Promise<Stack> {
   const node = o.node ?? 'vmm3';
@@ -86,6 +94,8 @@ export interface PilotFixture {
   stack: Stack;
   slurm: SlurmBatchSystem;
   allocator: AllocatorClient;
+  /** The handle of a workspace's pilot-slot workflow. */
+  slot(workspaceId: string): WorkflowHandle;
 }
 
 /**
@@ -94,7 +104,7 @@ export interface PilotFixture {
  * inside tests (they are set in beforeAll).
  */
 export function usePilotStack(o: PilotStackOptions): PilotFixture {
-  const f = {} as PilotFixture;
+  const f = { slot: (id: string) => f.stack.conn.client.workflow.getHandle(pilotSlotWorkflowId(f.stack.config, id)) } as PilotFixture;
   beforeAll(async () => {
     f.slurm = testbedSlurm();
     f.stack = await startPilotStack(o);
