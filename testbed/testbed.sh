@@ -1102,9 +1102,15 @@ cmd_exec() {
 # slurmd start again. Not like a real reboot: the kernel is shared, so the boot id and Slurm's node boot
 # time do not change, and the network state (bridges, taps, nft rules) stays. Exits with CMD's status.
 cmd_reboot() {
-  local h="${1:-}" anchor pids=() p rc=0 left
-  [[ "$h" =~ ^vmm[1-9]$ ]] || die "usage: testbed.sh reboot vmmK [-- CMD [ARGS...]]"
+  local h="${1:-}" anchor pids=() p rc=0 left off=0
+  local usage="usage: testbed.sh reboot vmmK [--off-seconds N] [-- CMD [ARGS...]]"
+  [[ "$h" =~ ^vmm[1-9]$ ]] || die "$usage"
   shift
+  if [[ "${1:-}" == "--off-seconds" ]]; then
+    [[ "${2:-}" =~ ^[0-9]{1,3}$ ]] || die "$usage (--off-seconds: a whole number of seconds, 0-999)"
+    off="$2"
+    shift 2
+  fi
   [[ "${1:-}" == "--" ]] && shift
   anchor="$(anchor_pid "$h")" || die "host $h is not up (run testbed.sh up)"
   for p in $(ip netns pids "$h" 2>/dev/null); do
@@ -1114,6 +1120,13 @@ cmd_reboot() {
   gone() { local q; for q in "${pids[@]}"; do pid_alive "$q" && return 1; done; return 0; }
   poll 10 gone || die "$h: processes still alive 10 s after SIGKILL: ${pids[*]}"
   step "$h: power cut (${#pids[@]} process(es) killed)"
+  # A real node is off for a while: Slurm reads a job missing at the node's next registration as lost
+  # only once the job has not been seen for BatchStartTimeout + MessageTimeout (20 s here); a node back
+  # at once waits for slurmctld's next periodic registration request instead (~2 min).
+  if (( off > 0 )); then
+    sleep "$off"
+    step "$h: off for $off s"
+  fi
   if (( $# )); then
     nsenter -t "$anchor" --net --uts --mount --wd="$PWD" -- "$@" || rc=$?
     step "$h: boot command exited $rc: $*"

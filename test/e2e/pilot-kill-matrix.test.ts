@@ -10,8 +10,8 @@
  * - reserved: vws's head and node workers are killed, the job is cancelled while they are down (the pilot
  *   hands back alone), and the workers come back;
  * - reserved: the node reboots (`testbed.sh reboot`: every process on it killed -9 at once, the VM, the
- *   pilot and its job step, the node worker, slurmd; then `vws-pilot boot-reset` runs as its systemd unit
- *   would, before slurmd);
+ *   pilot and its job step, the node worker, slurmd; the node is off 25 s; then `vws-pilot boot-reset`
+ *   runs as its systemd unit would, before slurmd);
  * - early-unreserving: with vws's workers down, the job is cancelled and the pilot killed with SIGKILL
  *   while it waits out vws's share of the grace (so neither vws nor the pilot trashed the VM or restored
  *   the memory): back up, vws finds the job gone, evacuates the VM and resets the node.
@@ -142,7 +142,9 @@ describe('pilot kill matrix on vmm3', () => {
     // The boot: `vws-pilot boot-reset` from the site configuration, the node found by its host name.
     const bootReset = ['env', '-u', 'VWS_NODE', `VWS_CONFIG=${f.stack.configFile}`, process.execPath, join(ROOT, 'dist/pilot/main.js'), 'boot-reset', '--wait-seconds', '0'];
     const t0 = Date.now();
-    await promisify(execFile)(resolve(ROOT, 'testbed/testbed.sh'), ['reboot', NODE, '--', ...bootReset], { timeout: 120_000 });
+    // Off for 25 s, as a real node is for longer: Slurm then reads the job as lost at the node's first
+    // registration, not at its next periodic one (~2 min later; the matrix's slowest minutes before).
+    await promisify(execFile)(resolve(ROOT, 'testbed/testbed.sh'), ['reboot', NODE, '--off-seconds', '25', '--', ...bootReset], { timeout: 120_000 });
     const bootMs = Date.now() - t0;
     expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB);
     expect(await f.stack.vmStatus(id)).toBe('absent');
