@@ -3,7 +3,7 @@
  * unpropagation, DHCP entries and VM control through the node's hypervisor driver. The same factory
  * serves a node worker on the node (local executor) and SSH mode on the head (SSH executor).
  */
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Context, heartbeat } from '@temporalio/activity';
 import { log } from '../log';
 import type { VwsConfig } from '../config/schema';
@@ -20,7 +20,7 @@ import { createDhcpActivities } from './network/dhcp';
 import { nicInterfaceName, type GuardedNic } from './network/types';
 import { nodePaths, workspaceDir } from './node-paths';
 import { nodeControl, resetNodeState } from '../pilot/node-control';
-import { holderAliveFromStat, parseHolder, parseProcStat, pilotLockFile } from '../pilot/lock';
+import { holderAliveFromStat, parseHolder, parseProcStat, pilotLockFile, resetIntentFile } from '../pilot/lock';
 import type { NodeResetReport } from '../domain/kill-all';
 
 /** Dependencies of a node's activities. */
@@ -235,32 +235,44 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     },
 
     /**
+     * After a pilot slot's job is confirmed gone (issue 7: a pilot killed with SIGKILL, or a node whose
+     * hand-back did not finish, must not keep memory or VMs): unless a live pilot holds the node's lock
+     * (a later slot's; it sets absolute values itself), reset the node as `vws-pilot reset` does (every
+     * VM destroyed, memory exactly at its configured value) and remove a stale lock. A pilot that starts
+     * meanwhile waits for the reset (the reset intent, `resetIntentFile`). Idempotent.
+     */
+    async restoreAfterPilot(): Promise<{ reset: boolean; liveHolder?: string; report?: NodeResetReport }> {
+      const lockFile = pilotLockFile(paths.dir);
+      // The intent first, the lock second (see resetIntentFile): a pilot that takes the lock from now on
+      // sees the intent and waits, so it never reserves memory this reset then puts back.
+      const intent = resetIntentFile(lockFile);
+      await deps.exec.mkdir(dirname(intent));
+      await deps.exec.writeFileAtomic(intent, `${JSON.stringify({ by: 'vws restoreAfterPilot', node: deps.node, at: new Date().toISOString() })}\n`);
+      try {
+        const text = await deps.exec.readFile(lockFile);
+        const holder = text ? parseHolder(text) : null;
+        if (holder) {
+          const bootId = ((await deps.exec.readFile('/proc/sys/kernel/random/boot_id')) ?? '').trim();
+          const stat = await deps.exec.readFile(`/proc/${holder.pid}/stat`);
+          if (holderAliveFromStat(holder, bootId, stat === null ? null : parseProcStat(stat))) {
+            return { reset: false, liveHolder: `pid ${holder.pid}${holder.slotId ? ` (slot ${holder.slotId})` : ''}` };
+          }
+        }
+        const report = await resetNode();
+        // The dead pilot's lock goes. Another text there is a pilot that took the lock since: it saw the
+        // intent and gives the lock back itself (were it removed here meanwhile, it still waits).
+        if (text !== null && (await deps.exec.readFile(lockFile)) === text) await deps.exec.remove(lockFile);
+        return { reset: true, report };
+      } finally {
+        await deps.exec.remove(intent);
+      }
+    },
+
+    /**
      * The emergency stop on this node (`kill-all`): every VM the driver lists is destroyed, and the
      * node's memory is set back to exactly its configured value (dom0 on Xen, the pilot's host
      * reservation on QEMU), as the pilot's own reset does. Idempotent.
      */
-    /**
-     * After a pilot slot's job is confirmed gone (issue 7: a pilot killed with SIGKILL, or a node whose
-     * hand-back did not finish, must not keep memory or VMs): unless a live pilot holds the node's lock
-     * (a later slot's; it sets absolute values itself), reset the node as `vws-pilot reset` does (every
-     * VM destroyed, memory exactly at its configured value) and remove a stale lock. Idempotent.
-     */
-    async restoreAfterPilot(): Promise<{ reset: boolean; liveHolder?: string; report?: NodeResetReport }> {
-      const lockFile = pilotLockFile(paths.dir);
-      const text = await deps.exec.readFile(lockFile);
-      const holder = text ? parseHolder(text) : null;
-      if (holder) {
-        const bootId = ((await deps.exec.readFile('/proc/sys/kernel/random/boot_id')) ?? '').trim();
-        const stat = await deps.exec.readFile(`/proc/${holder.pid}/stat`);
-        if (holderAliveFromStat(holder, bootId, stat === null ? null : parseProcStat(stat))) {
-          return { reset: false, liveHolder: `pid ${holder.pid}${holder.slotId ? ` (slot ${holder.slotId})` : ''}` };
-        }
-      }
-      const report = await resetNode();
-      if (text !== null) await deps.exec.remove(lockFile);
-      return { reset: true, report };
-    },
-
     resetNode,
   };
 }

@@ -13,12 +13,44 @@
  * Local files only (node:fs): the pilot is a process on the node, not an activity.
  */
 import { randomBytes } from 'node:crypto';
-import { linkSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { linkSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 
 /** Where a node's pilot lock lives: `<node dir>/pilot/pilot.lock` (beside the QEMU nodes' reservation file). */
 export function pilotLockFile(nodeDir: string): string {
   return join(nodeDir, 'pilot', 'pilot.lock');
+}
+
+/**
+ * Where vws marks that it is resetting a node after a pilot's job (`restoreAfterPilot`): beside the lock.
+ *
+ * vws's node worker may reach the node over SSH, so it cannot hold the lock (a lock is a live process on
+ * the node). It writes this file instead, then reads the lock: a live holder means it leaves the node
+ * alone. A pilot takes the lock, then reads this file: a fresh one means it gives the lock back and waits
+ * until vws is done. Each writes before it reads, so at least one of them sees the other, and a pilot
+ * never reserves memory that vws's reset is about to put back.
+ */
+export function resetIntentFile(lockFile: string): string {
+  return join(dirname(lockFile), 'reset.intent');
+}
+
+/**
+ * How long a reset intent counts, ms: longer than one attempt of vws's reset activity (2 min); an intent
+ * older than this was left by a worker that died mid-reset, and a pilot goes on.
+ */
+export const RESET_INTENT_STALE_MS = 180_000;
+
+/** The age (ms, by this node's clock) of a fresh reset intent at `path`, or null if there is none or it is stale. */
+export function freshResetIntentAge(path: string, now = Date.now(), staleMs = RESET_INTENT_STALE_MS): number | null {
+  let mtimeMs: number;
+  try {
+    mtimeMs = statSync(path).mtimeMs;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+  const age = Math.max(0, now - mtimeMs);
+  return age < staleMs ? age : null;
 }
 
 /** Who holds a lock. */

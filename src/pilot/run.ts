@@ -15,7 +15,7 @@
  */
 import { nextPilotStatus, SIGTERM_PLANS, graceSplit, type PilotInput, type PilotStatus } from '../domain/pilot-states';
 import { exitCodeFor, PILOT_EXIT } from './exit-codes';
-import { acquirePilotLock, PilotLockHeld, type PilotLock } from './lock';
+import { acquirePilotLock, freshResetIntentAge, PilotLockHeld, resetIntentFile, type PilotLock } from './lock';
 import type { Logger } from './logger';
 import { destroyAllVms, type NodeControl } from './node-control';
 import type { NotifyOutcome, PilotNotifier } from './notifier';
@@ -136,9 +136,20 @@ export async function runPilot(s: PilotRunSettings, deps: PilotRunDeps): Promise
     return { status, exitCode };
   };
 
-  // queued: take the node lock; a live pilot holding it means this one touches nothing.
+  // queued: take the node lock; a live pilot holding it means this one touches nothing. While vws resets
+  // the node after an earlier pilot (a fresh reset intent), give the lock back and wait for it to finish.
   try {
-    lock = await acquirePilotLock(s.lockFile, { slotId: s.slotId });
+    const intent = resetIntentFile(s.lockFile);
+    for (;;) {
+      lock = await acquirePilotLock(s.lockFile, { slotId: s.slotId });
+      const age = freshResetIntentAge(intent);
+      if (age === null) break;
+      lock.release();
+      lock = undefined;
+      log.info({ step: 'lock', resetIntent: intent, ageMs: Math.round(age) }, 'vws is resetting this node after an earlier pilot: waiting for it');
+      while (!termination && freshResetIntentAge(intent) !== null) await until(terminated, Date.now() + 250);
+      if (termination) break;
+    }
   } catch (e) {
     if (e instanceof PilotLockHeld) {
       log.error({ step: 'lock', lockFile: s.lockFile, holder: { pid: e.holder.pid, slotId: e.holder.slotId, at: e.holder.at } }, `refusing to run: ${e.message}`);

@@ -31,6 +31,8 @@ const NODE = 'vmm3';
 const NODE_DIR = join(TESTBED_DIR, 'hosts', NODE, 'node');
 const RESERVATION = join(NODE_DIR, 'pilot', 'reserved-memory.json');
 const LOCK = join(NODE_DIR, 'pilot', 'pilot.lock');
+/** vws's mark that it resets the node after a job (`restoreAfterPilot`): gone once it is done. */
+const RESET_INTENT = join(NODE_DIR, 'pilot', 'reset.intent');
 
 let stack: Stack;
 let slurm: SlurmBatchSystem;
@@ -61,6 +63,7 @@ async function expectNothingLeft(id: string, jobId: string): Promise<void> {
   expect(await stack.grants()).toEqual([]);
   expect(existsSync(RESERVATION)).toBe(false);
   expect(existsSync(LOCK)).toBe(false);
+  expect(existsSync(RESET_INTENT)).toBe(false);
   expect(await stack.leftovers()).toEqual([]);
   expect(await stack.vmStatus(id)).toBe('absent');
 }

@@ -5,11 +5,11 @@
  * under test, transpiled to JavaScript for them (Node 20 does not run TypeScript).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import ts from 'typescript';
-import { acquirePilotLock, holderAlive, PilotLockHeld, processStat, readBootId, readPilotLock, type PilotLockHolder } from '../../src/pilot/lock';
+import { acquirePilotLock, freshResetIntentAge, holderAlive, PilotLockHeld, processStat, readBootId, readPilotLock, RESET_INTENT_STALE_MS, resetIntentFile, type PilotLockHolder } from '../../src/pilot/lock';
 
 jest.setTimeout(60_000);
 
@@ -172,5 +172,22 @@ describe('the pilot node lock', () => {
       await Promise.all(kids.map((k) => k.exited));
       expect(readPilotLock(path)).toBeNull();
     }
+  });
+});
+
+describe("vws's reset intent beside the lock", () => {
+  it('lives beside the lock; none, fresh and stale (a worker that died mid-reset) read as they should', () => {
+    const lock = join(dir, 'intent', 'pilot.lock');
+    const intent = resetIntentFile(lock);
+    expect(intent).toBe(join(dir, 'intent', 'reset.intent'));
+    expect(freshResetIntentAge(intent)).toBeNull();
+    mkdirSync(join(dir, 'intent'), { recursive: true });
+    writeFileSync(intent, '{}\n');
+    const age = freshResetIntentAge(intent);
+    expect(age).not.toBeNull();
+    expect(age!).toBeLessThan(RESET_INTENT_STALE_MS);
+    const old = (Date.now() - RESET_INTENT_STALE_MS - 1_000) / 1000;
+    utimesSync(intent, old, old);
+    expect(freshResetIntentAge(intent)).toBeNull();
   });
 });

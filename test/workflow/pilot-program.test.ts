@@ -207,6 +207,33 @@ describe('the pilot program as a Slurm job on vmm1', () => {
     expect((await received(slotId)).map((n) => n.event)).toEqual(['reserved', 'early-unreserving']);
   });
 
+  it('vws resetting the node after an earlier pilot (a fresh reset intent): the pilot gives the lock back and waits, and reserves once the reset is done', async () => {
+    const slotId = 'after-reset';
+    const intent = join(pilotDirOnHead, 'pilot', 'reset.intent');
+    mkdirSync(join(pilotDirOnHead, 'pilot'), { recursive: true });
+    writeFileSync(intent, '{"by":"pilot-program.test"}\n');
+    try {
+      await startRecorder(slotId);
+      const job = await submitPilot({ slotId, endInS: 150 });
+      await waitFor('the pilot waiting for the reset', 30_000, async () => logLines(job).find((l) => l.step === 'lock' && l.resetIntent === `${pilotDir}/pilot/reset.intent`));
+      // Waiting, it holds nothing: vws's reset may remove a stale lock and set memory as it must.
+      await new Promise((r) => setTimeout(r, 1_500));
+      expectNodeClean();
+      expect(await received(slotId)).toEqual([]);
+      rmSync(intent);
+      const removedAt = Date.now();
+      await waitFor('reserved notification', 30_000, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
+      timings.resetIntentRemovedToReserved = Date.now() - removedAt;
+      expect(JSON.parse(readFileSync(lockOnHead(), 'utf8'))).toMatchObject({ slotId });
+      expect(JSON.parse(readFileSync(reservationOnHead(), 'utf8'))).toMatchObject({ reservedMiB: RESERVE_MIB });
+      await slurm.cancel(job.jobId);
+      expect(await ended(job, 20_000)).toMatchObject({ outcome: 'cancelled' });
+      expect(lineOf(job, 'exit')).toMatchObject({ endReason: 'early-unreserved', exitCode: 0 });
+    } finally {
+      rmSync(intent, { force: true });
+    }
+  });
+
   it("Slurm's USR1 (--signal=B:USR1@N, here sent by hand) is handled like SIGTERM", async () => {
     const slotId = 'usr1';
     await startRecorder(slotId);
