@@ -15,6 +15,13 @@ export const lrmSchema = z
     partition: word.optional(),
     /** Node properties every pilot job requires (Slurm features, PBS node properties): where VMs may run. */
     constraints: z.array(word).default([]),
+    /**
+     * Each pilot job has its node to itself (Slurm `--exclusive`, TORQUE `-n`, PBS Pro `place=excl`). A
+     * pilot sets the node's memory to absolute values under a node lock: a second pilot the batch system
+     * placed beside it refuses at the lock, and its workspace fails. Turn it off only where the site keeps
+     * pilot nodes to one job otherwise (e.g. a partition with OverSubscribe=EXCLUSIVE).
+     */
+    exclusive: z.boolean().default(true),
     /** Account charged for pilot jobs. */
     account: z.string().regex(/^[A-Za-z0-9._@-]{1,128}$/, 'must be an account name').optional(),
     /**

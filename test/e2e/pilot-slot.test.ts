@@ -73,7 +73,11 @@ async function deployInPilotMode(): Promise<{ id: string; jobId: string }> {
   const r = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 128, durationSeconds: 600, pilot: true });
   expect(r.status).toBe(202);
   expect(r.body).toMatchObject({ task: 'queued-in-batch', pilot: { slotId: r.body.id } });
-  const id = String(r.body.id);
+  return runningInPilotMode(String(r.body.id));
+}
+
+/** Waits until pilot-mode workspace `id` is Running with its address; checks its slot, lease and reservation. */
+async function runningInPilotMode(id: string): Promise<{ id: string; jobId: string }> {
   const t0 = Date.now();
   let ws = await show(stack, id);
   // Fails at once when the workspace ends instead (the job failed, the slot was refused): the reason says why.
@@ -114,6 +118,29 @@ describe('pilot mode on real Slurm (vmm3)', () => {
     expect(r.status).toBe(400);
     expect(r.body).toMatchObject({ errors: [expect.objectContaining({ field: 'nodeProperties.0' })] });
     expect(await slurm.listByPrefix(`${stack.config.temporal.prefix}-pilot`)).toEqual([]);
+  });
+
+  it('two pilot-mode workspaces for one node: the second job waits in the queue (the node to one pilot) and runs once the first is gone', async () => {
+    const first = await deployInPilotMode();
+    const lock = readFileSync(LOCK, 'utf8');
+    const r = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 128, durationSeconds: 600, pilot: true });
+    expect(r.status).toBe(202);
+    const second = String(r.body.id);
+    await eventually(30, async () => (await slotOf(second)).state === 'queued', `slot of ${second} queued`);
+    // Slurm keeps it pending (the node belongs to the first pilot), rather than starting a pilot that
+    // would refuse at the node lock and fail the workspace.
+    await new Promise((res) => setTimeout(res, 5_000));
+    const waiting = await slurm.status((await slotOf(second)).jobId!);
+    expect(waiting.state).toBe('queued');
+    expect(await show(stack, second)).toMatchObject({ task: 'queued-in-batch' });
+    expect(readFileSync(LOCK, 'utf8')).toBe(lock);
+    expect((await stack.call('alice', 'DELETE', `/workspaces/${first.id}`)).status).toBe(202);
+    await settled(stack, first.id, 'Cancelled', 120);
+    const next = await runningInPilotMode(second);
+    expect((await stack.call('alice', 'DELETE', `/workspaces/${second}`)).status).toBe(202);
+    await settled(stack, second, 'Cancelled', 120);
+    await expectNothingLeft(second, next.jobId);
+    await expectNothingLeft(first.id, first.jobId);
   });
 
   it('Test A: deploy in pilot mode, destroy through vws: the node is handed back with nothing left', async () => {

@@ -13,6 +13,7 @@ describe('lrm config', () => {
     expect(lrmSchema.parse({ kind: 'slurm' })).toEqual({
       kind: 'slurm',
       constraints: [],
+      exclusive: true,
       walltimePaddingSeconds: 2,
       commandTimeoutMs: 30_000,
       submitHost: { via: 'local', port: 22, user: 'root' },

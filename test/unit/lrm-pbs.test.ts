@@ -132,6 +132,9 @@ describe('qsub options', () => {
       '-v', 'VWS_SLOT=slot-a,B=x y',
     ]);
     expect(qsubArgs({ ...base, node: undefined, cpus: 4 }, {})).toContain('nodes=1:ppn=4:xen');
+    // Node-exclusive (TORQUE's qsub -n), only when asked.
+    expect(qsubArgs({ ...base, exclusive: true }, {})).toContain('-n');
+    expect(qsubArgs(base, {})).not.toContain('-n');
   });
 
   it('PBS Pro: select with host and boolean properties; no -d', () => {
@@ -143,6 +146,7 @@ describe('qsub options', () => {
       '-j', 'oe', '-o', '/var/log/vws/p.out',
       '-v', 'VWS_SLOT=slot-a,B=x y',
     ]);
+    expect(qsubArgs({ ...base, exclusive: true }, { flavor: 'pbspro' })).toEqual(expect.arrayContaining(['-l', 'place=excl']));
   });
 
   it('refuses what PBS cannot carry, naming the field', () => {

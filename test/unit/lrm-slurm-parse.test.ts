@@ -173,6 +173,9 @@ describe('requests and sbatch options', () => {
       '--chdir=/var/tmp',
     ]);
     expect(sbatchArgs({ ...base, partition: 'other', account: 'mine' }, { partition: 'vws', account: 'grid' })).toEqual(expect.arrayContaining(['--partition=other', '--account=mine']));
+    // The node to the pilot alone, only when asked.
+    expect(sbatchArgs({ ...base, node: 'vmm2', exclusive: true })).toEqual(expect.arrayContaining(['--nodelist=vmm2', '--exclusive']));
+    expect(sbatchArgs(base)).not.toContain('--exclusive');
   });
 
   it('wraps an argv in a script that execs it, quoted', () => {

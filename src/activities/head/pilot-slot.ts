@@ -106,6 +106,8 @@ export function createPilotSlotActivities(deps: PilotSlotDeps) {
       name,
       command: { kind: 'argv', argv },
       ...(pilotNodes.length === 1 ? { node: pilotNodes[0].name } : {}),
+      // One pilot per node: a second one beside it would refuse at the node lock (lrm.exclusive).
+      ...(config.lrm?.exclusive ? { exclusive: true } : {}),
       walltimeSeconds: args.holdSeconds,
       cpus: args.vcpus,
       ...(args.constraints?.length ? { constraints: args.constraints } : {}),

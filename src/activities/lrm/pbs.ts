@@ -144,12 +144,14 @@ export function qsubArgs(job: PilotJobRequest, o: PbsOptions = {}): string[] {
   if (flavor === 'torque') {
     args.push('-l', [`nodes=${job.node ?? '1'}`, `ppn=${cpus}`, ...props].join(':'));
     if (job.memoryMiB) args.push('-l', `mem=${job.memoryMiB}mb`);
+    if (job.exclusive) args.push('-n');
   } else {
     const select = ['select=1', `ncpus=${cpus}`];
     if (job.memoryMiB) select.push(`mem=${job.memoryMiB}mb`);
     if (job.node) select.push(`host=${job.node}`);
     for (const p of props) select.push(`${p}=True`);
     args.push('-l', select.join(':'));
+    if (job.exclusive) args.push('-l', 'place=excl');
   }
   args.push('-l', `walltime=${formatDuration(paddedWalltimeSeconds(job.walltimeSeconds, o.walltimePaddingSeconds ?? 0, 1))}`);
   if (job.outputFile) args.push('-j', 'oe', '-o', job.outputFile);

@@ -223,7 +223,7 @@ function mergedConstraints(job: PilotJobRequest, o: SlurmOptions): string[] {
 
 /**
  * The sbatch options for a validated request (pure, unit-tested): name, node, partition, features,
- * account, time limit in whole minutes after padding, memory, CPUs, the pre-end signal to the batch shell
+ * account, the node to itself, time limit in whole minutes after padding, memory, CPUs, the pre-end signal to the batch shell
  * (`B:`), output and working directory. One node, one task, never requeued: the pilot is one process per
  * node, for one slot.
  */
@@ -232,6 +232,7 @@ export function sbatchArgs(job: PilotJobRequest, o: SlurmOptions = {}): string[]
   // already released, holding the node's memory for nothing until its time ran out.
   const args = [`--job-name=${job.name}`, '--nodes=1', '--ntasks=1', '--no-requeue'];
   if (job.node) args.push(`--nodelist=${job.node}`);
+  if (job.exclusive) args.push('--exclusive');
   const partition = job.partition ?? o.partition;
   if (partition) args.push(`--partition=${partition}`);
   const features = mergedConstraints(job, o);

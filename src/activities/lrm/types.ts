@@ -46,6 +46,11 @@ export interface PilotJobRequest {
   memoryMiB?: number;
   /** CPUs on the node (Slurm `--cpus-per-task`, PBS `ppn`/`ncpus`). Absent: 1. */
   cpus?: number;
+  /**
+   * The node to this job alone (Slurm `--exclusive`, TORQUE `-n`, PBS Pro `-l place=excl`): a pilot sets
+   * the node's memory to absolute values under a node lock, so a second pilot there could only refuse.
+   */
+  exclusive?: boolean;
   /** A warning signal before the limit; adapters that cannot deliver one refuse the request (see {@link BatchCapabilities}). */
   signalBeforeEnd?: SignalBeforeEnd;
   /** Where the job's stdout and stderr go, on the execution node. */
