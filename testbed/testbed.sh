@@ -332,10 +332,19 @@ write_if_changed() { # write_if_changed FILE (content on stdin)
   if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
 }
 
+# One line per vmm host. vmm2 and up have the feature `pilot`: the nodes a multi-node pilot site test
+# lends (lrm.constraints [pilot]); vmm1, where the other tests run, never gets a pilot job by feature.
+vmm_node_lines() {
+  local n="$1" i
+  for (( i = 1; i <= n; i++ )); do
+    printf 'NodeName=vmm%d NodeHostname=vmm%d NodeAddr=%s.1%d CPUs=4 RealMemory=4096%s State=UNKNOWN\n' \
+      "$i" "$i" "$NET_PREFIX" "$i" "$( (( i >= 2 )) && echo ' Feature=pilot')"
+  done
+}
+
 write_slurm_conf() {
-  local n="$1" names addrs first_job=1
-  if (( n == 1 )); then names=vmm1; addrs="$NET_PREFIX.11"
-  else names="vmm[1-$n]"; addrs="$NET_PREFIX.[11-1$n]"; fi
+  local n="$1" names first_job=1
+  if (( n == 1 )); then names=vmm1; else names="vmm[1-$n]"; fi
   # Job IDs continue across down/up (state is wiped at down), so a test never
   # sees an old job ID come back.
   [[ -s "$TB/slurm/next-job-id" ]] && first_job="$(cat "$TB/slurm/next-job-id")"
@@ -382,7 +391,7 @@ KillWait=15
 # no accounting: keep finished jobs visible to squeue/scontrol for an hour
 MinJobAge=3600
 FirstJobId=$first_job
-NodeName=$names NodeHostname=$names NodeAddr=$addrs CPUs=4 RealMemory=4096 State=UNKNOWN
+$(vmm_node_lines "$n")
 # xen1 (testbed/xen/xen1.sh): slurmd in the Xen node's dom0, for pilots with --memory xen. Its own
 # partition, so jobs for partition vws (the default) never land there.
 NodeName=xen1 NodeHostname=xen1 NodeAddr=$NET_PREFIX.21 CPUs=2 RealMemory=512 Feature=xen State=UNKNOWN

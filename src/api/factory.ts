@@ -86,8 +86,11 @@ export class Factory {
     }
     if (body.pilot) this.checkPilotMode();
     const { spec, exact } = await this.resolve(principal, body);
+    if (body.pilot && body.count > 1) this.checkPilotGroup(spec, body.count);
     const plan = body.pilot
-      ? this.pilotOne(principal, `ws-${digits}`, spec, exact)
+      ? body.count > 1
+        ? this.pilotGroup(principal, `grp-${digits}`, spec, exact, body.count)
+        : this.pilotOne(principal, `ws-${digits}`, spec, exact)
       : body.count > 1
         ? await this.reserveGroup(principal, `grp-${digits}`, spec, exact, body.count)
         : await this.reserveOne(principal, `ws-${digits}`, spec, exact);
@@ -170,12 +173,72 @@ export class Factory {
   }
 
   /**
+   * A 400 naming `count` when a pilot-mode group cannot ever run whole here: each member's pilot job has a
+   * node to itself, so the group needs as many pilot nodes (with the requested properties) as members.
+   */
+  private checkPilotGroup(spec: WorkspaceSpec, count: number): void {
+    const wanted = spec.nodeProperties ?? [];
+    const nodes = this.config.nodes.filter((n) => n.pilot && wanted.every((p) => n.properties.includes(p))).length;
+    if (count <= nodes) return;
+    const message = `pilot mode runs each member on a node of its own: ${count} members, but this site has ${nodes} pilot node(s)${wanted.length ? ` with ${wanted.join(', ')}` : ''}`;
+    throw new HttpProblem(400, 'Invalid request', `count: ${message}`, { errors: [{ field: 'count', message }] });
+  }
+
+  /**
    * Pilot mode: nothing is reserved now. The workspace's pilot slot submits a job to the batch system and
    * the workspace waits in its queue (task `queued-in-batch`), then allocates inside the node time the
    * pilot obtained; a refusal then (the job never ran) ends the workspace with the reason.
    */
   private pilotOne(principal: Principal, id: string, spec: WorkspaceSpec, exact: ExactResources): StartPlan {
     const workflowId = workspaceWorkflowId(this.config, id);
+    const input: WorkspaceInput = {
+      id,
+      owner: principal.identity,
+      spec,
+      routing: workspaceRouting(this.config),
+      createdAt: new Date().toISOString(),
+      pilot: this.pilotSlot(id, spec),
+    };
+    return this.workspacePlan(principal, workflowId, input, exact, { task: 'queued-in-batch', pilot: { slotId: id } }, async () => undefined);
+  }
+
+  /**
+   * A group in pilot mode: nothing is reserved now; each member's own pilot job (a node to itself) waits
+   * in the batch queue. The group is Ready once every member runs, and backs out if one cannot.
+   */
+  private pilotGroup(principal: Principal, id: string, spec: WorkspaceSpec, exact: ExactResources, count: number): StartPlan {
+    const members = memberIds(id, count);
+    const input: GroupInput = {
+      id,
+      owner: principal.identity,
+      spec,
+      count,
+      routing: workspaceRouting(this.config),
+      createdAt: new Date().toISOString(),
+      pilots: members.map((m) => this.pilotSlot(m, spec)),
+    };
+    return {
+      workflowType: 'groupWorkflow',
+      workflowId: groupWorkflowId(this.config, id),
+      args: [input],
+      searchAttributes: [{ key: VwsOwner, value: principal.identity }],
+      answer: {
+        id,
+        kind: 'group',
+        state: 'Deploying',
+        count,
+        ...exact,
+        members: members.map((m) => ({ id: m, task: 'queued-in-batch', pilot: { slotId: m } })),
+        links: { self: `/groups/${id}` },
+      },
+      location: `/groups/${id}`,
+      release: async () => undefined,
+      owner: principal.name,
+    };
+  }
+
+  /** The pilot slot of workspace `id` (its slot id is the workspace's id), with the site's pilot timing. */
+  private pilotSlot(id: string, spec: WorkspaceSpec): NonNullable<WorkspaceInput['pilot']> {
     const pilot = this.config.pilot!;
     const settings = {
       reserveTimeoutSeconds: pilot.reserveTimeoutSeconds,
@@ -185,28 +248,20 @@ export class Factory {
       windowSeconds: pilot.windowSeconds,
     };
     const routing = workspaceRouting(this.config);
-    const input: WorkspaceInput = {
-      id,
-      owner: principal.identity,
-      spec,
-      routing,
-      createdAt: new Date().toISOString(),
-      pilot: {
-        slotWorkflowId: pilotSlotWorkflowId(this.config, id),
-        slot: {
-          slotId: id,
-          workspaceWorkflowId: workflowId,
-          memoryMiB: spec.memoryMiB,
-          vcpus: spec.vcpus,
-          holdSeconds: pilotHoldSeconds(spec.durationSeconds, settings),
-          ...(spec.nodeProperties?.length ? { constraints: spec.nodeProperties } : {}),
-          headTaskQueue: routing.headTaskQueue,
-          nodeTaskQueuePrefix: routing.nodeTaskQueuePrefix,
-          settings,
-        },
+    return {
+      slotWorkflowId: pilotSlotWorkflowId(this.config, id),
+      slot: {
+        slotId: id,
+        workspaceWorkflowId: workspaceWorkflowId(this.config, id),
+        memoryMiB: spec.memoryMiB,
+        vcpus: spec.vcpus,
+        holdSeconds: pilotHoldSeconds(spec.durationSeconds, settings),
+        ...(spec.nodeProperties?.length ? { constraints: spec.nodeProperties } : {}),
+        headTaskQueue: routing.headTaskQueue,
+        nodeTaskQueuePrefix: routing.nodeTaskQueuePrefix,
+        settings,
       },
     };
-    return this.workspacePlan(principal, workflowId, input, exact, { task: 'queued-in-batch', pilot: { slotId: id } }, async () => undefined);
   }
 
   /** Reserves every member's slot at once (gang: the group's workflow id), all or none. */

@@ -75,7 +75,8 @@ export const createdSchema = z
     vcpus: z.number().int().optional(),
     durationSeconds: z.number().int().optional(),
     node: z.string().optional(),
-    members: z.array(z.looseObject({ id: z.string(), node: z.string() })).optional(),
+    /** A group's members: each one's node, or in pilot mode `task: queued-in-batch` (no node yet). */
+    members: z.array(z.looseObject({ id: z.string(), node: z.string().optional(), task: z.string().optional() })).optional(),
     links: z.looseObject({ self: z.string() }),
   })
   .openapi('Created');

@@ -2,14 +2,14 @@
  * Groups and ensembles (seed 000's group and ensemble services): DTOs shared by the API, the group and
  * ensemble workflows and the tests. Types only, no I/O: workflow code imports it.
  *
- * A group is NodeNumber > 1 identical workspaces granted in one atomic allocation and started as child
- * workflows of one group workflow. An ensemble is a set of members (single workspaces or groups) that
+ * A group is NodeNumber > 1 identical workspaces granted in one atomic allocation (in pilot mode: each
+ * member in the node time of its own pilot job) and started as child workflows of one group workflow. An ensemble is a set of members (single workspaces or groups) that
  * register without launching; `done` co-schedules them: one atomic allocation for every member,
  * propagation of all, then all started at once, or none runs and nothing stays held.
  */
 import type { Grant } from './allocation';
 import type { WorkspaceState } from './states';
-import type { WorkspaceDescription, WorkspaceRouting, WorkspaceSpec } from './workspace';
+import type { WorkspaceDescription, WorkspaceInput, WorkspaceRouting, WorkspaceSpec } from './workspace';
 
 /** Everything the group workflow needs, fixed at its start. */
 export interface GroupInput {
@@ -27,6 +27,11 @@ export interface GroupInput {
    * that a refusal is the create's answer), in member order; absent: the group reserves them itself.
    */
   grants?: Grant[];
+  /**
+   * Pilot mode: each member's pilot slot, in member order (its workflow id names the member); the members
+   * wait in the batch queue, each for a node of its own. Exclusive with `grants`.
+   */
+  pilots?: Array<NonNullable<WorkspaceInput['pilot']>>;
   /** Set when the group is a member of an ensemble (the members' search attribute VwsEnsemble). */
   ensemble?: string;
 }

@@ -124,22 +124,25 @@ export const createWorkspaceSchema = z
     ...deploymentShape,
     /**
      * Pilot mode (seed 003): borrow the node's time from the site's batch system. The workspace waits in
-     * the batch queue (best effort, task `queued-in-batch`) until a pilot job runs; one workspace per request.
+     * the batch queue (best effort, task `queued-in-batch`) until a pilot job runs. A group (`count` > 1)
+     * gets one pilot job per member, each with a node to itself; it is Ready once every member runs.
      */
     pilot: z.boolean().default(false),
   })
   .strict()
-  .superRefine(checkDeployment)
-  .superRefine((r, ctx) => {
-    if (r.pilot && r.count > 1) ctx.addIssue({ code: 'custom', path: ['count'], message: 'pilot mode deploys one workspace per request (count 1)' });
-  });
+  .superRefine(checkDeployment);
 
 /**
  * POST /ensembles/:id/members body: a deployment request registered with an ensemble (not launched);
  * `done` is seed 000's flag on the last member's create: co-schedule every member right after it.
  */
 export const ensembleMemberSchema = z
-  .object({ ...deploymentShape, done: z.boolean().default(false) })
+  .object({
+    ...deploymentShape,
+    done: z.boolean().default(false),
+    /** Refused when true, with the reason: a batch system gives no all-or-nothing start across pilot jobs. */
+    pilot: z.literal(false, { error: 'ensembles are co-scheduled (every member at once, or none) and are not offered in pilot mode' }).optional(),
+  })
   .strict()
   .superRefine(checkDeployment);
 

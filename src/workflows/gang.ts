@@ -18,7 +18,7 @@ import type { Grant } from '../domain/allocation';
 import { FailureType, NON_RETRYABLE_FAILURES } from '../domain/errors';
 import type { GroupOperation, MemberSummary } from '../domain/groups';
 import { VwsEnsemble, VwsGroup, VwsOwner, VwsState } from '../domain/messages';
-import type { WorkspaceDescription, WorkspaceRouting, WorkspaceSpec } from '../domain/workspace';
+import type { WorkspaceDescription, WorkspaceInput, WorkspaceRouting, WorkspaceSpec } from '../domain/workspace';
 import { workspaceWorkflow } from './workspace';
 
 /** One member workspace of a group or ensemble, as its parent tracks it. */
@@ -142,14 +142,15 @@ export interface MemberContext {
 }
 
 /**
- * Starts each member as a child workspace workflow with its grant (REQUEST_CANCEL: closing the parent
- * asks its members to clean up) and tracks when each closes.
+ * Starts each member as a child workspace workflow with its grant, or in pilot mode its pilot slot
+ * (REQUEST_CANCEL: closing the parent asks its members to clean up), and tracks when each closes.
  */
-export async function startMembers(members: GangMember[], grants: Record<string, Grant>, ctx: MemberContext): Promise<void> {
+export async function startMembers(members: GangMember[], grants: Record<string, Grant>, ctx: MemberContext, pilots: Record<string, NonNullable<WorkspaceInput['pilot']>> = {}): Promise<void> {
   await Promise.all(
     members.map(async (m) => {
       const grant = grants[m.workflowId];
-      if (!grant) throw ApplicationFailure.nonRetryable(`the allocator answered no grant for ${m.workflowId}`, FailureType.InvalidSpec);
+      const pilot = pilots[m.workflowId];
+      if (!grant && !pilot) throw ApplicationFailure.nonRetryable(`the allocator answered no grant for ${m.workflowId}`, FailureType.InvalidSpec);
       m.handle = await startChild(workspaceWorkflow, {
         workflowId: m.workflowId,
         parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
@@ -166,7 +167,7 @@ export async function startMembers(members: GangMember[], grants: Record<string,
             spec: { ...m.spec, targetState: ctx.targetState, ...(m.index !== undefined ? { memberIndex: m.index } : {}) },
             routing: ctx.routing,
             createdAt: ctx.createdAt,
-            grant,
+            ...(grant ? { grant } : { pilot }),
             ...(m.group ? { group: m.group } : {}),
             ...(ctx.ensemble ? { ensemble: ctx.ensemble } : {}),
           },

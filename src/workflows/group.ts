@@ -1,10 +1,11 @@
 /**
  * A group (seed 000's group service; seed 002 NodeNumber > 1): `count` identical workspaces granted in
- * one atomic allocation and run as child workspace workflows of this one.
+ * one atomic allocation and run as child workspace workflows of this one. In pilot mode each member
+ * waits in the batch queue for its own pilot job instead (best effort, as one pilot-mode workspace does).
  *
  * All or nothing: the allocator grants every member or none. If a member ends Corrupted or Cancelled
- * while the group is being created, every member is destroyed and the group ends with the reason,
- * holding nothing. Operations fan out to every live member and answer per member. The group ends when
+ * while the group is being created (in pilot mode also when its pilot job did not run within the reserve
+ * timeout), every member is destroyed and the group ends with the reason, holding nothing. Operations fan out to every live member and answer per member. The group ends when
  * every member has ended.
  */
 import { allHandlersFinished, ApplicationFailure, CancellationScope, condition, isCancellation, setHandler, workflowInfo } from '@temporalio/workflow';
@@ -21,11 +22,13 @@ export async function groupWorkflow(input: GroupInput): Promise<GroupDescription
   const self = workflowInfo().workflowId;
   const prefix = prefixOf(self, input.id);
   const acts = gangActivities(input.routing.headTaskQueue);
-  if (input.grants && input.grants.length !== input.count) {
-    throw ApplicationFailure.create({ type: FailureType.InvalidSpec, message: `grants: ${input.grants.length} given for count ${input.count}`, nonRetryable: true });
+  for (const [field, given] of [['grants', input.grants], ['pilots', input.pilots]] as const) {
+    if (given && given.length !== input.count) {
+      throw ApplicationFailure.create({ type: FailureType.InvalidSpec, message: `${field}: ${given.length} given for count ${input.count}`, nonRetryable: true });
+    }
   }
   const members: GangMember[] = Array.from({ length: input.count }, (_, i) => {
-    const workflowId = input.grants ? input.grants[i].holder : `${prefix}-${newId('ws')}`;
+    const workflowId = input.grants ? input.grants[i].holder : input.pilots ? input.pilots[i].slot.workspaceWorkflowId : `${prefix}-${newId('ws')}`;
     const id = workflowId.slice(prefix.length + 1);
     return { id, workflowId, index: i, position: i, spec: input.spec, group: input.id, view: pendingView(id), ended: false };
   });
@@ -90,10 +93,13 @@ export async function groupWorkflow(input: GroupInput): Promise<GroupDescription
   };
 
   try {
-    // One allocation for every member, unless the factory already reserved them.
-    let grants: Record<string, Grant>;
+    // One allocation for every member, unless the factory already reserved them. In pilot mode nothing is
+    // reserved here: each member allocates inside the node time its own pilot job obtains.
+    let grants: Record<string, Grant> = {};
+    const pilots = Object.fromEntries((input.pilots ?? []).map((p) => [p.slot.workspaceWorkflowId, p]));
     try {
-      grants = input.grants ? Object.fromEntries(input.grants.map((g) => [g.holder, g])) : await reserveGang(acts, self, input.owner, members);
+      if (input.grants) grants = Object.fromEntries(input.grants.map((g) => [g.holder, g]));
+      else if (!input.pilots) grants = await reserveGang(acts, self, input.owner, members);
     } catch (err) {
       if (isCancellation(err)) throw err;
       await end(`refused: ${failureOf(err).message}`);
@@ -109,7 +115,7 @@ export async function groupWorkflow(input: GroupInput): Promise<GroupDescription
       createdAt: input.createdAt,
       ...(input.ensemble ? { ensemble: input.ensemble } : {}),
       targetState: input.spec.targetState,
-    });
+    }, pilots);
 
     let failure: string | undefined;
     if (!destroyRequested) {

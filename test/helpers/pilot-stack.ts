@@ -26,6 +26,11 @@ export function testbedSlurm(): SlurmBatchSystem {
 /** Options of {@link startPilotStack}. */
 export interface PilotStackOptions extends Pick<StackOptions, 'label' | 'first' | 'last' | 'headProcess'> {
   node?: TestNode;
+  /**
+   * Several pilot nodes instead of `node` (the first is the stack's main node). The jobs are not pinned
+   * then: set `lrm.constraints` to the testbed's feature `pilot` (vmm2 and up have it).
+   */
+  nodes?: TestNode[];
   /** Extra `lrm` and `pilot` settings over the defaults here. */
   lrm?: Record<string, unknown>;
   pilot?: Record<string, unknown>;
@@ -59,15 +64,15 @@ export function testbedReservationProbe(node: TestNode): MemoryProbe {
   return hostReservationProbe(node, join(TESTBED_DIR, 'hosts', node, 'node'), TEST_NODES[node].memoryMiB);
 }
 
-/** Starts a stack whose only node is a pilot node lent by the testbed's Slurm. */
+/** Starts a stack whose nodes are pilot nodes lent by the testbed's Slurm (one unless `nodes` says otherwise). */
 export function startPilotStack(o: PilotStackOptions): Promise<Stack> {
-  const node = o.node ?? 'vmm3';
+  const nodes = o.nodes ?? [o.node ?? 'vmm3'];
   return startStack({
     label: o.label,
     first: o.first,
     last: o.last,
-    node,
-    pilotNodes: [node],
+    nodes,
+    pilotNodes: nodes,
     ...(o.headProcess ? { headProcess: true } : {}),
     config: {
       lrm: { kind: 'slurm', partition: 'vws', slurm: { conf: SLURM_CONF }, ...o.lrm },

@@ -1,4 +1,4 @@
-import { createWorkspaceSchema, fieldProblems } from '../../src/domain/requests';
+import { createWorkspaceSchema, ensembleMemberSchema, fieldProblems } from '../../src/domain/requests';
 import { targetForMember } from '../../src/domain/workspace';
 
 function problems(body: unknown) {
@@ -40,6 +40,13 @@ describe('the create-workspace request', () => {
 
   it('refuses unknown fields by name', () => {
     expect(problems({ image: 'sample', memory: 128 })).toEqual([{ field: 'memory', message: 'unknown field(s): memory' }]);
+  });
+
+  it('takes pilot mode for a group, not for an ensemble member (named, with the reason)', () => {
+    expect(createWorkspaceSchema.parse({ image: 'sample', pilot: true, count: 3 })).toMatchObject({ pilot: true, count: 3 });
+    const r = ensembleMemberSchema.safeParse({ image: 'sample', pilot: true });
+    expect(r.success).toBe(false);
+    expect(fieldProblems(r.error!)).toEqual([{ field: 'pilot', message: expect.stringContaining('not offered in pilot mode') }]);
   });
 
   it('refuses out-of-range values', () => {
