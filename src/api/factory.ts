@@ -217,22 +217,21 @@ export class Factory {
       createdAt: new Date().toISOString(),
       pilots: members.map((m) => this.pilotSlot(m, spec)),
     };
+    const answer = members.map((m) => ({ id: m, task: 'queued-in-batch', pilot: { slotId: m } }));
+    return this.groupPlan(principal, input, exact, answer, async () => undefined);
+  }
+
+  /** The start of one group workflow, and the create's answer (`members`: what it says of each member). */
+  private groupPlan(principal: Principal, input: GroupInput, exact: ExactResources, members: Array<Record<string, unknown>>, release: () => Promise<unknown>): StartPlan {
+    const { id, count } = input;
     return {
       workflowType: 'groupWorkflow',
       workflowId: groupWorkflowId(this.config, id),
       args: [input],
       searchAttributes: [{ key: VwsOwner, value: principal.identity }],
-      answer: {
-        id,
-        kind: 'group',
-        state: 'Deploying',
-        count,
-        ...exact,
-        members: members.map((m) => ({ id: m, task: 'queued-in-batch', pilot: { slotId: m } })),
-        links: { self: `/groups/${id}` },
-      },
+      answer: { id, kind: 'group', state: 'Deploying', count, ...exact, members, links: { self: `/groups/${id}` } },
       location: `/groups/${id}`,
-      release: async () => undefined,
+      release,
       owner: principal.name,
     };
   }
@@ -276,24 +275,8 @@ export class Factory {
       throw new Error(`the allocator granted ${grants.length} of the group's ${count} members`);
     }
     const input: GroupInput = { id, owner: principal.identity, spec, count, routing: workspaceRouting(this.config), createdAt: new Date().toISOString(), grants };
-    return {
-      workflowType: 'groupWorkflow',
-      workflowId: gang,
-      args: [input],
-      searchAttributes: [{ key: VwsOwner, value: principal.identity }],
-      answer: {
-        id,
-        kind: 'group',
-        state: 'Deploying',
-        count,
-        ...exact,
-        members: grants.map((g, i) => ({ id: members[i], node: g.node, nics: nicsOf(g) })),
-        links: { self: `/groups/${id}` },
-      },
-      location: `/groups/${id}`,
-      release: () => this.allocator.releaseGang(gang),
-      owner: principal.name,
-    };
+    const answer = grants.map((g, i) => ({ id: members[i], node: g.node, nics: nicsOf(g) }));
+    return this.groupPlan(principal, input, exact, answer, () => this.allocator.releaseGang(gang));
   }
 
   /** What the allocator is asked for one workspace. */

@@ -18,7 +18,7 @@ const NODES = ['vmm3', 'vmm2'] as const;
 const memory = Object.fromEntries(NODES.map((n) => [n, testbedReservationProbe(n)]));
 
 // A short reserve timeout: the back-out scenario waits it out (a pilot reserves within ~5 s here).
-const f = usePilotStack({ label: 'pilot-group', first: '10.213.0.70', last: '10.213.0.72', nodes: [...NODES], lrm: { constraints: ['pilot'] }, pilot: { pollSeconds: 3, reserveTimeoutSeconds: 30 } });
+const f = usePilotStack({ label: 'pilot-group', first: '10.213.0.70', last: '10.213.0.72', nodes: [...NODES], lrm: { constraints: ['pilot'] }, pilot: { pollSeconds: 3, reserveTimeoutSeconds: 20 } });
 
 /** Nothing held anywhere, both nodes' memory exactly configured, no lock or reset intent left. */
 async function expectClean(memberIds: string[]): Promise<void> {
@@ -77,7 +77,7 @@ describe('a group in pilot mode on two pilot nodes', () => {
     console.log(`pilot group of 2: POST → Ready in ${readyMs} ms; destroy → clean in ${Date.now() - t0 - readyMs} ms`);
   });
 
-  it('a member whose pilot job cannot start (its node busy with another job): after the reserve timeout the group backs out, holding nothing', async () => {
+  it('a member whose pilot job cannot start (its node busy with another job): after the reserve timeout (20 s) the group backs out, holding nothing', async () => {
     // Another user's job takes every CPU of vmm2: the second member's pilot job stays pending.
     const { jobId: blocker } = await f.slurm.submit({ name: `${f.stack.config.temporal.prefix}-blocker`, command: { kind: 'argv', argv: ['/bin/sleep', '600'] }, node: 'vmm2', cpus: 4, walltimeSeconds: 600, workDir: '/tmp' });
     try {
@@ -90,7 +90,7 @@ describe('a group in pilot mode on two pilot nodes', () => {
         const g = await f.stack.call('alice', 'GET', `/groups/${group}`);
         return g.body.state === 'Ended' ? g.body : undefined;
       }, `group ${group} Ended`);
-      expect(ended.reason).toMatch(/^backed out: .*did not start pilot job \d+ within 30 s \(reserveTimeoutSeconds\)/);
+      expect(ended.reason).toMatch(/^backed out: .*did not start pilot job \d+ within 20 s \(reserveTimeoutSeconds\)/);
       for (const id of ids) expect((await show(f.stack, id)).state).toBe('Cancelled');
       // The blocker, another user's job, was left alone.
       expect((await f.slurm.status(blocker)).state).toBe('running');
