@@ -5,8 +5,8 @@
  *
  * All or nothing: the allocator grants every member or none. If a member ends Corrupted or Cancelled
  * while the group is being created (in pilot mode also when its pilot job did not run within the reserve
- * timeout), every member is destroyed and the group ends with the reason, holding nothing. Operations fan out to every live member and answer per member. The group ends when
- * every member has ended.
+ * timeout), every member is destroyed and the group ends with the reason, holding nothing. Operations
+ * fan out to every live member and answer per member. The group ends when every member has ended.
  */
 import { allHandlersFinished, ApplicationFailure, CancellationScope, condition, isCancellation, setHandler, workflowInfo } from '@temporalio/workflow';
 import type { Grant } from '../domain/allocation';
