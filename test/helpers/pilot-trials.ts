@@ -35,6 +35,11 @@ export interface TrialResult {
   memoryAfterMiB?: number;
   /** Why the trial failed (first thing wrong). */
   failure?: string;
+  /**
+   * For a failed trial: whether vws still left the node clean afterwards (slot ended, nothing held,
+   * memory exactly where it started), or what it left.
+   */
+  afterFailure?: 'clean' | string;
 }
 
 /** What a run of trials needs. */
@@ -52,6 +57,11 @@ export interface TrialOptions {
   handBackWindowMs?: number;
   /** Called after each trial (progress). */
   onTrial?: (r: TrialResult) => void;
+  /**
+   * Go on after a failed trial whose node vws left clean (the full runs: how often trials fail, and that
+   * every failure still ends with nothing held). Default: stop at the first failure.
+   */
+  continueAfterCleanFailure?: boolean;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -81,16 +91,38 @@ export async function runPilotTrials(o: TrialOptions): Promise<TrialResult[]> {
   const { stack, slurm, monitor, node, kind } = o;
   const allocator = new AllocatorClient(stack.conn.client, stack.config);
   const jobPrefix = `${stack.config.temporal.prefix}-pilot`;
+  const handBackMs = o.handBackWindowMs ?? 120_000;
+  /** The slot ended and nothing is held anywhere; the memory is what it was before the trial (answered). */
+  const expectClean = async (slotId: string, before: number): Promise<number> => {
+    await until('slot ended', handBackMs, async () => (await stack.conn.client.workflow.getHandle(slotId).describe()).status.name !== 'RUNNING');
+    const { jobId } = await stack.conn.client.workflow.getHandle(slotId).query(pilotSlotQuery);
+    if (jobId) {
+      const job = await slurm.status(jobId);
+      if (job.state !== 'ended' && job.state !== 'unknown') throw new Error(`job ${jobId} is still ${job.state}`);
+    }
+    const jobs = await slurm.listByPrefix(jobPrefix);
+    if (jobs.length) throw new Error(`batch jobs left: ${jobs.map((j) => j.jobId).join(', ')}`);
+    const leases = await allocator.leases();
+    if (leases.length) throw new Error(`leases left: ${JSON.stringify(leases)}`);
+    const grants = await stack.grants();
+    if (grants.length) throw new Error(`grants left: ${JSON.stringify(grants)}`);
+    const left = await stack.leftovers();
+    if (left.length) throw new Error(`left on the node: ${left.join(', ')}`);
+    const after = await monitor.sample(node);
+    if (after !== before) throw new Error(`memory ${after} MiB after the trial, ${before} MiB before`);
+    return after;
+  };
   const results: TrialResult[] = [];
   for (let trial = 1; trial <= o.trials; trial++) {
     const before = await monitor.sample(node);
     const r: TrialResult = { kind, trial, node, ok: false, memoryBeforeMiB: before };
+    let slotId: string | undefined;
     try {
       const t0 = Date.now();
       const created = await stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 128, durationSeconds: 600, pilot: true });
       if (created.status !== 202) throw new Error(`create answered ${created.status}: ${JSON.stringify(created.body)}`);
       const id = String(created.body.id);
-      const slotId = pilotSlotWorkflowId(stack.config, id);
+      slotId = pilotSlotWorkflowId(stack.config, id);
       await until('Running with an address', o.deployWindowMs ?? 240_000, async () => {
         const ws = await show(stack, id);
         if (ws.state === 'Cancelled' || ws.state === 'Corrupted') throw new WaitPointless(`${id} ended ${ws.state} before it ran: ${ws.reason}`);
@@ -106,22 +138,11 @@ export async function runPilotTrials(o: TrialOptions): Promise<TrialResult[]> {
       } else {
         await slurm.cancel(jobId!);
       }
-      await until('workspace Cancelled', o.handBackWindowMs ?? 120_000, async () => (await show(stack, id)).state === 'Cancelled');
-      await until('slot ended', o.handBackWindowMs ?? 120_000, async () => (await stack.conn.client.workflow.getHandle(slotId).describe()).status.name !== 'RUNNING');
+      await until('workspace Cancelled', handBackMs, async () => (await show(stack, id)).state === 'Cancelled');
+      await until('slot ended', handBackMs, async () => (await stack.conn.client.workflow.getHandle(slotId!).describe()).status.name !== 'RUNNING');
       r.handBackMs = Date.now() - t1;
       // Nothing held anywhere, and the memory exactly where it started.
-      const job = await slurm.status(jobId!);
-      if (job.state !== 'ended' && job.state !== 'unknown') throw new Error(`job ${jobId} is still ${job.state}`);
-      const jobs = await slurm.listByPrefix(jobPrefix);
-      if (jobs.length) throw new Error(`batch jobs left: ${jobs.map((j) => j.jobId).join(', ')}`);
-      const leases = await allocator.leases();
-      if (leases.length) throw new Error(`leases left: ${JSON.stringify(leases)}`);
-      const grants = await stack.grants();
-      if (grants.length) throw new Error(`grants left: ${JSON.stringify(grants)}`);
-      const left = await stack.leftovers();
-      if (left.length) throw new Error(`left on the node: ${left.join(', ')}`);
-      r.memoryAfterMiB = await monitor.sample(node);
-      if (r.memoryAfterMiB !== before) throw new Error(`memory ${r.memoryAfterMiB} MiB after the trial, ${before} MiB before`);
+      r.memoryAfterMiB = await expectClean(slotId, before);
       if (kind === 'C') {
         // vws itself goes down hard and comes back between trials; the next trial must not notice.
         // An SSH-mode node (xen1) has no node worker process: the head's process serves its task queue.
@@ -134,10 +155,20 @@ export async function runPilotTrials(o: TrialOptions): Promise<TrialResult[]> {
       r.ok = true;
     } catch (e) {
       r.failure = (e as Error).message;
+      // The workspace ended before it ran (the pilot job failed, say): vws must still leave nothing.
+      if (e instanceof WaitPointless && slotId) {
+        try {
+          r.memoryAfterMiB = await expectClean(slotId, before);
+          r.afterFailure = 'clean';
+        } catch (left) {
+          r.afterFailure = (left as Error).message;
+        }
+      }
     }
     results.push(r);
     o.onTrial?.(r);
-    if (!r.ok) break; // a failed trial leaves state the next would trip over: stop and report
+    // A failed trial that left state behind would trip the next one: stop and report.
+    if (!r.ok && !(o.continueAfterCleanFailure && r.afterFailure === 'clean')) break;
   }
   return results;
 }
@@ -151,7 +182,7 @@ export function summarizeTrials(results: TrialResult[]): Record<string, unknown>
   return {
     trials: results.length,
     passed: results.filter((r) => r.ok).length,
-    failures: results.filter((r) => !r.ok).map((r) => `${r.kind}${r.trial}: ${r.failure}`),
+    failures: results.filter((r) => !r.ok).map((r) => `${r.kind}${r.trial}: ${r.failure}${r.afterFailure ? ` (afterwards: ${r.afterFailure})` : ''}`),
     deployMs: ms(results.flatMap((r) => (r.deployMs === undefined ? [] : [r.deployMs]))),
     handBackMs: ms(results.flatMap((r) => (r.handBackMs === undefined ? [] : [r.handBackMs]))),
     maxDriftMiB: Math.max(0, ...results.flatMap((r) => (r.memoryAfterMiB === undefined ? [] : [Math.abs(r.memoryAfterMiB - r.memoryBeforeMiB)]))),
