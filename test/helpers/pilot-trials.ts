@@ -67,7 +67,10 @@ export interface TrialOptions {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Thrown by a poll of {@link until} when waiting on is pointless (the workspace ended): ends the wait at once. */
-class WaitPointless extends Error {}
+class WaitPointless extends Error {
+  /** The workspace, when it ended Corrupted (it then holds its resources until destroyed). */
+  corrupted?: string;
+}
 
 /**
  * Polls `f` every 250 ms until truthy; throws `what` after `ms`. A failed poll counts as "not yet" (the
@@ -125,7 +128,11 @@ export async function runPilotTrials(o: TrialOptions): Promise<TrialResult[]> {
       slotId = pilotSlotWorkflowId(stack.config, id);
       await until('Running with an address', o.deployWindowMs ?? 240_000, async () => {
         const ws = await show(stack, id);
-        if (ws.state === 'Cancelled' || ws.state === 'Corrupted') throw new WaitPointless(`${id} ended ${ws.state} before it ran: ${ws.reason}`);
+        if (ws.state === 'Cancelled' || ws.state === 'Corrupted') {
+          const pointless = new WaitPointless(`${id} ended ${ws.state} before it ran: ${ws.reason}`);
+          if (ws.state === 'Corrupted') pointless.corrupted = id;
+          throw pointless;
+        }
         return ws.state === 'Running' && ws.task === null && !!ws.obtainedIp;
       });
       r.deployMs = Date.now() - t0;
@@ -155,9 +162,14 @@ export async function runPilotTrials(o: TrialOptions): Promise<TrialResult[]> {
       r.ok = true;
     } catch (e) {
       r.failure = (e as Error).message;
-      // The workspace ended before it ran (the pilot job failed, say): vws must still leave nothing.
+      // The workspace ended before it ran (the pilot job failed, say): vws must still leave nothing. A
+      // Corrupted one keeps its resources until its owner destroys it, as a client would here.
       if (e instanceof WaitPointless && slotId) {
         try {
+          if (e.corrupted) {
+            const d = await stack.call('alice', 'DELETE', `/workspaces/${e.corrupted}`);
+            if (d.status !== 202) throw new Error(`destroying the Corrupted ${e.corrupted} answered ${d.status}`);
+          }
           r.memoryAfterMiB = await expectClean(slotId, before);
           r.afterFailure = 'clean';
         } catch (left) {
