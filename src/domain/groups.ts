@@ -3,9 +3,10 @@
  * ensemble workflows and the tests. Types only, no I/O: workflow code imports it.
  *
  * A group is NodeNumber > 1 identical workspaces granted in one atomic allocation (in pilot mode: each
- * member in the node time of its own pilot job) and started as child workflows of one group workflow. An ensemble is a set of members (single workspaces or groups) that
- * register without launching; `done` co-schedules them: one atomic allocation for every member,
- * propagation of all, then all started at once, or none runs and nothing stays held.
+ * member in the node time of its own pilot job) and started as child workflows of one group workflow.
+ * An ensemble is a set of members (single workspaces or groups) that register without launching; `done`
+ * co-schedules them: one atomic allocation for every member, propagation of all, then all started at
+ * once, or none runs and nothing stays held.
  */
 import type { Grant } from './allocation';
 import type { WorkspaceState } from './states';

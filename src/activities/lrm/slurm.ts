@@ -222,9 +222,9 @@ function mergedConstraints(job: PilotJobRequest, o: SlurmOptions): string[] {
 }
 
 /**
- * The sbatch options for a validated request (pure, unit-tested): name, node, partition, features,
- * account, the node to itself, time limit in whole minutes after padding, memory, CPUs, the pre-end signal to the batch shell
- * (`B:`), output and working directory. One node, one task, never requeued: the pilot is one process per
+ * The sbatch options for a validated request (pure, unit-tested): name, node, the node to itself,
+ * partition, features, account, time limit in whole minutes after padding, memory, CPUs, the pre-end
+ * signal to the batch shell (`B:`), output and working directory. One node, one task, never requeued: the pilot is one process per
  * node, for one slot.
  */
 export function sbatchArgs(job: PilotJobRequest, o: SlurmOptions = {}): string[] {
