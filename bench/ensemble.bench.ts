@@ -8,8 +8,9 @@
  *
  * Three processes, as on a site: the head worker (with the API; `head-process.ts`), the ten bench nodes
  * (`node-workers.ts`: node workers with `driver: bench`, VM states in memory), and this one, the client
- * (Temporal client calls, as the API makes them). Everything
- * else is real: Temporal, the allocator, the workspace, group and ensemble workflows, the head's
+ * (Temporal client calls, as the API makes them: each lifecycle is created through the API's own
+ * `Factory`, which reserves synchronously and starts the workflow with its grant, is followed by its
+ * memo view as API readers do, and is destroyed with the destroy Update). Everything else is real: Temporal, the allocator, the workspace, group and ensemble workflows, the head's
  * activities, and propagation (each member's qcow2 overlay made with qemu-img over a base copied into
  * the node's cache from the repository). The one stand-in beside the driver is DHCP: a bench VM has no
  * guest to ask for a lease, so on these nodes the entry activities record entries and `waitForLease`
@@ -21,14 +22,17 @@ import { randomBytes } from 'node:crypto';
 import { headTaskQueue, workspaceRouting } from '../src/config/names';
 import type { VwsConfig } from '../src/config/schema';
 import type { EnsembleInput } from '../src/domain/groups';
-import { describeQuery, destroyUpdate, ensembleDescribeQuery, ensembleDestroyUpdate, ensembleDoneUpdate, ensembleRegisterUpdate, VwsOwner, VwsState } from '../src/domain/messages';
-import type { ResolvedImage, WorkspaceInput, WorkspaceSpec } from '../src/domain/workspace';
+import { destroyUpdate, ensembleDescribeQuery, ensembleDestroyUpdate, ensembleDoneUpdate, ensembleRegisterUpdate, VwsOwner } from '../src/domain/messages';
+import type { ResolvedImage, WorkspaceSpec } from '../src/domain/workspace';
 import { memberSpec } from '../test/helpers/member-spec';
 import { tokenDigest } from '../src/config/secrets';
 import { stageLocalFile } from '../src/repository';
 import type { ensembleWorkflow } from '../src/workflows/ensemble';
-import type { workspaceWorkflow } from '../src/workflows/workspace';
 import { connect, testConfig, workflowBundle, type TestConnections } from '../test/helpers/temporal';
+import { Factory } from '../src/api/factory';
+import { AllocatorClient } from '../src/clients/allocator';
+import { describeWorkspace } from '../src/clients/workspace-view';
+import { createWorkspaceSchema } from '../src/domain/requests';
 import { startBenchSite, stopBenchSite, type BenchSite } from './helpers';
 
 const OWNER = '/O=Grid/OU=bench/CN=bench';
@@ -63,7 +67,9 @@ beforeAll(async () => {
   const raw = join(dir, 'tiny.raw');
   writeFileSync(raw, randomBytes(1024 * 1024));
   image = await stageLocalFile(config, 'tiny', raw);
-  site = await startBenchSite({ config, dir, nodes: nodeNames, bundleCode: (await workflowBundle()).code, tokenDigest: tokenDigest(randomBytes(16).toString('hex')), identity: OWNER });
+  // VWS_BENCH_HEAD_ARGS: node options for the head process (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`).
+  const headExecArgv = (process.env.VWS_BENCH_HEAD_ARGS ?? '').split(/\s+/).filter(Boolean);
+  site = await startBenchSite({ config, dir, nodes: nodeNames, bundleCode: (await workflowBundle()).code, tokenDigest: tokenDigest(randomBytes(16).toString('hex')), identity: OWNER, headExecArgv });
 }, 300_000);
 
 afterAll(async () => {
@@ -128,22 +134,18 @@ describe('ensemble and lifecycle orchestration (bench driver)', () => {
     const failures: string[] = [];
     const stopAt = Date.now() + LIFECYCLE_SECONDS * 1000;
     const t0 = Date.now();
+    // Each lane creates as the API does (the factory: policy, a synchronous reserve, then the workflow
+    // started with its grant), follows the workspace by its memo view as API clients do, then destroys it.
+    const factory = new Factory(config, conn.client, new AllocatorClient(conn.client, config));
+    const principal = { name: 'bench', identity: OWNER, admin: false };
     const lane = async () => {
       while (Date.now() < stopAt) {
         const start = Date.now();
-        const id = `ws-${randomBytes(6).toString('hex')}`;
-        const input: WorkspaceInput = { id, owner: OWNER, spec: specOf(), routing: workspaceRouting(config), createdAt: new Date().toISOString() };
-        const handle = await conn.client.workflow.start<typeof workspaceWorkflow>('workspaceWorkflow', {
-          workflowId: `${prefix}-${id}`,
-          taskQueue: headTaskQueue(config),
-          args: [input],
-          typedSearchAttributes: [
-            { key: VwsOwner, value: OWNER },
-            { key: VwsState, value: 'Unpropagated' },
-          ],
-        });
+        const created = await factory.createWorkspaces(principal, createWorkspaceSchema.parse({ image: image.name, memoryMiB: 64 }));
+        const id = String(created.answer.id);
+        const handle = conn.client.workflow.getHandle(`${prefix}-${id}`);
         for (;;) {
-          const ws = await handle.query(describeQuery);
+          const ws = await describeWorkspace(conn.client, handle.workflowId);
           if (ws.state === 'Running' && ws.task === null) break;
           if (ws.state === 'Corrupted' || ws.state === 'Cancelled') {
             failures.push(`${id}: ${ws.state} ${ws.reason}`);

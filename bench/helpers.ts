@@ -50,10 +50,7 @@ export async function createBenchNodeWorkers(o: { config: VwsConfig; connection:
         connection: o.connection,
         namespace: o.config.temporal.namespace,
         taskQueue: nodeTaskQueue(o.config, node),
-        activities: {
-          ...createNodeActivities({ config: nodeConfig, node, exec: new LocalExecutor(), repositoryToken: () => '', localRepositoryDir: o.config.repository.dir }),
-          ...benchDhcp(),
-        },
+        activities: createNodeActivities({ config: nodeConfig, node, exec: new LocalExecutor(), repositoryToken: () => '', localRepositoryDir: o.config.repository.dir, dhcp: benchDhcp() }),
         maxConcurrentActivityTaskExecutions: 16, // as src/workers/node.ts
       }),
     );

@@ -16,7 +16,7 @@ import { createUnpropagateActivities } from './images/unpropagate';
 import { ApplicationFailure } from '@temporalio/common';
 import { FailureType } from '../domain/errors';
 import { createAntiSpoof } from './network/antispoof';
-import { createDhcpActivities } from './network/dhcp';
+import { createDhcpActivities, type DhcpActivities, type DhcpEntryInput } from './network/dhcp';
 import { nicInterfaceName, type GuardedNic } from './network/types';
 import { nodePaths, workspaceDir } from './node-paths';
 import { nodeControl, resetNodeState } from '../pilot/node-control';
@@ -36,6 +36,11 @@ export interface NodeActivityDeps {
   driver?: HypervisorDriver;
   /** Heartbeat function (the Temporal heartbeat inside an activity). */
   beat?: (details?: unknown) => void;
+  /**
+   * The node's DHCP activities; defaults to the real servers (dnsmasq or dhcpd) under the node's
+   * directory. Only the orchestration benchmark passes its stand-in (bench nodes have no guests).
+   */
+  dhcp?: Pick<DhcpActivities, 'addDhcpEntry' | 'removeDhcpEntry' | 'waitForLease'>;
 }
 
 /** Input of `bootVm` and `restoreVm`. */
@@ -54,6 +59,18 @@ export interface BootInput {
    * little ahead, so they start together however long its fan-out took to reach each node.
    */
   notBefore?: string;
+  /**
+   * DHCP entries this node serves to add before the boot (`bootVm` only): the two steps in one round
+   * trip. Absent when the entries are served elsewhere (the head) or were added earlier (ensembles).
+   */
+  dhcpEntries?: DhcpEntryInput[];
+}
+
+/** Input of `destroyWorkspace`. */
+export interface DestroyWorkspaceInput {
+  workspaceId: string;
+  /** The DHCP entries this node serves for the workspace's NICs, removed once the VM is confirmed gone. */
+  dhcpEntries?: DhcpEntryInput[];
 }
 
 /** What `bootVm` reports: the driver's time and the instant the VM was started. */
@@ -146,15 +163,24 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     return { node: deps.node, destroyed: r.vms.destroyed, failed: r.vms.failed, memoryMiB: r.memory.reachedMiB, configuredMiB: r.configuredMiB, ms: Date.now() - t0 };
   }
 
-  return {
-    ...createImageActivities({
+  /** Destroys the VM and its interfaces; returns once it is confirmed gone. Idempotent. */
+  async function destroyVm(input: { workspaceId: string }): Promise<DriverTiming> {
+    const r = await timed(() => driver.destroy(input.workspaceId));
+    await unguard(input.workspaceId);
+    return r;
+  }
+  const dhcp = { ...createDhcpActivities({ exec: deps.exec, dir: paths.dhcp }), ...deps.dhcp };
+  const images = createImageActivities({
       exec: deps.exec,
       paths,
       repositoryToken: deps.repositoryToken,
       diskFormat: driver.diskFormat,
       cacheMaxBytes: deps.config.node.cacheMaxMiB * 1024 * 1024,
       ...(deps.localRepositoryDir ? { openLocal: localRepositoryReader(deps.config.repository.url, deps.localRepositoryDir) } : {}),
-    }),
+  });
+
+  return {
+    ...images,
     ...createUnpropagateActivities({
       exec: deps.exec,
       paths,
@@ -162,11 +188,12 @@ export function createNodeActivities(deps: NodeActivityDeps) {
       repositoryUrl: deps.config.repository.url,
       repositoryToken: deps.repositoryToken,
     }),
-    ...createDhcpActivities({ exec: deps.exec, dir: paths.dhcp }),
+    ...dhcp,
 
-    /** Boots the workspace's VM; succeeds at once if it already runs. */
+    /** Boots the workspace's VM, after adding the DHCP entries given; succeeds at once if it already runs. */
     async bootVm(input: BootInput): Promise<BootResult> {
       const spec = vmSpec(input); // an unknown network fails here, before anything is made
+      for (const entry of input.dhcpEntries ?? []) await dhcp.addDhcpEntry(entry);
       await guard(input);
       return withHeartbeat(beat, 'boot', async () => {
         await waitUntil(input.notBefore);
@@ -212,9 +239,17 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     },
 
     /** Destroys the VM and its interfaces; returns once it is confirmed gone. Idempotent. */
-    async destroyVm(input: { workspaceId: string }): Promise<DriverTiming> {
-      const r = await timed(() => driver.destroy(input.workspaceId));
-      await unguard(input.workspaceId);
+    destroyVm,
+
+    /**
+     * A workspace's whole teardown on this node in one round trip: the VM destroyed and confirmed gone,
+     * only then its DHCP entries removed (an address is never served while its VM may still run, Nimbus
+     * bug 101), then its files. Each step is idempotent, so a retry after any failure starts over safely.
+     */
+    async destroyWorkspace(input: DestroyWorkspaceInput): Promise<DriverTiming> {
+      const r = await destroyVm({ workspaceId: input.workspaceId });
+      for (const entry of input.dhcpEntries ?? []) await dhcp.removeDhcpEntry(entry);
+      await images.removeWorkspaceFiles({ workspaceId: input.workspaceId });
       return r;
     },
 
