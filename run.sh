@@ -60,9 +60,11 @@ cmd_start() {
   # The standard 3-host testbed (vws's default configuration uses vmm1), so ./run.sh test can share it.
   testbed/testbed.sh up
   temporal/start.sh
-  # The head's memory settings of bench/api.bench.ts (issue 8): two malloc arenas and a 2 MiB young
-  # generation keep the head's resident memory ~50 MiB lower; it runs workflow tasks, not request bursts.
-  start_bg head env MALLOC_ARENA_MAX=2 node --max-semi-space-size=2 dist/workers/head.js
+  # The head's memory settings, measured with bench/api.bench.ts (issue 8; see HEAD_MAX_CACHED_WORKFLOWS
+  # in src/config/schema.ts): two malloc arenas that give freed memory back (no dynamic mmap threshold),
+  # a 2 MiB young generation and V8 favouring size over speed. It runs workflow tasks, not request bursts.
+  start_bg head env MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 \
+    node --max-semi-space-size=2 --optimize-for-size dist/workers/head.js
   start_bg api node dist/api/server.js
   # The node worker runs on its node: inside vmm1's namespaces, reaching Temporal over the bridge.
   start_bg node-vmm1 env VWS_NODE=vmm1 VWS_TEMPORAL_ADDRESS=10.213.0.1:7233 testbed/testbed.sh exec vmm1 -- node dist/workers/node.js

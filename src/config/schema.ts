@@ -387,24 +387,21 @@ function checkNetworks(c: { networks: Array<z.infer<typeof networkSchema>>; node
  * DescribeWorkflowExecution, `src/clients/workspace-view.ts`): `GET /workspaces/:id`, the operations'
  * refusal checks, the event streams, `GET /status`, group and ensemble fan-outs, the reconciler. So a
  * Running workspace needs no cache slot; only workflows with work in flight do (creations, operations,
- * a 100-member ensemble with its groups, the allocator), and 250 holds that with room.
+ * a 100-member ensemble with its groups, the allocator); 100 holds that, and an evicted workflow is
+ * replayed when it next has work.
  *
- * Measured by the API benchmark (bench/api.bench.ts, 1,000 live workspaces on bench nodes, head run from
- * the compiled dist/, on a 2-core machine loaded by other work, load average 8-15): head rss idle 226 MiB;
- * with 1,000 live 391 MiB at 250 (552 MiB before, when the cache of 1500 held them all), 352 MiB at 100
- * with MALLOC_ARENA_MAX=2, and 267 MiB (280 MB, the goal is 300 MB) at 100 with MALLOC_ARENA_MAX=2 and
- * node's `--max-semi-space-size=2` (idle 181 MiB: the young generation of both V8 isolates, the main one
- * and the workflow thread's, is most of the idle figure). Most of the rest is fixed (Temporal's native
- * core, the client's protobuf definitions, the workflow thread's isolate and bundle); the worker's thread
- * pool is already 1 (`reuseV8Context`, the SDK's default). GET at 100/s: p50 21 ms, p99 1.1 s, as slow as
- * the dev server's own DescribeWorkflowExecution on that machine then (p90 2.4 s); with the semi-space
- * limit p50 14 ms but p99 1.7 s while a bare DescribeWorkflowExecution had p99 54 ms (not yet explained:
- * scavenges of the small young generation are one suspect). With the API in a process of its own, as
- * `./run.sh start` runs it (MALLOC_ARENA_MAX=2, --max-semi-space-size=2): head rss 178 MiB idle, 302 MiB
- * with 1,000 live at a cache of 250 and 314 MiB at 150, so below 250 the cache no longer decides it (the
- * rest of the growth is outside the main thread's heap, which stays at ~50 MiB).
+ * Measured by the API benchmark (bench/api.bench.ts, 1,000 live workspaces on bench nodes, the head run
+ * from the compiled dist/ in a process of its own as `./run.sh start` runs it, a quiet 2-core machine),
+ * head rss with 1,000 live: with MALLOC_ARENA_MAX=2 and `--max-semi-space-size=2`, 326 MiB at a cache
+ * of 250 and 264 MiB at 100; adding MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ (glibc gives freed
+ * memory back), 295 MiB at 250 and 210-271 MiB at 100 (three runs); adding V8's `--optimize-for-size`,
+ * 197-203 MiB at 100 (two runs; idle 155 MiB). Those last settings are `./run.sh start`'s. Each cached
+ * workspace workflow costs ~0.5 MiB (the workflow thread's isolate and the native core's state), the
+ * rest is fixed (Temporal's native core, protobuf definitions, the workflow bundle). The cost of the
+ * smaller cache, measured by bench/ensemble.bench.ts: a 100-member ensemble's start skew 42-59 ms
+ * instead of 28-40 ms; lifecycles per second unchanged within the noise.
  */
-export const HEAD_MAX_CACHED_WORKFLOWS = 250;
+export const HEAD_MAX_CACHED_WORKFLOWS = 100;
 
 /** The whole configuration. */
 export const configSchema = z
@@ -439,7 +436,7 @@ export const configSchema = z
           .object({
             /**
              * How many workflows the head worker keeps in memory between their tasks. Each cached workspace
-             * workflow costs about 0.3 MB of the head's resident memory; a workflow not in the cache is
+             * workflow costs about 0.5 MiB of the head's resident memory; a workflow not in the cache is
              * replayed from its history when it next has work (a timer, an operation), which costs CPU,
              * never correctness. Reads do not need it (they read the view in the workflow's memo), so the
              * cache holds the active set, not every live workspace (see HEAD_MAX_CACHED_WORKFLOWS).
@@ -450,7 +447,7 @@ export const configSchema = z
               .min(40, 'at least 40: the head runs up to 40 workflow tasks at once, each needs a cache slot')
               .default(HEAD_MAX_CACHED_WORKFLOWS)
               .describe(
-                "workflows the head worker keeps in memory between their tasks (about 0.3 MB of resident memory each): the active set (creations and operations in flight, ensembles being started), not every live workspace, since reads use the view in each workflow's memo; an evicted one is replayed from its history when it next has work, costing CPU, not correctness. Default 250 (1,000 live workspaces: head rss 391 MiB, 226 MiB idle)",
+                "workflows the head worker keeps in memory between their tasks (about 0.5 MiB of resident memory each): the active set (creations and operations in flight, ensembles being started), not every live workspace, since reads use the view in each workflow's memo; an evicted one is replayed from its history when it next has work, costing CPU, not correctness. Default 100 (1,000 live workspaces: head rss 197-203 MiB with ./run.sh start's memory settings, 155 MiB idle)",
               ),
             /**
              * A workflow bundle prebuilt from these same workflows (`bundleWorkflowCode`, its code written to
