@@ -193,9 +193,10 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     /** Boots the workspace's VM, after adding the DHCP entries given; succeeds at once if it already runs. */
     async bootVm(input: BootInput): Promise<BootResult> {
       const spec = vmSpec(input); // an unknown network fails here, before anything is made
-      for (const entry of input.dhcpEntries ?? []) await dhcp.addDhcpEntry(entry);
-      await guard(input);
+      // Heartbeats from the first step: the entries may start the node's DHCP server, slow on a busy node.
       return withHeartbeat(beat, 'boot', async () => {
+        for (const entry of input.dhcpEntries ?? []) await dhcp.addDhcpEntry(entry);
+        await guard(input);
         await waitUntil(input.notBefore);
         const timing = await timed(() => driver.create(spec));
         return { ...timing, startedAt: new Date().toISOString() };
