@@ -171,12 +171,12 @@ export function createNodeActivities(deps: NodeActivityDeps) {
   }
   const dhcp = { ...createDhcpActivities({ exec: deps.exec, dir: paths.dhcp }), ...deps.dhcp };
   const images = createImageActivities({
-      exec: deps.exec,
-      paths,
-      repositoryToken: deps.repositoryToken,
-      diskFormat: driver.diskFormat,
-      cacheMaxBytes: deps.config.node.cacheMaxMiB * 1024 * 1024,
-      ...(deps.localRepositoryDir ? { openLocal: localRepositoryReader(deps.config.repository.url, deps.localRepositoryDir) } : {}),
+    exec: deps.exec,
+    paths,
+    repositoryToken: deps.repositoryToken,
+    diskFormat: driver.diskFormat,
+    cacheMaxBytes: deps.config.node.cacheMaxMiB * 1024 * 1024,
+    ...(deps.localRepositoryDir ? { openLocal: localRepositoryReader(deps.config.repository.url, deps.localRepositoryDir) } : {}),
   });
 
   return {

@@ -395,7 +395,7 @@ function checkNetworks(c: { networks: Array<z.infer<typeof networkSchema>>; node
  * head rss with 1,000 live: with MALLOC_ARENA_MAX=2 and `--max-semi-space-size=2`, 326 MiB at a cache
  * of 250 and 264 MiB at 100; adding MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ (glibc gives freed
  * memory back), 295 MiB at 250 and 210-271 MiB at 100 (three runs); adding V8's `--optimize-for-size`,
- * 197-203 MiB at 100 (two runs; idle 155 MiB). Those last settings are `./run.sh start`'s. Each cached
+ * 197-203 MiB at 100 (three runs; idle 155-159 MiB). Those last settings are `./run.sh start`'s. Each cached
  * workspace workflow costs ~0.5 MiB (the workflow thread's isolate and the native core's state), the
  * rest is fixed (Temporal's native core, protobuf definitions, the workflow bundle). The cost of the
  * smaller cache, measured by bench/ensemble.bench.ts: a 100-member ensemble's start skew 42-59 ms

@@ -246,13 +246,15 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
   }
   const node = (retry: RetryPolicy) => nodeActivities(`${routing.nodeTaskQueuePrefix}${grant!.node}`, retry);
 
+  /** Whether a NIC's network has its DHCP on the head (central delivery) rather than on the node. */
+  const servedByHead = (nic: NicGrant) => routing.networks?.[nic.network]?.on === 'head';
   /**
    * The DHCP server that delivers a NIC's address and the activities that reach it: the node's own, or
    * the head's for a network with central delivery.
    */
   const dhcpFor = (nic: NicGrant, retry: RetryPolicy): { server: DhcpServerSpec; quick: DhcpActivities; long: DhcpActivities } => {
     const net = routing.networks?.[nic.network];
-    const onHead = net?.on === 'head';
+    const onHead = servedByHead(nic);
     const server: DhcpServerSpec = {
       network: nic.network,
       subnet: net?.subnet ?? '',
@@ -284,8 +286,6 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       await quick.removeDhcpEntry({ server, entry: dhcpEntry(nic) });
     }
   }
-  /** Whether a NIC's network has its DHCP on the head (central delivery) rather than on the node. */
-  const servedByHead = (nic: NicGrant) => routing.networks?.[nic.network]?.on === 'head';
   /** The DHCP entries the workspace's node serves (its NICs on networks without central delivery). */
   const nodeServedEntries = () => nics().filter((nic) => !servedByHead(nic)).map((nic) => ({ server: dhcpFor(nic, FORWARD_RETRY).server, entry: dhcpEntry(nic) }));
 
@@ -485,6 +485,8 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
     let withBoot: ReturnType<typeof nodeServedEntries> = [];
     if (entriesServed) entriesServed = false;
     else if (patched(FOLDED_NODE_STEPS_PATCH)) {
+      // Inline, not through addDhcpEntries: an extra await here would move the view's memo upsert
+      // before bootVm's scheduling, and recorded histories would no longer replay (the replay test says so).
       for (const nic of nics().filter(servedByHead)) {
         const { server, quick } = dhcpFor(nic, FORWARD_RETRY);
         await quick.addDhcpEntry({ server, entry: dhcpEntry(nic) });
