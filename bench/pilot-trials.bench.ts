@@ -8,18 +8,16 @@
  * dom0, testbed/README.md "xen1 as a Slurm node"). Output: VWS_TRIAL_OUT (default bench/out/pilot-trials-
  * <node>-<time>/): memory.csv, memory.png, trials.json. Each trial is timed; nothing here fails on time.
  */
-import { execFile } from 'node:child_process';
-import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { promisify } from 'node:util';
 import type { SlurmBatchSystem } from '../src/activities/lrm/slurm';
 import type { SshExecutor } from '../src/exec/ssh';
 import { dom0Probe, startMemoryMonitor, type MemoryMonitor } from '../test/helpers/memory-monitor';
 import { plotMemoryPng } from '../test/helpers/memory-plot';
 import { runPilotTrials, summarizeTrials, type TrialKind, type TrialResult } from '../test/helpers/pilot-trials';
-import { cancelStackJobs, startPilotStack, testbedReservationProbe, testbedSlurm } from '../test/helpers/pilot-stack';
+import { cancelStackJobs, startPilotStack, startXen1PilotStack, testbedReservationProbe, testbedSlurm } from '../test/helpers/pilot-stack';
 import { type Stack, type TestNode } from '../test/helpers/stack';
-import { dom0ProjectDir, xen1Executor } from '../test/helpers/xen1';
+import { xen1Executor } from '../test/helpers/xen1';
 
 jest.setTimeout(24 * 3600_000);
 
@@ -27,7 +25,6 @@ const TRIALS = Number(process.env.VWS_TRIALS ?? 100);
 const KINDS = (process.env.VWS_TRIAL_KINDS ?? 'A,B,C').split(',') as TrialKind[];
 const NODE = (process.env.VWS_TRIAL_NODE ?? 'vmm3') as TestNode;
 const OUT = process.env.VWS_TRIAL_OUT ?? resolve(__dirname, 'out', `pilot-trials-${NODE}-${new Date().toISOString().replace(/[:.]/g, '-')}`);
-const XEN1 = resolve(__dirname, '../testbed/xen/xen1.sh');
 /**
  * How long a deploy may take (VWS_TRIAL_DEPLOY_SECONDS). xen1's dom0 runs under TCG: there the pilot's Node.js
  * alone was seen to need 100 s to start and the balloon 36 s at load 3, so its trials get 15 minutes.
@@ -45,30 +42,15 @@ beforeAll(async () => {
   mkdirSync(OUT, { recursive: true });
   slurm = testbedSlurm();
   const xen = NODE === 'xen1';
-  // dom0 runs this tree's dist/ from its own copy (testbed/xen/xen1.sh sync-project), at the path dom0 was
-  // booted with (the repository root, which is not this tree's when the bench runs in a snapshot of it).
-  let dom0Main = '';
-  if (xen) {
-    await promisify(execFile)(XEN1, ['sync-project'], { timeout: 600_000 });
-    const dom0 = xen1Executor();
-    dom0Main = join(await dom0ProjectDir(dom0).finally(() => dom0.close()), 'dist', 'pilot', 'main.js');
-  }
-  stack = await startPilotStack({
+  const options = {
     label: `pilot-trials-${NODE}`,
-    // A range per node, so a run on vmm3 and one on xen1 (each under its node's lock) can go at once.
-    ...(xen ? { first: '10.213.0.90', last: '10.213.0.91' } : { first: '10.213.0.85', last: '10.213.0.86' }),
-    node: NODE,
     headProcess: true,
-    ...(xen ? { lrm: { partition: 'xen', constraints: ['xen'] } } : {}),
-    pilot: { reserveTimeoutSeconds: 300, ...(xen ? { command: ['/usr/bin/node', dom0Main] } : {}) },
-  });
-  if (xen) {
-    // The site copies its pilot secret to every node: here, to the same path in dom0.
-    const secret = readFileSync(stack.config.pilot!.secretFile, 'utf8');
-    await stack.nodeExec.mkdir(join(stack.config.stateDir, 'secrets'));
-    await stack.nodeExec.writeFileAtomic(stack.config.pilot!.secretFile, secret);
-    await stack.nodeExec.run(['chmod', '600', stack.config.pilot!.secretFile]);
-  }
+    pilot: { reserveTimeoutSeconds: 300 },
+  } as const;
+  // A range per node, so a run on vmm3 and one on xen1 (each under its node's lock) can go at once.
+  stack = xen
+    ? await startXen1PilotStack({ ...options, first: '10.213.0.90', last: '10.213.0.91' })
+    : await startPilotStack({ ...options, first: '10.213.0.85', last: '10.213.0.86', node: NODE });
   // Its own connection to dom0, sending a command again once if the connection was lost (xen1's emulated
   // dom0 drops one now and then): a lost sample is the monitor's trouble, not the trial's.
   if (xen) dom0Reads = xen1Executor();

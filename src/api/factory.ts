@@ -254,7 +254,7 @@ export class Factory {
         workspaceWorkflowId: workspaceWorkflowId(this.config, id),
         memoryMiB: spec.memoryMiB,
         vcpus: spec.vcpus,
-        holdSeconds: pilotHoldSeconds(spec.durationSeconds, settings),
+        holdSeconds: pilotHoldSeconds(spec.durationSeconds, settings, pilot.startupSeconds),
         ...(spec.nodeProperties?.length ? { constraints: spec.nodeProperties } : {}),
         headTaskQueue: routing.headTaskQueue,
         nodeTaskQueuePrefix: routing.nodeTaskQueuePrefix,

@@ -586,6 +586,12 @@ export const configSchema = z
         marginSeconds: z.number().int().min(0).default(10),
         /** vws evacuates a slot's VMs this long before the pilot starts handing the node back, seconds. */
         evacuateSeconds: z.number().int().min(0).default(20),
+        /**
+         * What a pilot's hold allows beyond the workspace's running time for deploying it once the node is
+         * reserved (staging the image, booting), seconds: the job's walltime is running time + this +
+         * `evacuateSeconds` + `marginSeconds`.
+         */
+        startupSeconds: z.number().int().min(0).max(86_400).default(300),
         /** Memory the pilot reserves beyond the VM's own (QEMU's or Xen's overhead), MiB. */
         overheadMiB: z.number().int().min(0).default(64),
         /** How often a slot asks the batch system whether its job still exists, seconds. */

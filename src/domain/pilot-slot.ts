@@ -58,6 +58,6 @@ export interface PilotSlotDescription {
 export const pilotSlotQuery = defineQuery<PilotSlotDescription>('describeSlot');
 
 /** How long a workspace of `durationSeconds` needs the node: its running time, the start-up and evacuation, and the pilot's margin. */
-export function pilotHoldSeconds(durationSeconds: number, s: Pick<PilotSlotSettings, 'marginSeconds' | 'evacuateSeconds'>, startupSeconds = 300): number {
+export function pilotHoldSeconds(durationSeconds: number, s: Pick<PilotSlotSettings, 'marginSeconds' | 'evacuateSeconds'>, startupSeconds: number): number {
   return durationSeconds + startupSeconds + s.evacuateSeconds + s.marginSeconds;
 }

@@ -3,7 +3,10 @@
  * runs VMs: a pilot destroys every vws VM of its node when it hands the node back), the site's pilot
  * secret and the API URL the pilots report to, and the testbed's KillWait as the grace.
  */
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import type { WorkflowHandle } from '@temporalio/client';
 import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
 import { AllocatorClient } from '../../src/clients/allocator';
@@ -12,6 +15,7 @@ import { LocalExecutor } from '../../src/exec/local';
 import { hostReservationProbe, type MemoryProbe } from './memory-monitor';
 import { ROOT, startStack, TESTBED_DIR, TEST_NODES, type Stack, type StackOptions, type TestNode } from './stack';
 import { temporalAddress } from './temporal';
+import { dom0ProjectDir, xen1Executor } from './xen1';
 
 /** The testbed's slurm.conf (testbed/testbed.sh). */
 export const SLURM_CONF = join(TESTBED_DIR, 'slurm', 'slurm.conf');
@@ -88,6 +92,29 @@ export function startPilotStack(o: PilotStackOptions): Promise<Stack> {
   });
 }
 
+/**
+ * A pilot stack on the Xen node xen1, whose slurmd runs in dom0 (testbed/README.md "xen1 as a Slurm node"):
+ * its jobs go to Slurm's partition `xen`, and the pilot runs this tree's dist/ from dom0's own copy
+ * (`xen1.sh sync-project`, at the path dom0 was booted with: the repository root, which is not this
+ * tree's when the tests run in a snapshot of it). The site's pilot secret is copied to the same path in dom0.
+ */
+export async function startXen1PilotStack(o: Omit<PilotStackOptions, 'node' | 'nodes'>): Promise<Stack> {
+  await promisify(execFile)(join(ROOT, 'testbed/xen/xen1.sh'), ['sync-project'], { timeout: 600_000 });
+  const dom0 = xen1Executor();
+  const dom0Main = join(await dom0ProjectDir(dom0).finally(() => dom0.close()), 'dist', 'pilot', 'main.js');
+  const stack = await startPilotStack({
+    ...o,
+    node: 'xen1',
+    lrm: { partition: 'xen', constraints: ['xen'], ...o.lrm },
+    pilot: { command: ['/usr/bin/node', dom0Main], ...o.pilot },
+  });
+  const secret = readFileSync(stack.config.pilot!.secretFile, 'utf8');
+  await stack.nodeExec.mkdir(join(stack.config.stateDir, 'secrets'));
+  await stack.nodeExec.writeFileAtomic(stack.config.pilot!.secretFile, secret);
+  await stack.nodeExec.run(['chmod', '600', stack.config.pilot!.secretFile]);
+  return stack;
+}
+
 /** Cancels every job of the stack's prefix still known to Slurm (afterAll: nothing of a test may stay queued). */
 export async function cancelStackJobs(stack: Stack | undefined, slurm: SlurmBatchSystem): Promise<void> {
   if (!stack) return;
@@ -104,15 +131,15 @@ export interface PilotFixture {
 }
 
 /**
- * Starts a pilot stack before the file's tests and, after them, cancels every job of its prefix still
+ * Starts a pilot stack (`start`: e.g. {@link startXen1PilotStack}) before the file's (or describe block's) tests and, after them, cancels every job of its prefix still
  * known to Slurm (nothing of a test may stay queued, whatever failed) and stops it. Read the fields
  * inside tests (they are set in beforeAll).
  */
-export function usePilotStack(o: PilotStackOptions): PilotFixture {
+export function usePilotStack(o: PilotStackOptions, start: (o: PilotStackOptions) => Promise<Stack> = startPilotStack): PilotFixture {
   const f = { slot: (id: string) => f.stack.conn.client.workflow.getHandle(pilotSlotWorkflowId(f.stack.config, id)) } as PilotFixture;
   beforeAll(async () => {
     f.slurm = testbedSlurm();
-    f.stack = await startPilotStack(o);
+    f.stack = await start(o);
     f.allocator = new AllocatorClient(f.stack.conn.client, f.stack.config);
   });
   afterAll(async () => {

@@ -9,6 +9,7 @@
 #   xen1.sh slurm-status   one line: dom0's slurmd; exit 0 iff Slurm sees node xen1 responding
 #   xen1.sh sync-project   copy dist/ and the pilot's packages to dom0 if they changed (done by up too)
 #   xen1.sh down     dom0 `poweroff -f`, QEMU killed by PID if still there after 10 s, tap removed
+#   xen1.sh reboot [--off-seconds N]   power cut (QEMU killed -9), off N s, then up
 #
 # Exit code 3 from up: the Xen packages could not be fetched (no apt mirror); testbed.sh then
 # warns and goes on without xen1.
@@ -398,6 +399,23 @@ cmd_down() {
   step "down: nothing left"
 }
 
+# The node's power cut and boot (issue 7's kill matrix: "node reboot"): QEMU killed -9, so Xen, dom0, its
+# guests, slurmd and any pilot die at once and dom0's tmpfs is lost (the node disk stays); off for
+# --off-seconds; then up (a new boot: Xen sets dom0's memory from dom0_mem again, and slurmd registers with
+# a new boot time, so Slurm ends the jobs it had running there as node-fail).
+cmd_reboot() {
+  local off=0 pid
+  if [[ "${1:-}" == --off-seconds ]]; then off="${2:?--off-seconds needs a number}"; fi
+  [[ "$off" =~ ^[0-9]+$ ]] || die "--off-seconds must be a whole number of seconds, got '$off'"
+  pid="$(qemu_pid)" || die "xen1 is not up"
+  kill -9 "$pid"
+  poll 10 bash -c "! kill -0 $pid 2>/dev/null" || die "qemu (pid $pid) survived kill -9"
+  step "power cut: qemu (pid $pid) killed -9"
+  cmd_down
+  sleep "$off"
+  cmd_up
+}
+
 cmd_status() {
   local ok=0 pid
   if pid="$(qemu_pid)"; then
@@ -437,6 +455,7 @@ case "${1:-}" in
   # The pilot's project files to dom0 again (after a rebuild of dist/); tests call it before submitting.
   sync-project) qemu_pid >/dev/null || die "xen1 is not up"; sync_project ;;
   down) cmd_down ;;
+  reboot) shift; cmd_reboot "$@" ;;
   status) cmd_status ;;
-  *) echo "usage: xen1.sh up|down|status|slurm-status|sync-project   (state: $HD)" >&2; exit 2 ;;
+  *) echo "usage: xen1.sh up|down|reboot [--off-seconds N]|status|slurm-status|sync-project   (state: $HD)" >&2; exit 2 ;;
 esac

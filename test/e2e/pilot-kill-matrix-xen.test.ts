@@ -1,0 +1,194 @@
+/**
+ * The pilot's kill matrix on the Xen node xen1 (issue 7 item 6), for the states whose windows only a real
+ * balloon makes wide enough to hit, and for the node's own reboot. On vmm3 (pilot-kill-matrix.test.ts) the
+ * reservation is a file write, so `reserving` and `unreserving` last milliseconds; here the pilot moves
+ * dom0's memory with `xl mem-set 0` and polls `xl list 0` until it is reached (seconds under TCG), and
+ * unreserving destroys a real domU before it balloons dom0 back up.
+ * - reserving + SIGKILL of the pilot: dom0 is left ballooning down, vws never heard `reserved`; vws checks
+ *   the node the job ran on and sets dom0 back to exactly 512 MiB;
+ * - reserving + SIGTERM of the pilot (what scancel, preemption and shutdown send): the pilot puts the
+ *   memory back itself;
+ * - unreserving + SIGKILL (vws's workers down, so the pilot reaches its slot's own end): nobody finished the
+ *   hand-back; back up, vws evacuates the VM and resets dom0;
+ * - unreserving + scancel (vws's workers down): the pilot finishes the hand-back within the grace alone;
+ * - reserved + node reboot (`xen1.sh reboot`: QEMU killed -9, off 10 s, booted): Slurm ends the job as
+ *   node-fail, vws ends the workspace and finds the node clean; the dead pilot's lock is removed.
+ * Each injection is made inside dom0 by a watcher that follows the pilot's log (the job's output file), so
+ * it lands within ~0.1 s of the state's first line; each test then checks from that log that the pilot was
+ * still in the state when the signal came. Afterwards: memory exactly 512 MiB and nothing held.
+ */
+import { execFile } from 'node:child_process';
+import { resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { pilotJobName } from '../../src/activities/head/pilot-slot';
+import { pilotSlotQuery } from '../../src/domain/pilot-slot';
+import type { SshExecutor } from '../../src/exec/ssh';
+import { dom0Probe } from '../helpers/memory-monitor';
+import { startXen1PilotStack, usePilotStack } from '../helpers/pilot-stack';
+import { eventually, ROOT } from '../helpers/stack';
+import { settled } from '../helpers/workspace';
+import { describeIfXen1, xen1Executor } from '../helpers/xen1';
+
+jest.setTimeout(900_000);
+
+const NODE = 'xen1';
+/** dom0's configured memory on xen1 (`dom0_mem=512M` on Xen's command line). */
+const DOM0_MIB = 512;
+/** What a pilot of a 128 MiB workspace takes from dom0: the VM and the site's 64 MiB overhead. */
+const RESERVED_MIB = 192;
+
+describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)', () => {
+  const f = usePilotStack(
+    {
+      label: 'pilot-kill-matrix-xen',
+      first: '10.213.0.92',
+      last: '10.213.0.93',
+      headProcess: true,
+      // A short hold, so the unreserving tests reach the slot's own end a minute after the pilot starts: the pilot's hold is
+      // the running time + startupSeconds + evacuateSeconds + marginSeconds; xen1's deploys take 20-40 s.
+      pilot: { pollSeconds: 3, startupSeconds: 20, reserveTimeoutSeconds: 300 },
+    },
+    startXen1PilotStack,
+  );
+  let dom0: SshExecutor;
+  const memory = () => dom0Probe(NODE, dom0).read();
+
+  beforeAll(() => {
+    dom0 = xen1Executor();
+  });
+  afterAll(async () => {
+    await dom0?.close();
+  });
+
+  // Trashed at the end of its running time, as a preempted one is: either way it ends Cancelled.
+  const create = async (durationSeconds: number) => {
+    const r = await f.stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 128, durationSeconds, shutdownMechanism: 'Trash', pilot: true });
+    expect(r.status).toBe(202);
+    return String(r.body.id);
+  };
+  const jobOf = (id: string) => eventually(120, async () => (await f.slot(id).query(pilotSlotQuery)).jobId, 'the pilot job submitted');
+  /** The pilot's log in dom0 (Slurm writes the job's output there). */
+  const logFile = (id: string) => `/tmp/${pilotJobName(f.stack.config, id)}.out`;
+  const pilotLog = async (id: string) => (await dom0.run(['cat', logFile(id)], { timeoutMs: 30_000 })).stdout;
+
+  /**
+   * In dom0: waits (up to `seconds`) until the pilot's log shows `"to":"<state>"`, then sends it `signal`
+   * (busybox has no pkill: the pilot is found by its command line in /proc). Answers when the signal is sent.
+   */
+  async function signalPilotAt(id: string, state: string, signal: 'KILL' | 'TERM', seconds = 300): Promise<void> {
+    const script = [
+      'f=$1; pat=$2; sig=$3; slot=$4; n=$(($5 * 20))',
+      'while ! grep -qF "$pat" "$f" 2>/dev/null; do n=$((n - 1)); [ "$n" -gt 0 ] || exit 9; sleep 0.05; done',
+      'for d in /proc/[0-9]*; do',
+      '  c=$(tr "\\000" " " < "$d/cmdline" 2>/dev/null) || continue',
+      '  case "$c" in *"pilot/main.js run --slot $slot "*) kill -"$sig" "${d#/proc/}" && echo "signalled ${d#/proc/}";; esac',
+      'done',
+    ].join('\n');
+    const r = await dom0.run(['sh', '-c', script, 'sh', logFile(id), `"to":"${state}"`, signal, id, String(seconds)], { timeoutMs: (seconds + 30) * 1000 });
+    expect(r.stdout).toMatch(/signalled \d+/);
+  }
+
+  /** Waits until the watcher's pattern is in the pilot's log (for an injection from the head). */
+  async function pilotReached(id: string, state: string, seconds = 300): Promise<void> {
+    const script = 'f=$1; pat=$2; n=$(($3 * 20)); while ! grep -qF "$pat" "$f" 2>/dev/null; do n=$((n - 1)); [ "$n" -gt 0 ] || exit 9; sleep 0.05; done';
+    await dom0.run(['sh', '-c', script, 'sh', logFile(id), `"to":"${state}"`, String(seconds)], { timeoutMs: (seconds + 30) * 1000 });
+  }
+
+  /** The slot ended; no job, lease, grant or leftover; dom0 exactly at its configured memory. */
+  async function expectClean(id: string): Promise<void> {
+    await eventually(180, async () => (await f.slot(id).describe()).status.name !== 'RUNNING', `slot of ${id} ended`);
+    expect(await f.slurm.listByPrefix(`${f.stack.config.temporal.prefix}-pilot`)).toEqual([]);
+    expect(await f.allocator.leases()).toEqual([]);
+    expect(await f.stack.grants()).toEqual([]);
+    expect(await f.stack.leftovers()).toEqual([]);
+    expect(await memory()).toBe(DOM0_MIB);
+  }
+
+    it('reserving + SIGKILL of the pilot: dom0 left ballooning, vws never heard reserved; vws resets dom0 to 512 MiB', async () => {
+      const id = await create(600);
+      const jobId = await jobOf(id);
+      await signalPilotAt(id, 'reserving', 'KILL');
+      const log = await pilotLog(id);
+      // Killed while reserving: it never reached its target, never told vws.
+      expect(log).not.toContain('"to":"reserved"');
+      const ws = await settled(f.stack, id, 'Cancelled', 240);
+      expect(ws.reason).toMatch(new RegExp(`the pilot job ${jobId} ended .*before its pilot reserved the node`));
+      await expectClean(id);
+      expect((await f.slot(id).query(pilotSlotQuery)).notices).toContain(`node ${NODE} checked after the job: 0 VMs left, memory at ${DOM0_MIB} MiB`);
+    });
+
+    it('reserving + SIGTERM of the pilot: it stops ballooning and puts dom0 back itself', async () => {
+      const id = await create(600);
+      const jobId = await jobOf(id);
+      await signalPilotAt(id, 'reserving', 'TERM');
+      await eventually(120, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
+      const log = await pilotLog(id);
+      expect(log).toContain('"signal":"SIGTERM","state":"reserving"');
+      expect(log).toContain(`memory restored to ${DOM0_MIB} MiB`);
+      expect(await memory()).toBe(DOM0_MIB);
+      const ws = await settled(f.stack, id, 'Cancelled', 240);
+      expect(ws.reason).toMatch(new RegExp(`the pilot job ${jobId} ended`));
+      await expectClean(id);
+    });
+
+    it('unreserving + SIGKILL of the pilot while vws is down: back up, vws evacuates the VM and resets dom0', async () => {
+      const id = await create(20);
+      const jobId = await jobOf(id);
+      await settled(f.stack, id, 'Running', 240);
+      expect(await memory()).toBe(DOM0_MIB - RESERVED_MIB);
+      // vws down: nothing ends the slot early, so the pilot reaches its own end and starts unreserving.
+      f.stack.killHead();
+      await signalPilotAt(id, 'unreserving', 'KILL');
+      await eventually(120, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
+      const log = await pilotLog(id);
+      expect(log).not.toContain('leftover VMs destroyed');
+      expect(log).not.toContain('memory restored');
+      // Nobody handed the node back: the VM runs on and dom0 is still ballooned down.
+      expect(await f.stack.vmStatus(id)).toBe('running');
+      expect(await memory()).toBe(DOM0_MIB - RESERVED_MIB);
+      await f.stack.startHead();
+      // Its running time is over too: either way it is trashed, and the slot reads the job as gone.
+      await settled(f.stack, id, 'Cancelled', 240);
+      await expectClean(id);
+      expect((await f.slot(id).query(pilotSlotQuery)).notices.some((n) => n.startsWith(`node ${NODE} checked after the job`))).toBe(true);
+    });
+
+    it('unreserving + scancel while vws is down: the pilot finishes the hand-back alone within the grace', async () => {
+      const id = await create(20);
+      const jobId = await jobOf(id);
+      await settled(f.stack, id, 'Running', 240);
+      f.stack.killHead();
+      await pilotReached(id, 'unreserving');
+      await f.slurm.cancel(jobId);
+      await eventually(120, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
+      const log = await pilotLog(id);
+      expect(log).toContain('"signal":"SIGTERM","state":"unreserving"');
+      expect(log).toContain(`memory restored to ${DOM0_MIB} MiB`);
+      expect(await f.stack.vmStatus(id)).toBe('absent');
+      expect(await memory()).toBe(DOM0_MIB);
+      await f.stack.startHead();
+      await expectClean(id);
+    });
+
+    // Last: the reboot loses dom0's tmpfs (the pilot secret copied there, the job logs).
+    it('reserved + node reboot: every process on xen1 dies; Slurm ends the job, vws ends the workspace, dom0 is back at 512 MiB', async () => {
+      const id = await create(600);
+      const jobId = await jobOf(id);
+      await settled(f.stack, id, 'Running', 240);
+      expect(await memory()).toBe(DOM0_MIB - RESERVED_MIB);
+      const t0 = Date.now();
+      await promisify(execFile)(resolve(ROOT, 'testbed/xen/xen1.sh'), ['reboot', '--off-seconds', '10'], { timeout: 600_000 });
+      const bootMs = Date.now() - t0;
+      await dom0.close();
+      dom0 = xen1Executor();
+      expect(await memory()).toBe(DOM0_MIB);
+      const ws = await settled(f.stack, id, 'Cancelled', 300);
+      expect(ws.reason).toMatch(new RegExp(`the pilot job ${jobId} ended`));
+      const endedMs = Date.now() - t0;
+      await expectClean(id);
+      expect((await f.slot(id).query(pilotSlotQuery)).notices).toContain(`node ${NODE} checked after the job: 0 VMs left, memory at ${DOM0_MIB} MiB`);
+      // The dead pilot's lock (a pid of the previous boot) was removed by vws's check.
+      expect((await dom0.run(['ls', '/var/lib/vws/node/pilot'])).stdout).not.toMatch(/pilot\.lock/);
+      console.log(`xen1 reboot: power cut → up again ${bootMs} ms; → workspace Cancelled ${endedMs} ms (${ws.reason})`);
+    });
+});
