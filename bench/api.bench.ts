@@ -21,9 +21,10 @@
  * Four processes: the head (`head-process.ts worker`: the head worker; its memory is the figure), the
  * API (`head-process.ts api`: the express app on a real HTTP port), the nodes (`node-workers.ts`: `driver: bench` node workers, no hypervisor and
  * no guest, DHCP stand-in as in `ensemble.bench.ts`), and this one (jest: the clients that create,
- * read and destroy). Workspaces are created as the ensemble benchmark's lifecycle lane does:
- * `workspaceWorkflow` started directly, reserving its slot from the allocator workflow and propagating
- * a qcow2 overlay on its node.
+ * read and destroy). Workspaces are created by starting `workspaceWorkflow` directly, each reserving its
+ * slot from the allocator workflow through the `reserve` activity (the API's Factory reserves before it
+ * starts the workflow instead, one activity fewer: the head's figure here is on the conservative side),
+ * and propagating a qcow2 overlay on its node.
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { Agent, request as httpRequest } from 'node:http';
