@@ -17,7 +17,7 @@ import { nicsOf, type WorkspaceInput, type WorkspaceSpec } from '../domain/works
 import { log } from '../log';
 import type { Principal } from './auth';
 import { bodyHash, CREATE_MEMO, idDigits, memberIds, type CreateMemo } from './idempotency';
-import { resolveResources, type ExactResources } from './policy';
+import { nodesWithProperties, resolveResources, type ExactResources } from './policy';
 import { failureProblem, HttpProblem, problemType } from './problem';
 import { buildWorkspaceSpec, invalid } from './workspace-spec';
 
@@ -178,7 +178,7 @@ export class Factory {
    */
   private checkPilotGroup(spec: WorkspaceSpec, count: number): void {
     const wanted = spec.nodeProperties ?? [];
-    const nodes = this.config.nodes.filter((n) => n.pilot && wanted.every((p) => n.properties.includes(p))).length;
+    const nodes = nodesWithProperties(this.config.nodes, wanted).filter((n) => n.pilot).length;
     if (count <= nodes) return;
     const message = `pilot mode runs each member on a node of its own: ${count} members, but this site has ${nodes} pilot node(s)${wanted.length ? ` with ${wanted.join(', ')}` : ''}`;
     throw new HttpProblem(400, 'Invalid request', `count: ${message}`, { errors: [{ field: 'count', message }] });

@@ -56,6 +56,11 @@ export function resolveAmount(field: string, amount: Amount, limit: Limit, unit:
   return { value: Math.min(max, limit.value) };
 }
 
+/** The configured nodes that have every one of `properties` (all nodes for none). */
+export function nodesWithProperties<N extends { properties: string[] }>(nodes: readonly N[], properties: readonly string[]): N[] {
+  return nodes.filter((n) => properties.every((p) => n.properties.includes(p)));
+}
+
 /**
  * Exact values for a request: for memory, vCPUs and running time the largest value within both the
  * request (exact or range) and the site's policy; memory and vCPUs are also bounded by the largest node
@@ -70,7 +75,7 @@ export function resolveResources(config: VwsConfig, r: ResourceRequest): Resolut
       invalid.push({ field: `nodeProperties.${i}`, message: `no node has the property ${p} (properties: ${[...known].sort().join(', ') || 'none defined'})` });
     }
   });
-  const eligible = config.nodes.filter((n) => r.nodeProperties.every((p) => n.properties.includes(p)));
+  const eligible = nodesWithProperties(config.nodes, r.nodeProperties);
   if (!invalid.length && !eligible.length) {
     invalid.push({ field: 'nodeProperties', message: `no single node has all of ${r.nodeProperties.join(', ')}` });
   }
