@@ -44,9 +44,10 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
       first: '10.213.0.92',
       last: '10.213.0.93',
       headProcess: true,
-      // A short hold, so the unreserving tests reach the slot's own end a minute after the pilot starts: the pilot's hold is
-      // the running time + startupSeconds + evacuateSeconds + marginSeconds; xen1's deploys take 20-40 s.
-      pilot: { pollSeconds: 3, startupSeconds: 20, reserveTimeoutSeconds: 300 },
+      // A short hold, so the unreserving tests (20 s of running time) reach the slot's own end 100 s after the
+      // pilot starts: the hold is running time + startupSeconds + evacuateSeconds + marginSeconds. vws
+      // evacuates 80 s after `reserved`; xen1's deploys take 20-60 s.
+      pilot: { pollSeconds: 3, startupSeconds: 60, reserveTimeoutSeconds: 300 },
     },
     startXen1PilotStack,
   );
