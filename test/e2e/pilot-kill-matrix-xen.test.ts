@@ -77,13 +77,22 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
    * (busybox has no pkill: the pilot is found by its command line in /proc). Answers when the signal is sent.
    */
   async function signalPilotAt(id: string, state: string, signal: 'KILL' | 'TERM', seconds = 300): Promise<void> {
+    // The pilot's pid is found first (while its Node.js starts, seconds under TCG), so the signal follows
+    // the log line within one 50 ms poll: a scan of /proc alone takes ~1 s in dom0.
     const script = [
-      'f=$1; pat=$2; sig=$3; slot=$4; n=$(($5 * 20))',
-      'while ! grep -qF "$pat" "$f" 2>/dev/null; do n=$((n - 1)); [ "$n" -gt 0 ] || exit 9; sleep 0.05; done',
-      'for d in /proc/[0-9]*; do',
-      '  c=$(tr "\\000" " " < "$d/cmdline" 2>/dev/null) || continue',
-      '  case "$c" in *"pilot/main.js run --slot $slot "*) kill -"$sig" "${d#/proc/}" && echo "signalled ${d#/proc/}";; esac',
+      'f=$1; pat=$2; sig=$3; slot=$4; end=$(($(date +%s) + $5)); pids=',
+      'while :; do',
+      '  if [ -z "$pids" ]; then',
+      '    for d in /proc/[0-9]*; do',
+      '      c=$(tr "\\000" " " < "$d/cmdline" 2>/dev/null) || continue',
+      '      case "$c" in *"pilot/main.js run --slot $slot "*) pids="$pids ${d#/proc/}" ;; esac',
+      '    done',
+      '  fi',
+      '  [ -n "$pids" ] && grep -qF "$pat" "$f" 2>/dev/null && break',
+      '  [ "$(date +%s)" -lt "$end" ] || exit 9',
+      '  sleep 0.05',
       'done',
+      'kill -"$sig" $pids && echo "signalled$pids"',
     ].join('\n');
     const r = await dom0.run(['sh', '-c', script, 'sh', logFile(id), `"to":"${state}"`, signal, id, String(seconds)], { timeoutMs: (seconds + 30) * 1000 });
     expect(r.stdout).toMatch(/signalled \d+/);
