@@ -10,7 +10,8 @@
  *   memory back itself;
  * - unreserving + SIGKILL (vws's workers down, so the pilot reaches its slot's own end): nobody finished the
  *   hand-back; back up, vws evacuates the VM and resets dom0;
- * - unreserving + scancel (vws's workers down): the pilot finishes the hand-back within the grace alone;
+ * - unreserving + scancel (vws's workers down; the pilot held there with SIGSTOP until Slurm's SIGCONT and
+ *   SIGTERM): the pilot finishes the hand-back within the grace alone;
  * - reserved + node reboot (`xen1.sh reboot`: QEMU killed -9, off 10 s, booted): Slurm ends the job as
  *   node-fail, vws ends the workspace and finds the node clean; the dead pilot's lock is removed.
  * Each injection is made inside dom0 by a watcher that follows the pilot's log (the job's output file), so
@@ -76,7 +77,7 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
    * In dom0: waits (up to `seconds`) until the pilot's log shows `"to":"<state>"`, then sends it `signal`
    * (busybox has no pkill: the pilot is found by its command line in /proc). Answers when the signal is sent.
    */
-  async function signalPilotAt(id: string, state: string, signal: 'KILL' | 'TERM', seconds = 300): Promise<void> {
+  async function signalPilotAt(id: string, state: string, signal: 'KILL' | 'TERM' | 'STOP', seconds = 300): Promise<void> {
     // The pilot's pid is found first (while its Node.js starts, seconds under TCG), so the signal follows
     // the log line within one 50 ms poll: a scan of /proc alone takes ~1 s in dom0.
     const script = [
@@ -96,12 +97,6 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
     ].join('\n');
     const r = await dom0.run(['sh', '-c', script, 'sh', logFile(id), `"to":"${state}"`, signal, id, String(seconds)], { timeoutMs: (seconds + 30) * 1000 });
     expect(r.stdout).toMatch(/signalled \d+/);
-  }
-
-  /** Waits until the watcher's pattern is in the pilot's log (for an injection from the head). */
-  async function pilotReached(id: string, state: string, seconds = 300): Promise<void> {
-    const script = 'f=$1; pat=$2; n=$(($3 * 20)); while ! grep -qF "$pat" "$f" 2>/dev/null; do n=$((n - 1)); [ "$n" -gt 0 ] || exit 9; sleep 0.05; done';
-    await dom0.run(['sh', '-c', script, 'sh', logFile(id), `"to":"${state}"`, String(seconds)], { timeoutMs: (seconds + 30) * 1000 });
   }
 
   /** The slot ended; no job, lease, grant or leftover; dom0 exactly at its configured memory. */
@@ -168,7 +163,9 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
       const jobId = await jobOf(id);
       await settled(f.stack, id, 'Running', 240);
       f.stack.killHead();
-      await pilotReached(id, 'unreserving');
+      // Held in unreserving (SIGSTOP at its first line), so the cancel surely lands there: Slurm sends a
+      // cancelled job SIGCONT and then SIGTERM, and the pilot goes on with the signal pending.
+      await signalPilotAt(id, 'unreserving', 'STOP');
       await f.slurm.cancel(jobId);
       await eventually(120, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
       const log = await pilotLog(id);
