@@ -12,7 +12,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -66,8 +66,8 @@ describe('vws-pilot boot-reset under systemd', () => {
     expect(unitText).toMatch(/^WantedBy=multi-user\.target$/m);
     mkdirSync(join(out, 'seed/etc/systemd/system'), { recursive: true });
     copyFileSync(UNIT_FILE, join(out, 'seed/etc/systemd/system', UNIT));
-    mkdirSync(join(out, 'seed/opt'), { recursive: true });
-    symlinkSync(ROOT, join(out, 'seed/opt/vws'));
+    // This tree at /opt/vws (a bind mount: CI's clone may be under /tmp, which the VM's systemd covers).
+    writeFileSync(join(out, 'seed.bind'), `${ROOT} /opt/vws\n`);
     seed(
       'etc/vws/vws.yaml',
       JSON.stringify({

@@ -73,6 +73,11 @@ mount -t tmpfs -o mode=0755 tmpfs /rw && mkdir -p /rw/upper /rw/work
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot || fail "no overlay root"
 mkdir -p /newroot/mnt/out && mount -t virtiofs out /newroot/mnt/out || fail "no out share"
 cp -a /newroot/mnt/out/seed/. /newroot/
+# seed.bind: "SOURCE TARGET" lines, bind mounts of this machine's directories (e.g. the vws tree at
+# /opt/vws): a link would not do for a tree under /tmp, which systemd's tmp.mount covers in the VM.
+if [ -f /newroot/mnt/out/seed.bind ]; then
+  while read -r src dst; do [ -n "\$dst" ] && mkdir -p "/newroot\$dst" && mount --bind "/newroot\$src" "/newroot\$dst"; done < /newroot/mnt/out/seed.bind
+fi
 w=/newroot/etc/systemd/system/multi-user.target.wants
 mkdir -p \$w
 for l in \$w/*; do case "\${l##*/}" in slurmd.service) ;; *) rm -f "\$l" ;; esac; done
