@@ -78,6 +78,9 @@ cp -a /newroot/mnt/out/seed/. /newroot/
 if [ -f /newroot/mnt/out/seed.bind ]; then
   while read -r src dst; do [ -n "\$dst" ] && mkdir -p "/newroot\$dst" && mount --bind "/newroot\$src" "/newroot\$dst"; done < /newroot/mnt/out/seed.bind
 fi
+# The VM's own /tmp and /var/tmp: systemd-tmpfiles walks them at boot, and every file it looks up on this
+# machine's (a CI clone with its node_modules) costs virtiofsd an open descriptor, until EMFILE.
+mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp && mount -t tmpfs -o mode=1777 tmpfs /newroot/var/tmp
 w=/newroot/etc/systemd/system/multi-user.target.wants
 mkdir -p \$w
 for l in \$w/*; do case "\${l##*/}" in slurmd.service) ;; *) rm -f "\$l" ;; esac; done
@@ -109,9 +112,9 @@ cleanup() {
 trap cleanup EXIT
 
 # The root: this machine's, shared read-only in spirit (the guest mounts it ro; the overlay takes writes).
-"$VIRTIOFSD" --socket-path="$RUN/root.sock" -o source=/ -o cache=auto -o sandbox=chroot -o log_level=err &
+"$VIRTIOFSD" --socket-path="$RUN/root.sock" -o source=/ -o cache=auto -o sandbox=chroot -o log_level=err --rlimit-nofile=1000000 &
 pids+=($!)
-"$VIRTIOFSD" --socket-path="$RUN/out.sock" -o source="$OUT" -o cache=none -o sandbox=chroot -o log_level=err &
+"$VIRTIOFSD" --socket-path="$RUN/out.sock" -o source="$OUT" -o cache=none -o sandbox=chroot -o log_level=err --rlimit-nofile=1000000 &
 pids+=($!)
 for _ in $(seq 100); do [[ -S "$RUN/root.sock" && -S "$RUN/out.sock" ]] && break; sleep 0.05; done
 [[ -S "$RUN/root.sock" && -S "$RUN/out.sock" ]] || die "virtiofsd did not start"
