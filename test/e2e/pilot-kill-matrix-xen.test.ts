@@ -69,6 +69,14 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
     return String(r.body.id);
   };
   const jobOf = (id: string) => eventually(120, async () => (await f.slot(id).query(pilotSlotQuery)).jobId, 'the pilot job submitted');
+  const jobEnded = (jobId: string) => eventually(120, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
+  /** A new workspace Running in its pilot slot: its id and its job's. */
+  const running = async (durationSeconds: number) => {
+    const id = await create(durationSeconds);
+    const jobId = await jobOf(id);
+    await settled(f.stack, id, 'Running', 240);
+    return { id, jobId };
+  };
   /** The pilot's log in dom0 (Slurm writes the job's output there). */
   const logFile = (id: string) => `/tmp/${pilotJobName(f.stack.config, id)}.out`;
   const pilotLog = async (id: string) => (await dom0.run(['cat', logFile(id)], { timeoutMs: 30_000 })).stdout;
@@ -126,7 +134,7 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
       const id = await create(600);
       const jobId = await jobOf(id);
       await signalPilotAt(id, 'reserving', 'TERM');
-      await eventually(120, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
+      await jobEnded(jobId);
       const log = await pilotLog(id);
       expect(log).toContain('"signal":"SIGTERM","state":"reserving"');
       expect(log).toContain(`memory restored to ${DOM0_MIB} MiB`);
@@ -137,14 +145,12 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
     });
 
     it('unreserving + SIGKILL of the pilot while vws is down: back up, vws evacuates the VM and resets dom0', async () => {
-      const id = await create(20);
-      const jobId = await jobOf(id);
-      await settled(f.stack, id, 'Running', 240);
+      const { id, jobId } = await running(20);
       expect(await memory()).toBe(DOM0_MIB - RESERVED_MIB);
       // vws down: nothing ends the slot early, so the pilot reaches its own end and starts unreserving.
       f.stack.killHead();
       await signalPilotAt(id, 'unreserving', 'KILL');
-      await eventually(120, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
+      await jobEnded(jobId);
       const log = await pilotLog(id);
       expect(log).not.toContain('leftover VMs destroyed');
       expect(log).not.toContain('memory restored');
@@ -159,15 +165,13 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
     });
 
     it('unreserving + scancel while vws is down: the pilot finishes the hand-back alone within the grace', async () => {
-      const id = await create(20);
-      const jobId = await jobOf(id);
-      await settled(f.stack, id, 'Running', 240);
+      const { id, jobId } = await running(20);
       f.stack.killHead();
       // Held in unreserving (SIGSTOP at its first line), so the cancel surely lands there: Slurm sends a
       // cancelled job SIGCONT and then SIGTERM, and the pilot goes on with the signal pending.
       await signalPilotAt(id, 'unreserving', 'STOP');
       await f.slurm.cancel(jobId);
-      await eventually(120, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
+      await jobEnded(jobId);
       const log = await pilotLog(id);
       expect(log).toContain('"signal":"SIGTERM","state":"unreserving"');
       expect(log).toContain(`memory restored to ${DOM0_MIB} MiB`);
@@ -179,9 +183,7 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
 
     // Last: the reboot loses dom0's tmpfs (the pilot secret copied there, the job logs).
     it('reserved + node reboot: every process on xen1 dies; Slurm ends the job, vws ends the workspace, dom0 is back at 512 MiB', async () => {
-      const id = await create(600);
-      const jobId = await jobOf(id);
-      await settled(f.stack, id, 'Running', 240);
+      const { id, jobId } = await running(600);
       expect(await memory()).toBe(DOM0_MIB - RESERVED_MIB);
       const t0 = Date.now();
       await promisify(execFile)(resolve(ROOT, 'testbed/xen/xen1.sh'), ['reboot', '--off-seconds', '10'], { timeout: 600_000 });
