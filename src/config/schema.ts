@@ -594,6 +594,13 @@ export const configSchema = z
         startupSeconds: z.number().int().min(0).max(86_400).default(300),
         /** Memory the pilot reserves beyond the VM's own (QEMU's or Xen's overhead), MiB. */
         overheadMiB: z.number().int().min(0).default(64),
+        /**
+         * On Xen pilot nodes, dom0 is never ballooned below this, MiB (Nimbus's `minmem`): a pilot whose
+         * share would leave less refuses before it touches dom0, and vws refuses the workspace. What dom0
+         * needs depends on the site's dom0 (its tools, a root file system in RAM): below it, dom0's OOM killer
+         * kills `xl` in the middle of creating a guest.
+         */
+        minDom0MiB: z.number().int().min(64).default(128),
         /** How often a slot asks the batch system whether its job still exists, seconds. */
         pollSeconds: z.number().int().min(1).default(30),
         /** Where pilots send a notification over SSH when HTTP fails (`pilot-fallback-schema.ts`); absent: HTTP only. */

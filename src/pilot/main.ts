@@ -91,6 +91,7 @@ interface RunFlags {
   pilotNeedsSeconds: string;
   notifySeconds: string;
   memoryTimeoutSeconds: string;
+  minDom0Mib: string;
   nodeDir: string;
   lockFile?: string;
   config?: string;
@@ -139,17 +140,18 @@ async function runCommand(f: RunFlags): Promise<never> {
     const pilotNeedsMs = numberOption('--pilot-needs-seconds', f.pilotNeedsSeconds, 0, 3600)! * 1000;
     const notifyReservedMs = numberOption('--notify-seconds', f.notifySeconds, 0, 3600)! * 1000;
     const memoryTimeoutMs = numberOption('--memory-timeout-seconds', f.memoryTimeoutSeconds, 1, 3600)! * 1000;
+    const minDom0MiB = intOption('--min-dom0-mib', f.minDom0Mib, 64)!;
     const nodeDir = pathOption('--node-dir', f.nodeDir);
     const lockFile = f.lockFile ? pathOption('--lock-file', f.lockFile) : pilotLockFile(nodeDir);
     const sshFallback = sshFallbackOption(f.sshFallback);
     if (endAt - marginMs <= Date.now()) throw new PilotUsageError('--end', `the slot ends at ${new Date(endAt).toISOString()}, within the ${marginMs / 1000} s margin: nothing to hold`);
     const config = siteConfig(f.config);
     log.info(
-      { step: 'start', api, sshFallback: sshFallback ? `${sshFallback.user}@${sshFallback.host}:${sshFallback.port}` : null, reserveMiB, memory, configuredMiB, end: new Date(endAt).toISOString(), marginMs, graceSeconds, graceRatio, nodeDir, lockFile },
+      { step: 'start', api, sshFallback: sshFallback ? `${sshFallback.user}@${sshFallback.host}:${sshFallback.port}` : null, reserveMiB, memory, configuredMiB, minDom0MiB, end: new Date(endAt).toISOString(), marginMs, graceSeconds, graceRatio, nodeDir, lockFile },
       'pilot starting',
     );
     mkdirSync(dirname(lockFile), { recursive: true, mode: 0o755 });
-    const control = await nodeControl({ exec: new LocalExecutor(), node, nodeDir, memory, ...(configuredMiB !== undefined ? { configuredMiB } : {}), config });
+    const control = await nodeControl({ exec: new LocalExecutor(), node, nodeDir, memory, ...(configuredMiB !== undefined ? { configuredMiB } : {}), minDom0MiB, config });
     const notifier = new PilotNotifier({
       api,
       secret,
@@ -351,6 +353,7 @@ program
   .option('--pilot-needs-seconds <s>', 'the least of the grace the pilot keeps for its own cleanup', '2')
   .option('--notify-seconds <s>', 'longest the pilot retries the reserved notification', '20')
   .option('--memory-timeout-seconds <s>', 'longest a memory change may take to reach its target', '60')
+  .option('--min-dom0-mib <n>', 'xen: dom0 is never ballooned below this (a share that would leave less is refused)', '128')
   .option('--node-dir <dir>', 'the node directory (node.dir)', DEFAULT_NODE_DIR)
   .option('--lock-file <file>', 'the node lock (default <node-dir>/pilot/pilot.lock)')
   .option('--config <file>', "vws's configuration (driver settings); default VWS_CONFIG or the embedded defaults")

@@ -25,6 +25,8 @@ export interface NodeControlOptions {
   memory: MemoryMode;
   /** The node's memory when nothing is reserved (MiB). For `xen`, absent: read from Xen's `dom0_mem`. */
   configuredMiB?: number;
+  /** `xen`: dom0 is never ballooned below this (default 128 MiB). */
+  minDom0MiB?: number;
   /** The site configuration (default: the embedded defaults), for the driver's settings. */
   config?: VwsConfig;
 }
@@ -72,7 +74,7 @@ export async function nodeControl(o: NodeControlOptions): Promise<NodeControl> {
   const driver = createDriver(config, nodeConfig, o.exec, nodePaths(o.nodeDir));
   const memory: PilotMemoryControl =
     o.memory === 'xen'
-      ? new XenDom0Memory({ exec: o.exec, configuredMiB })
+      ? new XenDom0Memory({ exec: o.exec, configuredMiB, ...(o.minDom0MiB !== undefined ? { minDom0MiB: o.minDom0MiB } : {}) })
       : new HostMemoryReservation({ exec: o.exec, configuredMiB, file: hostReservationFile(o.nodeDir) });
   return { node: o.node, driver, memory };
 }

@@ -5,7 +5,7 @@
  * dom0's memory with `xl mem-set 0` and polls `xl list 0` until it is reached (seconds under TCG), and
  * unreserving destroys a real domU before it balloons dom0 back up.
  * - reserving + SIGKILL of the pilot: dom0 is left ballooning down, vws never heard `reserved`; vws checks
- *   the node the job ran on and sets dom0 back to exactly 512 MiB;
+ *   the node the job ran on and sets dom0 back to exactly its configured 768 MiB;
  * - reserving + SIGTERM of the pilot (what scancel, preemption and shutdown send): the pilot puts the
  *   memory back itself;
  * - unreserving + SIGKILL (vws's workers down, so the pilot reaches its slot's own end): nobody finished the
@@ -16,7 +16,7 @@
  *   node-fail, vws ends the workspace and finds the node clean; the dead pilot's lock is removed.
  * Each injection is made inside dom0 by a watcher that follows the pilot's log (the job's output file), so
  * it lands within ~0.1 s of the state's first line; each test then checks from that log that the pilot was
- * still in the state when the signal came. Afterwards: memory exactly 512 MiB and nothing held.
+ * still in the state when the signal came. Afterwards: memory exactly as configured and nothing held.
  */
 import { execFile } from 'node:child_process';
 import { resolve } from 'node:path';
@@ -28,13 +28,13 @@ import { dom0Probe } from '../helpers/memory-monitor';
 import { startXen1PilotStack, usePilotStack } from '../helpers/pilot-stack';
 import { eventually, ROOT } from '../helpers/stack';
 import { settled } from '../helpers/workspace';
-import { describeIfXen1, xen1Executor } from '../helpers/xen1';
+import { describeIfXen1, xen1Executor, XEN1_DOM0_MIB } from '../helpers/xen1';
 
 jest.setTimeout(900_000);
 
 const NODE = 'xen1';
-/** dom0's configured memory on xen1 (`dom0_mem=512M` on Xen's command line). */
-const DOM0_MIB = 512;
+/** dom0's configured memory on xen1. */
+const DOM0_MIB = XEN1_DOM0_MIB;
 /** What a pilot of a 128 MiB workspace takes from dom0: the VM and the site's 64 MiB overhead. */
 const RESERVED_MIB = 192;
 
@@ -117,7 +117,7 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
     expect(await memory()).toBe(DOM0_MIB);
   }
 
-    it('reserving + SIGKILL of the pilot: dom0 left ballooning, vws never heard reserved; vws resets dom0 to 512 MiB', async () => {
+    it('reserving + SIGKILL of the pilot: dom0 left ballooning, vws never heard reserved; vws resets dom0 to its configured memory', async () => {
       const id = await create(600);
       const jobId = await jobOf(id);
       await signalPilotAt(id, 'reserving', 'KILL');
@@ -182,7 +182,7 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
     });
 
     // Last: the reboot loses dom0's tmpfs (the pilot secret copied there, the job logs).
-    it('reserved + node reboot: every process on xen1 dies; Slurm ends the job, vws ends the workspace, dom0 is back at 512 MiB', async () => {
+    it('reserved + node reboot: every process on xen1 dies; Slurm ends the job, vws ends the workspace, dom0 is back at its configured memory', async () => {
       const { id, jobId } = await running(600);
       expect(await memory()).toBe(DOM0_MIB - RESERVED_MIB);
       const t0 = Date.now();

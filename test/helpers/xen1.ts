@@ -68,3 +68,6 @@ export async function dom0ProjectDir(x: Pick<SshExecutor, 'run'>): Promise<strin
   if (!m) throw new Error(`dom0's kernel line names no vws.project (testbed/xen/xen1.sh boots it with one): ${cmdline.trim()}`);
   return m[1];
 }
+
+/** dom0's configured memory on xen1, MiB: `dom0_mem=768M,max:768M` on Xen's command line (testbed/xen/xen1.sh `DOM0_MIB`). */
+export const XEN1_DOM0_MIB = 768;

@@ -6,7 +6,7 @@
  * times out with a typed error naming the last value seen. xen1 is left exactly as found.
  * Skipped, with the reason printed, when xen1 is not up. Run: `npx jest --runInBand test/integration/pilot-dom0.test.ts`.
  */
-import { describeIfXen1, xen1Executor } from '../helpers/xen1';
+import { describeIfXen1, xen1Executor, XEN1_DOM0_MIB } from '../helpers/xen1';
 import { MemoryTargetTimeout, readDom0BootMiB, XenDom0Memory, type SetResult } from '../../src/pilot/dom0-memory';
 
 const RESERVE_MIB = 256;
@@ -35,8 +35,8 @@ describeIfXen('pilot dom0 ballooning on xen1', () => {
   });
 
   test("reads dom0's configured memory from Xen's boot line, and dom0 holds it", async () => {
-    // testbed/xen/xen1.sh boots Xen with dom0_mem=512M,max:512M.
-    expect(configuredMiB).toBe(512);
+    // testbed/xen/xen1.sh boots Xen with dom0_mem=768M,max:768M.
+    expect(configuredMiB).toBe(XEN1_DOM0_MIB);
     expect(foundMiB).toBe(configuredMiB);
   });
 

@@ -22,7 +22,7 @@ import type { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
 import { parseXlList } from '../../src/activities/xen/config';
 import type { SshExecutor } from '../../src/exec/ssh';
 import { PILOT_MAIN as MAIN, PilotHarness, pilotRunArgs, waitFor as waitForEvery, type PilotJob } from '../helpers/pilot-program';
-import { describeIfXen1, xen1Executor } from '../helpers/xen1';
+import { describeIfXen1, xen1Executor, XEN1_DOM0_MIB } from '../helpers/xen1';
 
 jest.setTimeout(600_000);
 
@@ -30,8 +30,8 @@ const XEN1 = resolve(__dirname, '../../testbed/xen/xen1.sh');
 const NODE = 'xen1';
 /** The project is at the same path in dom0 (xen1.sh sync-project); node is the host's binary (/usr/bin/node in dom0). */
 const DOM0_NODE = '/usr/bin/node';
-/** xen1.sh boots Xen with dom0_mem=512M,max:512M; the pilot reads it from Xen's boot line (no --configured-mib). */
-const CONFIGURED_MIB = 512;
+/** The pilot reads dom0's configured memory from Xen's boot line (no --configured-mib). */
+const CONFIGURED_MIB = XEN1_DOM0_MIB;
 const RESERVE_MIB = 128;
 const KILL_WAIT_S = 15;
 /** Node starts in ~8 s in dom0 (TCG) when the machine is idle; much longer under load. */

@@ -36,6 +36,13 @@ describe('absolute targets', () => {
     await expect(mem.reserve(400)).rejects.toThrow(/leaves 112 MiB, below the host's minimum of 128 MiB/);
     expect(() => new XenDom0Memory({ exec: new LocalExecutor(), configuredMiB: 100 })).toThrow(MemoryTargetInvalid);
   });
+
+  it("keeps the site's dom0 floor (pilot.minDom0MiB → --min-dom0-mib): a share that would leave less is refused", async () => {
+    const mem = new XenDom0Memory({ exec: new LocalExecutor(), configuredMiB: 768, minDom0MiB: 448 });
+    await expect(mem.reserve(321)).rejects.toThrow("reserving 321 MiB of 768 MiB leaves 447 MiB, below the host's minimum of 448 MiB");
+    await expect(mem.setAndWait(447)).rejects.toThrow(/from 448 to the configured 768, got 447/);
+    expect(() => new XenDom0Memory({ exec: new LocalExecutor(), configuredMiB: 400, minDom0MiB: 448 })).toThrow(/leaves 400 MiB, below the host's minimum of 448 MiB/);
+  });
 });
 
 describe("Xen's dom0_mem", () => {

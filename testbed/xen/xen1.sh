@@ -28,6 +28,10 @@ HEAD_IP=10.213.0.1
 IP=10.213.0.21
 TAP="$NAME-tap"
 MAC=52:54:00:d0:00:21          # dom0's eth0 (fixed, so the head's ARP cache stays valid)
+# dom0's memory (Xen's dom0_mem): vws's pilots balloon it down by a workspace's share and back. At 512
+# MiB, ballooned to 320 for a 128 MiB guest, dom0's kernel saw ~197 MiB and its OOM killer killed `xl`
+# in 4 of 100 pilot trials (its root file system is in RAM): 768 leaves room for a pilot's share.
+DOM0_MIB=768
 DATA_SIZE=2G                   # sparse node disk: guest disks and ~130 MiB saved states
 READY_TIMEOUT=240              # seconds from QEMU start to the dom0 ready marker (~15 s idle; >90 s seen at load 15)
 SSH_TIMEOUT=30
@@ -269,7 +273,7 @@ start_qemu() {
   qemu-system-x86_64 -accel tcg,tb-size=256 -machine pc -cpu max,-smap,-smep -m 2048 -smp 2 \
     -nodefaults -no-user-config -display none -name "$NAME" \
     -kernel "$base/xen" \
-    -append "console=com1 com1=115200,8n1 dom0_mem=512M,max:512M bootscrub=0" \
+    -append "console=com1 com1=115200,8n1 dom0_mem=${DOM0_MIB}M,max:${DOM0_MIB}M bootscrub=0" \
     -initrd "$base/vmlinuz console=hvc0 vws.ip=$IP/24 vws.gw=$HEAD_IP vws.hostname=$NAME vws.project=$REPO_ROOT,$HD/initrd.gz" \
     -serial "file:$SERIAL" \
     -netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no" -device "virtio-net-pci,netdev=n0,mac=$MAC" \

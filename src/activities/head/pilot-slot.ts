@@ -95,6 +95,7 @@ export function createPilotSlotActivities(deps: PilotSlotDeps) {
       '--margin-seconds', String(pilot.marginSeconds),
       '--grace-seconds', String(pilot.graceSeconds),
       '--grace-ratio', String(pilot.graceRatio),
+      '--min-dom0-mib', String(pilot.minDom0MiB),
       '--node-dir', config.node.dir,
       // HTTP's fallback: the same signed message over SSH to the head's `receive` (`pilot.sshFallback`).
       ...(pilot.sshFallback ? ['--ssh-fallback', JSON.stringify(pilot.sshFallback)] : []),
