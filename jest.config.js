@@ -27,4 +27,7 @@ module.exports = {
     ...(process.env.VWS_BENCH ? [{ ...common, displayName: 'bench', testMatch: ['<rootDir>/bench/**/*.bench.ts'] }] : []),
   ],
   testTimeout: 180_000,
+  // One directory shared by the run's test files (the workflow bundle is built once: test/helpers/temporal.ts).
+  globalSetup: '<rootDir>/test/global-setup.js',
+  globalTeardown: '<rootDir>/test/global-teardown.js',
 };

@@ -39,13 +39,15 @@ export interface ReconcilerInput {
   nodes: string[];
   /** Task queues and DHCP delivery, as workspaces get them. */
   routing: WorkspaceRouting;
+  /** How long a node's listing may take before the node counts as not answering, seconds (default {@link LIST_BUDGET}). */
+  listBudgetSeconds?: number;
 }
 
 /** A failed action is left to the next run (the Schedule's period is the retry). */
 const FEW: RetryPolicy = { initialInterval: '1s', maximumInterval: '5s', maximumAttempts: 3 };
 
-/** How long a node's listing may take, queueing included, before the node counts as not answering. */
-export const LIST_BUDGET = '60s';
+/** How long a node's listing may take, queueing included, before the node counts as not answering, seconds. */
+export const LIST_BUDGET = 60;
 
 /** The message of an activity failure (its cause's, which says what the activity hit). */
 export const errorText = (e: unknown): string => {
@@ -76,7 +78,7 @@ export async function reconcilerWorkflow(input: ReconcilerInput): Promise<DriftR
   // machine with a busy dev server it missed a 20 s budget from scheduling to completion; such a stall
   // must not pass for a node that does not answer, so the budget is a minute.
   const lister = (node: string) =>
-    proxyActivities<NodeActivities>({ taskQueue: nodeQueue(node), scheduleToCloseTimeout: LIST_BUDGET, startToCloseTimeout: '30s', retry: { ...FEW, maximumAttempts: 3 } });
+    proxyActivities<NodeActivities>({ taskQueue: nodeQueue(node), scheduleToCloseTimeout: `${input.listBudgetSeconds ?? LIST_BUDGET}s`, startToCloseTimeout: '30s', retry: { ...FEW, maximumAttempts: 3 } });
   const nodeOps = (node: string) => proxyActivities<NodeActivities>({ taskQueue: nodeQueue(node), startToCloseTimeout: '30s', scheduleToCloseTimeout: '2m', retry: FEW });
   const dhcpFor = (node: string, nic: NicGrant): { server: DhcpServerSpec; dhcp: DhcpActivities } => {
     const net = input.routing.networks?.[nic.network];

@@ -3,6 +3,8 @@
  * `./run.sh test`), and per-test isolation by a unique prefix for every task queue and workflow id.
  */
 import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
 import { bundleWorkflowCode, NativeConnection, type Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { parseConfig } from '../../src/config/load';
@@ -59,10 +61,28 @@ export async function connect(address = temporalAddress()): Promise<TestConnecti
 }
 
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
-/** The workflow bundle, built once per test file (webpack takes 1–3 s). */
+/**
+ * The workflow bundle, built once per jest run: webpack takes 1–3 s, and each test file has its own module
+ * registry, so a bundle kept in memory was rebuilt by every file (~30 in the suite). The first file to ask
+ * writes it to the run's directory (`VWS_TEST_RUN_DIR`, test/global-setup.js); the others read it. The
+ * sources cannot change during a run. Without that directory (a bench), once per file.
+ */
 export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
-  bundle ??= bundleWorkflowCode({ workflowsPath: require.resolve('../../src/workflows'), logger: quietLogger });
+  bundle ??= runBundle();
   return bundle;
+}
+
+async function runBundle(): Promise<WorkflowBundleWithSourceMap> {
+  const dir = process.env.VWS_TEST_RUN_DIR;
+  const file = dir ? join(dir, 'workflow-bundle.json') : undefined;
+  if (file && existsSync(file)) return JSON.parse(readFileSync(file, 'utf8')) as WorkflowBundleWithSourceMap;
+  const built = await bundleWorkflowCode({ workflowsPath: require.resolve('../../src/workflows'), logger: quietLogger });
+  if (file) {
+    // Renamed into place: a file run in another jest worker meanwhile reads a whole bundle or none.
+    writeFileSync(`${file}.${process.pid}`, JSON.stringify(built));
+    renameSync(`${file}.${process.pid}`, file);
+  }
+  return built;
 }
 
 const noop = () => undefined;
