@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { groupWorkflowId } from '../../src/config/names';
 import { pilotSlotQuery } from '../../src/domain/pilot-slot';
-import { testbedReservationProbe, usePilotStack } from '../helpers/pilot-stack';
+import { expectPilotStackClean, testbedReservationProbe, usePilotStack } from '../helpers/pilot-stack';
 import { eventually, TESTBED_DIR, TEST_NODES } from '../helpers/stack';
 import { show } from '../helpers/workspace';
 
@@ -22,13 +22,8 @@ const f = usePilotStack({ label: 'pilot-group', first: '10.213.0.70', last: '10.
 
 /** Nothing held anywhere, both nodes' memory exactly configured, no lock or reset intent left. */
 async function expectClean(memberIds: string[]): Promise<void> {
-  for (const id of memberIds) await eventually(120, async () => (await f.slot(id).describe()).status.name !== 'RUNNING', `slot of ${id} ended`);
-  expect(await f.slurm.listByPrefix(`${f.stack.config.temporal.prefix}-pilot`)).toEqual([]);
-  expect(await f.allocator.leases()).toEqual([]);
-  expect(await f.stack.grants()).toEqual([]);
-  expect(await f.stack.leftovers()).toEqual([]);
+  await expectPilotStackClean(f, memberIds, NODES.map((n) => ({ probe: memory[n], configuredMiB: TEST_NODES[n].memoryMiB })));
   for (const n of NODES) {
-    expect(await memory[n].read()).toBe(TEST_NODES[n].memoryMiB);
     for (const file of ['pilot.lock', 'reset.intent']) expect(existsSync(join(TESTBED_DIR, 'hosts', n, 'node', 'pilot', file))).toBe(false);
   }
 }

@@ -25,7 +25,7 @@ import { pilotJobName } from '../../src/activities/head/pilot-slot';
 import { pilotSlotQuery } from '../../src/domain/pilot-slot';
 import type { SshExecutor } from '../../src/exec/ssh';
 import { dom0Probe } from '../helpers/memory-monitor';
-import { startXen1PilotStack, usePilotStack } from '../helpers/pilot-stack';
+import { expectPilotStackClean, startXen1PilotStack, usePilotStack } from '../helpers/pilot-stack';
 import { eventually, ROOT } from '../helpers/stack';
 import { settled } from '../helpers/workspace';
 import { describeIfXen1, xen1Executor, XEN1_DOM0_MIB } from '../helpers/xen1';
@@ -35,6 +35,8 @@ jest.setTimeout(900_000);
 const NODE = 'xen1';
 /** dom0's configured memory on xen1. */
 const DOM0_MIB = XEN1_DOM0_MIB;
+/** The site's floor for dom0's ballooned memory in this stack (`pilot.minDom0MiB`). */
+const MIN_DOM0_MIB = 448;
 /** What a pilot of a 128 MiB workspace takes from dom0: the VM and the site's 64 MiB overhead. */
 const RESERVED_MIB = 192;
 
@@ -48,7 +50,8 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
       // A short hold, so the unreserving tests (20 s of running time) reach the slot's own end 100 s after the
       // pilot starts: the hold is running time + startupSeconds + evacuateSeconds + marginSeconds. vws
       // evacuates 80 s after `reserved`; xen1's deploys take 20-60 s.
-      pilot: { pollSeconds: 3, startupSeconds: 60, reserveTimeoutSeconds: 300 },
+      // The site's floor for dom0 (pilot.minDom0MiB): a 128 MiB workspace's share leaves 576 MiB, above it.
+      pilot: { pollSeconds: 3, startupSeconds: 60, reserveTimeoutSeconds: 300, minDom0MiB: MIN_DOM0_MIB },
     },
     startXen1PilotStack,
   );
@@ -108,14 +111,7 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
   }
 
   /** The slot ended; no job, lease, grant or leftover; dom0 exactly at its configured memory. */
-  async function expectClean(id: string): Promise<void> {
-    await eventually(180, async () => (await f.slot(id).describe()).status.name !== 'RUNNING', `slot of ${id} ended`);
-    expect(await f.slurm.listByPrefix(`${f.stack.config.temporal.prefix}-pilot`)).toEqual([]);
-    expect(await f.allocator.leases()).toEqual([]);
-    expect(await f.stack.grants()).toEqual([]);
-    expect(await f.stack.leftovers()).toEqual([]);
-    expect(await memory()).toBe(DOM0_MIB);
-  }
+  const expectClean = (id: string) => expectPilotStackClean(f, [id], [{ probe: { node: NODE, read: memory }, configuredMiB: DOM0_MIB }], 180);
 
     it('reserving + SIGKILL of the pilot: dom0 left ballooning, vws never heard reserved; vws resets dom0 to its configured memory', async () => {
       const id = await create(600);
@@ -199,5 +195,20 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
       // The dead pilot's lock (a pid of the previous boot) was removed by vws's check.
       expect((await dom0.run(['ls', '/var/lib/vws/node/pilot'])).stdout).not.toMatch(/pilot\.lock/);
       console.log(`xen1 reboot: power cut → up again ${bootMs} ms; → workspace Cancelled ${endedMs} ms (${ws.reason})`);
+    });
+
+    it("a share that would balloon dom0 below the site's floor: the pilot refuses before touching dom0, vws refuses the workspace", async () => {
+      // 512 MiB + the 64 MiB overhead would leave dom0 192 MiB, under the 448 MiB floor.
+      const r = await f.stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 512, durationSeconds: 600, shutdownMechanism: 'Trash', pilot: true });
+      expect(r.status).toBe(202);
+      const id = String(r.body.id);
+      const jobId = await jobOf(id);
+      const ws = await settled(f.stack, id, 'Cancelled', 240);
+      expect(ws.reason).toContain(`reserving 576 MiB of ${DOM0_MIB} MiB leaves 192 MiB, below the host's minimum of ${MIN_DOM0_MIB} MiB`);
+      await jobEnded(jobId);
+      const log = await pilotLog(id);
+      expect(log).toContain('"minDom0MiB":448');
+      expect(log).not.toContain('"to":"reserved"');
+      await expectClean(id);
     });
 });

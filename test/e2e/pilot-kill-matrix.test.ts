@@ -25,7 +25,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { pilotJobName } from '../../src/activities/head/pilot-slot';
 import { pilotSlotQuery } from '../../src/domain/pilot-slot';
-import { testbedReservationProbe, usePilotStack } from '../helpers/pilot-stack';
+import { expectPilotStackClean, testbedReservationProbe, usePilotStack } from '../helpers/pilot-stack';
 import { eventually, ROOT, TEST_NODES } from '../helpers/stack';
 import { settled, show } from '../helpers/workspace';
 
@@ -44,14 +44,7 @@ const create = async () => {
 const slot = f.slot;
 
 /** The slot ended; no job, lease, grant or leftover; memory exactly configured. */
-async function expectClean(id: string): Promise<void> {
-  await eventually(120, async () => (await slot(id).describe()).status.name !== 'RUNNING', `slot of ${id} ended`);
-  expect(await f.slurm.listByPrefix(`${f.stack.config.temporal.prefix}-pilot`)).toEqual([]);
-  expect(await f.allocator.leases()).toEqual([]);
-  expect(await f.stack.grants()).toEqual([]);
-  expect(await f.stack.leftovers()).toEqual([]);
-  expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB);
-}
+const expectClean = (id: string) => expectPilotStackClean(f, [id], [{ probe: memory, configuredMiB: TEST_NODES[NODE].memoryMiB }]);
 
 /** A job that takes every CPU of vmm3, so the next pilot waits in the queue. */
 async function fillNode(): Promise<string> {

@@ -13,7 +13,7 @@ import { AllocatorClient } from '../../src/clients/allocator';
 import { pilotSlotWorkflowId } from '../../src/config/names';
 import { LocalExecutor } from '../../src/exec/local';
 import { hostReservationProbe, type MemoryProbe } from './memory-monitor';
-import { ROOT, startStack, TESTBED_DIR, TEST_NODES, type Stack, type StackOptions, type TestNode } from './stack';
+import { eventually, ROOT, startStack, TESTBED_DIR, TEST_NODES, type Stack, type StackOptions, type TestNode } from './stack';
 import { temporalAddress } from './temporal';
 import { dom0ProjectDir, xen1Executor } from './xen1';
 
@@ -119,6 +119,20 @@ export async function startXen1PilotStack(o: Omit<PilotStackOptions, 'node' | 'n
 export async function cancelStackJobs(stack: Stack | undefined, slurm: SlurmBatchSystem): Promise<void> {
   if (!stack) return;
   for (const j of await slurm.listByPrefix(stack.config.temporal.prefix).catch(() => [])) await slurm.cancel(j.jobId).catch(() => undefined);
+}
+
+/**
+ * After a pilot scenario: each workspace's slot ended (within `slotSeconds`), and nothing is held: no pilot
+ * job of the stack's prefix in Slurm, no lease, grant or leftover, and each node's memory exactly at its
+ * configured value (`memory`: a probe and the value it must read).
+ */
+export async function expectPilotStackClean(f: PilotFixture, workspaceIds: string[], memory: Array<{ probe: MemoryProbe; configuredMiB: number }>, slotSeconds = 120): Promise<void> {
+  for (const id of workspaceIds) await eventually(slotSeconds, async () => (await f.slot(id).describe()).status.name !== 'RUNNING', `slot of ${id} ended`);
+  expect(await f.slurm.listByPrefix(`${f.stack.config.temporal.prefix}-pilot`)).toEqual([]);
+  expect(await f.allocator.leases()).toEqual([]);
+  expect(await f.stack.grants()).toEqual([]);
+  expect(await f.stack.leftovers()).toEqual([]);
+  for (const m of memory) expect({ node: m.probe.node, MiB: await m.probe.read() }).toEqual({ node: m.probe.node, MiB: m.configuredMiB });
 }
 
 /** What a pilot test file works with: its stack, the testbed's Slurm and the stack's allocator. */
