@@ -259,7 +259,14 @@ ip link set eth0 up
 ip link set xenbr0 up
 [ -n "$IP" ] && ip addr add "$IP" dev xenbr0
 [ -n "$GW" ] && ip route add default via "$GW" dev xenbr0
-/usr/sbin/sshd -E /var/log/sshd.log || echo "VWS-DOM0: sshd failed"
+# sshd in the foreground, restarted when it exits, as a real node's init keeps it running: in one A-trial
+# run its listener died without a word (no OOM, no segfault) and the node was cut off from vws. Each exit
+# is reported on the console (serial.log) and in /var/log/sshd-exits.log: status 128+N = killed by signal N.
+( while :; do
+    /usr/sbin/sshd -D -E /var/log/sshd.log; s=$?
+    echo "VWS-DOM0: sshd exited with status $s at uptime $(cut -d' ' -f1 /proc/uptime) s; restarting" | tee -a /var/log/sshd-exits.log
+    sleep 1
+  done ) &
 # The host's node binary: a small read-only ext4 disk (xen1.sh's host-node.img, the second virtio disk).
 # (virtio-9p was tried first: under TCG it read ~1.5 MB/s and node took minutes to start.) The vws
 # project comes over SSH (xen1.sh sync-project) to the node disk, linked at its own path.

@@ -270,11 +270,13 @@ start_qemu() {
   [[ -s "$NODE_DISK" ]] && nodedisk=(-drive "file=$NODE_DISK,format=raw,if=virtio,readonly=on")
   # -cpu max,-smap,-smep: with SMAP visible, dom0 crashes on its first exception bounce and Xen
   # reboots the machine forever. tb-size=256 caps TCG's translation cache (default 1 GiB of RSS).
+  # print-fatal-signals=1: dom0's kernel logs every process killed by SIGSEGV/SIGABRT/SIGBUS… on the console
+  # (serial.log): processes in dom0 were seen dying, now and then, seconds after a balloon.
   qemu-system-x86_64 -accel tcg,tb-size=256 -machine pc -cpu max,-smap,-smep -m 2048 -smp 2 \
     -nodefaults -no-user-config -display none -name "$NAME" \
     -kernel "$base/xen" \
     -append "console=com1 com1=115200,8n1 dom0_mem=${DOM0_MIB}M,max:${DOM0_MIB}M bootscrub=0" \
-    -initrd "$base/vmlinuz console=hvc0 vws.ip=$IP/24 vws.gw=$HEAD_IP vws.hostname=$NAME vws.project=$REPO_ROOT,$HD/initrd.gz" \
+    -initrd "$base/vmlinuz console=hvc0 print-fatal-signals=1 vws.ip=$IP/24 vws.gw=$HEAD_IP vws.hostname=$NAME vws.project=$REPO_ROOT,$HD/initrd.gz" \
     -serial "file:$SERIAL" \
     -netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no" -device "virtio-net-pci,netdev=n0,mac=$MAC" \
     -drive "file=$HD/node.img,format=raw,if=virtio,cache=unsafe,discard=unmap" "${nodedisk[@]}" \
