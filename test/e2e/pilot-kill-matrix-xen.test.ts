@@ -177,6 +177,21 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
       await expectClean(id);
     });
 
+    it("a share that would balloon dom0 below the site's floor: the pilot refuses before touching dom0, vws refuses the workspace", async () => {
+      // 512 MiB + the 64 MiB overhead would leave dom0 192 MiB, under the 448 MiB floor.
+      const r = await f.stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 512, durationSeconds: 600, shutdownMechanism: 'Trash', pilot: true });
+      expect(r.status).toBe(202);
+      const id = String(r.body.id);
+      const jobId = await jobOf(id);
+      const ws = await settled(f.stack, id, 'Cancelled', 240);
+      expect(ws.reason).toContain(`reserving 576 MiB of ${DOM0_MIB} MiB leaves 192 MiB, below the host's minimum of ${MIN_DOM0_MIB} MiB`);
+      await jobEnded(jobId);
+      const log = await pilotLog(id);
+      expect(log).toContain('"minDom0MiB":448');
+      expect(log).not.toContain('"to":"reserved"');
+      await expectClean(id);
+    });
+
     // Last: the reboot loses dom0's tmpfs (the pilot secret copied there, the job logs).
     it('reserved + node reboot: every process on xen1 dies; Slurm ends the job, vws ends the workspace, dom0 is back at its configured memory', async () => {
       const { id, jobId } = await running(600);
@@ -195,20 +210,5 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
       // The dead pilot's lock (a pid of the previous boot) was removed by vws's check.
       expect((await dom0.run(['ls', '/var/lib/vws/node/pilot'])).stdout).not.toMatch(/pilot\.lock/);
       console.log(`xen1 reboot: power cut → up again ${bootMs} ms; → workspace Cancelled ${endedMs} ms (${ws.reason})`);
-    });
-
-    it("a share that would balloon dom0 below the site's floor: the pilot refuses before touching dom0, vws refuses the workspace", async () => {
-      // 512 MiB + the 64 MiB overhead would leave dom0 192 MiB, under the 448 MiB floor.
-      const r = await f.stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 512, durationSeconds: 600, shutdownMechanism: 'Trash', pilot: true });
-      expect(r.status).toBe(202);
-      const id = String(r.body.id);
-      const jobId = await jobOf(id);
-      const ws = await settled(f.stack, id, 'Cancelled', 240);
-      expect(ws.reason).toContain(`reserving 576 MiB of ${DOM0_MIB} MiB leaves 192 MiB, below the host's minimum of ${MIN_DOM0_MIB} MiB`);
-      await jobEnded(jobId);
-      const log = await pilotLog(id);
-      expect(log).toContain('"minDom0MiB":448');
-      expect(log).not.toContain('"to":"reserved"');
-      await expectClean(id);
     });
 });
