@@ -20,7 +20,7 @@ jest.setTimeout(600_000);
 const NODE = 'vmm3';
 const memory = testbedReservationProbe(NODE);
 
-const f = usePilotStack({ label: 'pilot-unheard', first: '10.213.0.85', last: '10.213.0.86', node: NODE, unreachableApi: true, pilot: { pollSeconds: 3 } });
+const f = usePilotStack({ label: 'pilot-unheard', first: '10.213.0.94', last: '10.213.0.95', node: NODE, unreachableApi: true, pilot: { pollSeconds: 3 } });
 
 const slot = f.slot;
 
