@@ -272,7 +272,9 @@ start_qemu() {
   # reboots the machine forever. tb-size=256 caps TCG's translation cache (default 1 GiB of RSS).
   # print-fatal-signals=1: dom0's kernel logs every process killed by SIGSEGV/SIGABRT/SIGBUS… on the console
   # (serial.log): processes in dom0 were seen dying, now and then, seconds after a balloon.
-  qemu-system-x86_64 -accel tcg,tb-size=256 -machine pc -cpu max,-smap,-smep -m 2048 -smp 2 \
+  # VWS_XEN1_TCG_THREAD=single: one host thread for both vCPUs (QEMU's default here: one each), for the
+  # experiment on dom0's memory faults during guest builds after a balloon (testbed/README.md).
+  qemu-system-x86_64 -accel "tcg,tb-size=256${VWS_XEN1_TCG_THREAD:+,thread=$VWS_XEN1_TCG_THREAD}" -machine pc -cpu max,-smap,-smep -m 2048 -smp 2 \
     -nodefaults -no-user-config -display none -name "$NAME" \
     -kernel "$base/xen" \
     -append "console=com1 com1=115200,8n1 dom0_mem=${DOM0_MIB}M,max:${DOM0_MIB}M bootscrub=0" \
