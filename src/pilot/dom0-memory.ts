@@ -112,12 +112,15 @@ async function waitFor(read: () => Promise<number>, targetMiB: number, started: 
   }
 }
 
+/** Dom0's floor when the site sets none (`pilot.minDom0MiB`'s default): less and dom0's own tools fail. */
+export const DEFAULT_MIN_DOM0_MIB = 128;
+
 /** What {@link XenDom0Memory} needs. */
 export interface XenDom0MemoryOptions {
   exec: Executor;
   /** Dom0's memory when nothing is reserved: the node's configuration (see {@link readDom0BootMiB}). */
   configuredMiB: number;
-  /** Dom0 is never ballooned below this (default 128 MiB: less and dom0's own tools fail). */
+  /** Dom0 is never ballooned below this (default {@link DEFAULT_MIN_DOM0_MIB}). */
   minDom0MiB?: number;
 }
 
@@ -128,7 +131,7 @@ export class XenDom0Memory implements PilotMemoryControl {
 
   constructor(private readonly o: XenDom0MemoryOptions) {
     this.configuredMiB = o.configuredMiB;
-    this.minMiB = o.minDom0MiB ?? 128;
+    this.minMiB = o.minDom0MiB ?? DEFAULT_MIN_DOM0_MIB;
     reservationTargetMiB(this.configuredMiB, 0, this.minMiB);
   }
 

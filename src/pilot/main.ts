@@ -18,6 +18,7 @@ import { Command, Option } from 'commander';
 import { loadConfig } from '../config/load';
 import type { VwsConfig } from '../config/schema';
 import { LocalExecutor } from '../exec/local';
+import { DEFAULT_MIN_DOM0_MIB } from './dom0-memory';
 import { PILOT_EXIT } from './exit-codes';
 import { killAll } from './kill-all';
 import { acquirePilotLock, pilotLockFile, PilotLockHeld, type PilotLock } from './lock';
@@ -353,7 +354,7 @@ program
   .option('--pilot-needs-seconds <s>', 'the least of the grace the pilot keeps for its own cleanup', '2')
   .option('--notify-seconds <s>', 'longest the pilot retries the reserved notification', '20')
   .option('--memory-timeout-seconds <s>', 'longest a memory change may take to reach its target', '60')
-  .option('--min-dom0-mib <n>', 'xen: dom0 is never ballooned below this (a share that would leave less is refused)', '128')
+  .option('--min-dom0-mib <n>', 'xen: dom0 is never ballooned below this (a share that would leave less is refused)', String(DEFAULT_MIN_DOM0_MIB))
   .option('--node-dir <dir>', 'the node directory (node.dir)', DEFAULT_NODE_DIR)
   .option('--lock-file <file>', 'the node lock (default <node-dir>/pilot/pilot.lock)')
   .option('--config <file>', "vws's configuration (driver settings); default VWS_CONFIG or the embedded defaults")

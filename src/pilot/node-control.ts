@@ -25,7 +25,7 @@ export interface NodeControlOptions {
   memory: MemoryMode;
   /** The node's memory when nothing is reserved (MiB). For `xen`, absent: read from Xen's `dom0_mem`. */
   configuredMiB?: number;
-  /** `xen`: dom0 is never ballooned below this (default 128 MiB). */
+  /** `xen`: dom0 is never ballooned below this (default DEFAULT_MIN_DOM0_MIB, 128 MiB). */
   minDom0MiB?: number;
   /** The site configuration (default: the embedded defaults), for the driver's settings. */
   config?: VwsConfig;

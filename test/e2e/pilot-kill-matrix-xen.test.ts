@@ -66,8 +66,8 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
   });
 
   // Trashed at the end of its running time, as a preempted one is: either way it ends Cancelled.
-  const create = async (durationSeconds: number) => {
-    const r = await f.stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 128, durationSeconds, shutdownMechanism: 'Trash', pilot: true });
+  const create = async (durationSeconds: number, memoryMiB = 128) => {
+    const r = await f.stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB, durationSeconds, shutdownMechanism: 'Trash', pilot: true });
     expect(r.status).toBe(202);
     return String(r.body.id);
   };
@@ -179,9 +179,7 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
 
     it("a share that would balloon dom0 below the site's floor: the pilot refuses before touching dom0, vws refuses the workspace", async () => {
       // 512 MiB + the 64 MiB overhead would leave dom0 192 MiB, under the 448 MiB floor.
-      const r = await f.stack.call('alice', 'POST', '/workspaces', { image: 'sample', memoryMiB: 512, durationSeconds: 600, shutdownMechanism: 'Trash', pilot: true });
-      expect(r.status).toBe(202);
-      const id = String(r.body.id);
+      const id = await create(600, 512);
       const jobId = await jobOf(id);
       const ws = await settled(f.stack, id, 'Cancelled', 240);
       expect(ws.reason).toContain(`reserving 576 MiB of ${DOM0_MIB} MiB leaves 192 MiB, below the host's minimum of ${MIN_DOM0_MIB} MiB`);

@@ -65,7 +65,7 @@ let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
  * The workflow bundle, built once per jest run: webpack takes 1–3 s, and each test file has its own module
  * registry, so a bundle kept in memory was rebuilt by every file (~30 in the suite). The first file to ask
  * writes it to the run's directory (`VWS_TEST_RUN_DIR`, test/global-setup.js); the others read it. The
- * sources cannot change during a run. Without that directory (a bench), once per file.
+ * sources cannot change during a run. Without that directory (outside jest), once per file.
  */
 export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
   bundle ??= runBundle();
