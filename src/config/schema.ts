@@ -450,6 +450,18 @@ export const configSchema = z
                 "workflows the head worker keeps in memory between their tasks (about 0.5 MiB of resident memory each): the active set (creations and operations in flight, ensembles being started), not every live workspace, since reads use the view in each workflow's memo; an evicted one is replayed from its history when it next has work, costing CPU, not correctness. Default 100 (1,000 live workspaces: head rss 197-203 MiB with ./run.sh start's memory settings, 155 MiB idle)",
               ),
             /**
+             * How long the server holds a cached workflow's next task for the head that cached it before
+             * any head may take it (the SDK's `stickyQueueScheduleToStartTimeout`). After a head dies, each
+             * workflow it had cached waits this long before the restarted head replays it; a head that is
+             * merely slow loses the cache and replays (CPU, never correctness).
+             */
+            stickyTaskSeconds: z
+              .number()
+              .min(0.1, 'at least 0.1 s')
+              .max(60, 'at most 60 s')
+              .default(10)
+              .describe("how long a cached workflow's next task waits for the head that cached it before any head takes it (after a head's crash, every workflow it had cached waits this long). Default 10, the Temporal SDK's"),
+            /**
              * A workflow bundle prebuilt from these same workflows (`bundleWorkflowCode`, its code written to
              * this file) that the head process loads instead of bundling them at every start (webpack takes
              * seconds, more on a loaded machine: restarts and crash tests wait for it). Absent: bundle at start.

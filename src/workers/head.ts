@@ -65,6 +65,7 @@ export function createHeadWorker(o: HeadWorkerOptions): Promise<Worker> {
     taskQueue: headTaskQueue(o.config),
     // The SDK's default (thousands) lets the head grow by ~0.3 MB per live workspace without bound.
     maxCachedWorkflows: o.config.workers.head.maxCachedWorkflows,
+    stickyQueueScheduleToStartTimeout: o.config.workers.head.stickyTaskSeconds * 1000,
     ...(o.workflowBundle ? { workflowBundle: o.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
     ...o.tuning,
     activities: {

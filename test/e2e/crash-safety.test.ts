@@ -24,7 +24,8 @@ beforeAll(async () => {
     first: '10.213.0.245',
     last: '10.213.0.249',
     headProcess: true,
-    config: { workers: { head: { workflowBundleFile } } },
+    // A killed head's cached workflows wait this long for it before the restarted head replays them.
+    config: { workers: { head: { workflowBundleFile, stickyTaskSeconds: 1 } } },
   });
 });
 afterAll(async () => {

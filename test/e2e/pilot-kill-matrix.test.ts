@@ -6,7 +6,12 @@
  * - queued: the job is cancelled with scancel while it waits;
  * - queued: vws's head and node workers are killed; the job starts and the pilot reserves while they are
  *   down (its `reserved` reaches the API and waits in the slot's history); back up, the workspace runs;
+ * - queued: the node reboots while the job waits (the running blocker dies with it; the pilot job starts
+ *   after the boot and the workspace runs);
  * - reserved: the pilot process is killed with SIGKILL (it never hands back: vws resets the node);
+ * - reserved: the pilot alone gets SIGTERM, as in a node's shutdown (early-unreserving; vws trashes the VM);
+ * - reserved: vws's head and node workers are down for a while; nothing on the node notices, and back up
+ *   the workspace runs on;
  * - reserved: vws's head and node workers are killed, the job is cancelled while they are down (the pilot
  *   hands back alone), and the workers come back;
  * - reserved: the node reboots (`testbed.sh reboot`: every process on it killed -9 at once, the VM, the
@@ -14,7 +19,13 @@
  *   runs as its systemd unit would, before slurmd);
  * - early-unreserving: with vws's workers down, the job is cancelled and the pilot killed with SIGKILL
  *   while it waits out vws's share of the grace (so neither vws nor the pilot trashed the VM or restored
- *   the memory): back up, vws finds the job gone, evacuates the VM and resets the node.
+ *   the memory): back up, vws finds the job gone, evacuates the VM and resets the node;
+ * - early-unreserving: with vws's workers down, the job is cancelled again and the pilot gets a second
+ *   SIGTERM: it goes on with its one hand-back;
+ * - early-unreserving: with vws's workers down, the node reboots while the pilot waits out vws's share of
+ *   the grace: the boot reset hands the node back; back up, vws ends the workspace.
+ * The whole matrix, with the cells tested elsewhere and those that cannot happen, is in README.md ("The
+ * kill matrix").
  * Not covered here: the reserving state (on a QEMU node it lasts milliseconds; a pilot killed after it
  * reserved but before vws heard `reserved` is in pilot-unheard.test.ts) and unreserving (the slot's normal
  * end, bench/pilot-trials' Test A ends there 100 times).
@@ -53,6 +64,43 @@ async function fillNode(): Promise<string> {
   return jobId;
 }
 
+/**
+ * Reboots vmm3 (`testbed.sh reboot`: every process on it killed -9, off 25 s, then `vws-pilot boot-reset`
+ * from the site configuration as its systemd unit would, before slurmd); answers the ms it took. Off for
+ * 25 s, as a real node is for longer: Slurm then reads a running job as lost at the node's first
+ * registration, not at its next periodic one (~2 min later; the matrix's slowest minutes before). The node
+ * worker comes back with the node (a systemd unit; here the stack starts it).
+ */
+async function rebootNode(): Promise<number> {
+  const bootReset = ['env', '-u', 'VWS_NODE', `VWS_CONFIG=${f.stack.configFile}`, process.execPath, join(ROOT, 'dist/pilot/main.js'), 'boot-reset', '--wait-seconds', '0'];
+  const t0 = Date.now();
+  await promisify(execFile)(resolve(ROOT, 'testbed/testbed.sh'), ['reboot', NODE, '--off-seconds', '25', '--', ...bootReset], { timeout: 120_000 });
+  return Date.now() - t0;
+}
+
+/** Signals vmm3's pilot of this workspace's slot (`pkill`; it runs in vmm3's namespace, seen from here). */
+const signalPilot = (id: string, signal: 'KILL' | 'TERM') => promisify(execFile)('pkill', [`-${signal}`, '-f', `pilot/main.js run --slot ${id}`]);
+
+/** The pilot's log (Slurm writes the job's output to the shared /tmp). */
+const pilotLog = (id: string) => readFileSync(`/tmp/${pilotJobName(f.stack.config, id)}.out`, 'utf8');
+
+/** vws's head and node workers killed -9 (the API stays up and records what pilots send). */
+const vwsDown = () => {
+  f.stack.killHead();
+  f.stack.killNodeWorker();
+};
+const vwsUp = async () => {
+  await f.stack.startHead();
+  await f.stack.startNodeWorker();
+};
+
+/** Waits until the job has ended and the node's memory is back, with vws down: the pilot alone did it. */
+const handedBackAlone = (jobId: string) =>
+  eventually(60, async () => (await f.slurm.status(jobId)).state === 'ended' && (await memory.read()) === TEST_NODES[NODE].memoryMiB, 'the pilot handing back alone');
+
+/** The reason a workspace ends with when its slot heard `early-unreserving`. */
+const EARLY_UNRESERVING = /preempted: the batch system is taking node vmm3 back \(early-unreserving\)/;
+
 /** Waits until the workspace is Running in its slot; answers the job id. */
 async function running(id: string): Promise<string> {
   await settled(f.stack, id, 'Running', 240);
@@ -87,15 +135,30 @@ describe('pilot kill matrix on vmm3', () => {
     const blocker = await fillNode();
     const id = await create();
     await eventually(60, async () => (await slot(id).query(pilotSlotQuery)).jobId, 'the pilot job submitted');
-    f.stack.killHead();
-    f.stack.killNodeWorker();
+    vwsDown();
     await f.slurm.cancel(blocker);
     // The pilot reserves and its `reserved` reaches the API, which records it in the slot's history.
     await eventually(60, async () => (await memory.read()) === TEST_NODES[NODE].memoryMiB - 192, 'the pilot reserving while vws is down');
-    await f.stack.startHead();
-    await f.stack.startNodeWorker();
+    await vwsUp();
     await settled(f.stack, id, 'Running', 240);
     expect((await slot(id).query(pilotSlotQuery)).state).toBe('reserved');
+    expect((await f.stack.call('alice', 'DELETE', `/workspaces/${id}`)).status).toBe(202);
+    await settled(f.stack, id, 'Cancelled', 120);
+    await expectClean(id);
+  });
+
+  it('queued + node reboot: the waiting job outlives the reboot and starts after it; the workspace runs', async () => {
+    const blocker = await fillNode();
+    const id = await create();
+    const jobId = await eventually(60, async () => (await slot(id).query(pilotSlotQuery)).jobId, 'the pilot job submitted');
+    await rebootNode();
+    await f.stack.startNodeWorker();
+    // The reboot killed the running blocker (node-fail, never requeued); the queued pilot job is untouched
+    // and starts once the node is back.
+    await eventually(60, async () => (await f.slurm.status(blocker)).state === 'ended', 'the blocker ended with the node');
+    await settled(f.stack, id, 'Running', 240);
+    expect((await slot(id).query(pilotSlotQuery)).jobId).toBe(jobId);
+    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
     expect((await f.stack.call('alice', 'DELETE', `/workspaces/${id}`)).status).toBe(202);
     await settled(f.stack, id, 'Cancelled', 120);
     await expectClean(id);
@@ -105,7 +168,7 @@ describe('pilot kill matrix on vmm3', () => {
     const id = await create();
     const jobId = await running(id);
     expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
-    await promisify(execFile)('pkill', ['-KILL', '-f', `pilot/main.js run --slot ${id}`]);
+    await signalPilot(id, 'KILL');
     const ws = await settled(f.stack, id, 'Cancelled', 120);
     expect(ws.reason).toMatch(new RegExp(`preempted: the pilot job ${jobId} ended`));
     await expectClean(id);
@@ -115,16 +178,42 @@ describe('pilot kill matrix on vmm3', () => {
   it('reserved + vws workers down + scancel: the pilot hands back alone; back up, vws finds it all gone', async () => {
     const id = await create();
     const jobId = await running(id);
-    f.stack.killHead();
-    f.stack.killNodeWorker();
+    vwsDown();
     await f.slurm.cancel(jobId);
     // The pilot waits out vws's share of the grace, destroys the VM itself and restores the memory.
-    await eventually(60, async () => (await f.slurm.status(jobId)).state === 'ended' && (await memory.read()) === TEST_NODES[NODE].memoryMiB, 'the pilot handing back alone');
+    await handedBackAlone(jobId);
     expect(await f.stack.vmStatus(id)).toBe('absent');
-    await f.stack.startHead();
-    await f.stack.startNodeWorker();
+    await vwsUp();
     const ws = await settled(f.stack, id, 'Cancelled', 180);
-    expect(ws.reason).toMatch(/preempted: the batch system is taking node vmm3 back \(early-unreserving\)/);
+    expect(ws.reason).toMatch(EARLY_UNRESERVING);
+    await expectClean(id);
+  });
+
+  it('reserved + SIGTERM of the pilot (a node shutdown: Slurm not asked): early-unreserving, vws trashes the VM, the pilot hands back', async () => {
+    const id = await create();
+    const jobId = await running(id);
+    await signalPilot(id, 'TERM');
+    const ws = await settled(f.stack, id, 'Cancelled', 120);
+    expect(ws.reason).toMatch(EARLY_UNRESERVING);
+    await eventually(60, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
+    expect(pilotLog(id)).toContain('"signal":"SIGTERM","state":"reserved"');
+    await expectClean(id);
+  });
+
+  it('reserved + vws workers down: the VM and the reservation hold; back up, the workspace runs on and is destroyed cleanly', async () => {
+    const id = await create();
+    const jobId = await running(id);
+    vwsDown();
+    // Down for two of the pilot's polls and more: nothing on the node notices.
+    await new Promise((r) => setTimeout(r, 10_000));
+    expect(await f.stack.vmStatus(id)).toBe('running');
+    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
+    expect((await f.slurm.status(jobId)).state).toBe('running');
+    await vwsUp();
+    expect(await show(f.stack, id)).toMatchObject({ state: 'Running' });
+    expect((await slot(id).query(pilotSlotQuery)).state).toBe('reserved');
+    expect((await f.stack.call('alice', 'DELETE', `/workspaces/${id}`)).status).toBe(202);
+    await settled(f.stack, id, 'Cancelled', 120);
     await expectClean(id);
   });
 
@@ -132,16 +221,10 @@ describe('pilot kill matrix on vmm3', () => {
     const id = await create();
     const jobId = await running(id);
     expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
-    // The boot: `vws-pilot boot-reset` from the site configuration, the node found by its host name.
-    const bootReset = ['env', '-u', 'VWS_NODE', `VWS_CONFIG=${f.stack.configFile}`, process.execPath, join(ROOT, 'dist/pilot/main.js'), 'boot-reset', '--wait-seconds', '0'];
     const t0 = Date.now();
-    // Off for 25 s, as a real node is for longer: Slurm then reads the job as lost at the node's first
-    // registration, not at its next periodic one (~2 min later; the matrix's slowest minutes before).
-    await promisify(execFile)(resolve(ROOT, 'testbed/testbed.sh'), ['reboot', NODE, '--off-seconds', '25', '--', ...bootReset], { timeout: 120_000 });
-    const bootMs = Date.now() - t0;
+    const bootMs = await rebootNode();
     expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB);
     expect(await f.stack.vmStatus(id)).toBe('absent');
-    // The node worker comes back with the node (a systemd unit, here the f.stack).
     await f.stack.startNodeWorker();
     const ws = await settled(f.stack, id, 'Cancelled', 240);
     expect(ws.reason).toMatch(new RegExp(`the pilot job ${jobId} ended`));
@@ -155,22 +238,57 @@ describe('pilot kill matrix on vmm3', () => {
   it('early-unreserving + SIGKILL of the pilot while vws is down: back up, vws evacuates and resets the node', async () => {
     const id = await create();
     const jobId = await running(id);
-    f.stack.killHead();
-    f.stack.killNodeWorker();
+    vwsDown();
     await f.slurm.cancel(jobId);
     // The pilot tells nobody (vws is down) and waits out vws's share of the grace: kill it in there.
-    const out = `/tmp/${pilotJobName(f.stack.config, id)}.out`;
-    await eventually(10, async () => readFileSync(out, 'utf8').includes('"to":"early-unreserving"'), 'the pilot in early-unreserving');
-    await promisify(execFile)('pkill', ['-KILL', '-f', `pilot/main.js run --slot ${id}`]);
+    await eventually(10, async () => pilotLog(id).includes('"to":"early-unreserving"'), 'the pilot in early-unreserving');
+    await signalPilot(id, 'KILL');
     await eventually(60, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
     // Nobody handed the node back: the VM runs on and the memory is still reserved.
     expect(await f.stack.vmStatus(id)).toBe('running');
     expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
-    await f.stack.startHead();
-    await f.stack.startNodeWorker();
+    await vwsUp();
     const ws = await settled(f.stack, id, 'Cancelled', 180);
     expect(ws.reason).toMatch(/preempted/);
     await expectClean(id);
     expect((await slot(id).query(pilotSlotQuery)).notices.some((n) => n.startsWith(`node ${NODE} checked after the job`))).toBe(true);
+  });
+
+  it('early-unreserving + scancel and SIGTERM again while vws is down: the pilot goes on with its hand-back within the grace', async () => {
+    const id = await create();
+    const jobId = await running(id);
+    vwsDown();
+    await f.slurm.cancel(jobId);
+    await eventually(10, async () => pilotLog(id).includes('"to":"early-unreserving"'), 'the pilot in early-unreserving');
+    // An impatient admin cancels again, and a shutdown's SIGTERM comes on top.
+    await f.slurm.cancel(jobId);
+    await signalPilot(id, 'TERM');
+    await handedBackAlone(jobId);
+    const log = pilotLog(id);
+    expect(log).toContain('SIGTERM again: already handing the node back');
+    expect(log).toContain(`memory restored to ${TEST_NODES[NODE].memoryMiB} MiB`);
+    expect(await f.stack.vmStatus(id)).toBe('absent');
+    await vwsUp();
+    const ws = await settled(f.stack, id, 'Cancelled', 180);
+    expect(ws.reason).toMatch(EARLY_UNRESERVING);
+    await expectClean(id);
+  });
+
+  it('early-unreserving + node reboot while vws is down: the boot reset hands the node back; back up, vws ends the workspace', async () => {
+    const id = await create();
+    const jobId = await running(id);
+    vwsDown();
+    await f.slurm.cancel(jobId);
+    await eventually(10, async () => pilotLog(id).includes('"to":"early-unreserving"'), 'the pilot in early-unreserving');
+    // The power goes while the pilot waits out vws's share of the grace: nobody has handed anything back.
+    await rebootNode();
+    expect(pilotLog(id)).not.toContain('memory restored');
+    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB);
+    expect(await f.stack.vmStatus(id)).toBe('absent');
+    await f.stack.startNodeWorker();
+    await f.stack.startHead();
+    const ws = await settled(f.stack, id, 'Cancelled', 240);
+    expect(ws.reason).toMatch(/preempted/);
+    await expectClean(id);
   });
 });

@@ -88,7 +88,8 @@ describe.each(['dnsmasq', 'isc-dhcpd'] as const)('%s', (backend) => {
     await addNamespace(clientNs);
     await addBridge(serverNs, 'br0', '10.77.0.1/24');
     await addVeth({ bridgeNs: serverNs, bridge: 'br0', port: `vwd${t}p`, innerNs: clientNs, inner: client, mac: entry(10).mac });
-    acts = createDhcpActivities({ exec, dir: join(dir, 'dhcp'), beat: () => undefined });
+    // dnsmasq is restarted after 5 s of silence here, not 20: the hung-server test waits it out.
+    acts = createDhcpActivities({ exec, dir: join(dir, 'dhcp'), beat: () => undefined, leaseKickMs: 5_000 });
   });
 
   afterAll(async () => {
@@ -139,7 +140,7 @@ describe.each(['dnsmasq', 'isc-dhcpd'] as const)('%s', (backend) => {
     const [hung] = await servers();
     process.kill(hung, 'SIGSTOP');
     try {
-      // The client keeps asking (40 tries, 1 s apart) while waitForLease gives the server 20 s, then restarts it.
+      // The client keeps asking (40 tries, 1 s apart) while waitForLease gives the server 5 s, then restarts it.
       const [lease, offer] = await Promise.all([acts.waitForLease({ server, mac: entry(40).mac, timeoutSeconds: 45 }), dhcpClient(entry(40).mac, 40)]);
       expect(lease).toBe('10.77.0.40');
       expect(offer?.ip).toBe('10.77.0.40');

@@ -51,6 +51,8 @@ export interface DhcpDeps {
   owner?: () => string;
   /** True once the running activity attempt is cancelled (timed out); default: the activity's own signal. */
   cancelled?: () => boolean;
+  /** How long waitForLease lets dnsmasq stay silent before it restarts it, ms (default 20 s; tests shorten it). */
+  leaseKickMs?: number;
 }
 
 /** Whether the current activity attempt was cancelled; false outside an activity. */
@@ -104,6 +106,7 @@ export function createDhcpActivities(deps: DhcpDeps) {
   const now = deps.now ?? Date.now;
   const owner = deps.owner ?? (() => `pid-${process.pid}-${randomBytes(6).toString('hex')}`);
   const cancelled = deps.cancelled ?? attemptCancelled;
+  const leaseKickMs = deps.leaseKickMs ?? LEASE_KICK_MS;
 
   type Server = DhcpServerSpec & { net: Subnet };
 
@@ -265,7 +268,7 @@ export function createDhcpActivities(deps: DhcpDeps) {
       if (!(Number.isFinite(input.timeoutSeconds) && input.timeoutSeconds >= 0)) throw invalid(`timeoutSeconds ${input.timeoutSeconds} is not a duration`);
       const f = dhcpFiles(dir, s.network);
       const deadline = now() + input.timeoutSeconds * 1000;
-      let kickAt = s.server === 'dnsmasq' ? now() + LEASE_KICK_MS : Infinity;
+      let kickAt = s.server === 'dnsmasq' ? now() + leaseKickMs : Infinity;
       // Beats on a timer as well as per poll: on a loaded node one look at the files, or the restart below,
       // was seen to take 20 s over SSH (xen1's emulated dom0), and the attempt was taken for dead while it
       // worked; its retry then raced it for the server.
