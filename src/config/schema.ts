@@ -9,6 +9,7 @@ import { pilotSshFallbackSchema } from './pilot-fallback-schema';
 import type { PoolAddress } from '../domain/allocation';
 import { inSubnet, ipToInt } from '../domain/network';
 import { poolAddresses } from './pools';
+import { DEFAULT_MIN_DOM0_MIB } from '../pilot/dom0-memory';
 
 const ipv4 = z.string().refine((s) => validIp(s), 'must be an IPv4 address like 10.213.0.100');
 
@@ -612,7 +613,7 @@ export const configSchema = z
          * needs depends on the site's dom0 (its tools, a root file system in RAM): below it, dom0's OOM killer
          * kills `xl` in the middle of creating a guest.
          */
-        minDom0MiB: z.number().int().min(64).default(128),
+        minDom0MiB: z.number().int().min(64).default(DEFAULT_MIN_DOM0_MIB),
         /** How often a slot asks the batch system whether its job still exists, seconds. */
         pollSeconds: z.number().int().min(1).default(30),
         /** Where pilots send a notification over SSH when HTTP fails (`pilot-fallback-schema.ts`); absent: HTTP only. */
