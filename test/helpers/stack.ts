@@ -365,18 +365,25 @@ export async function requireXen(): Promise<void> {
 
 /** What the Xen node still holds: domains, loop devices, DHCP entries and leases, workspace dirs, partial copies. */
 export async function xenLeftovers(x: Executor): Promise<string[]> {
+  const ls = async (p: string) => (await x.run(['ls', '-1', p], { okCodes: [0, 1, 2] })).stdout.split('\n').filter(Boolean);
+  // At once, not one after the other: each is an SSH round trip to a dom0 under TCG.
+  const [domains, loops, dhcp, nft, workspaces, cache] = await Promise.all([
+    x.run(['xl', 'list']).then((r) => r.stdout.split('\n').slice(1)),
+    x.run(['losetup', '-a']).then((r) => r.stdout.split('\n').filter(Boolean)),
+    dhcpLeftovers(x, '/var/lib/vws/node/dhcp', 'xen1'),
+    nftLeftovers(x, [], 'xen1'),
+    ls('/var/lib/vws/node/workspaces'),
+    ls('/var/lib/vws/node/cache'),
+  ]);
   const left: string[] = [];
-  const domains = (await x.run(['xl', 'list'])).stdout.split('\n').slice(1);
   for (const line of domains) {
     const name = line.trim().split(/\s+/)[0];
     if (name && name !== 'Domain-0') left.push(`domain ${name}`);
   }
-  for (const l of (await x.run(['losetup', '-a'])).stdout.split('\n').filter(Boolean)) left.push(`loop ${l}`);
-  const ls = async (p: string) => (await x.run(['ls', '-1', p], { okCodes: [0, 1, 2] })).stdout.split('\n').filter(Boolean);
-  left.push(...(await dhcpLeftovers(x, '/var/lib/vws/node/dhcp', 'xen1')));
-  left.push(...(await nftLeftovers(x, [], 'xen1')));
-  for (const w of await ls('/var/lib/vws/node/workspaces')) left.push(`workspace directory ${w}`);
-  for (const c of await ls('/var/lib/vws/node/cache')) if (/\.(part|lock)$/.test(c)) left.push(`cache ${c}`);
+  for (const l of loops) left.push(`loop ${l}`);
+  left.push(...dhcp, ...nft);
+  for (const w of workspaces) left.push(`workspace directory ${w}`);
+  for (const c of cache) if (/\.(part|lock)$/.test(c)) left.push(`cache ${c}`);
   return left;
 }
 
