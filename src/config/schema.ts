@@ -9,7 +9,6 @@ import { pilotSshFallbackSchema } from './pilot-fallback-schema';
 import type { PoolAddress } from '../domain/allocation';
 import { inSubnet, ipToInt } from '../domain/network';
 import { poolAddresses } from './pools';
-import { DEFAULT_MIN_DOM0_MIB } from '../pilot/dom0-memory';
 
 const ipv4 = z.string().refine((s) => validIp(s), 'must be an IPv4 address like 10.213.0.100');
 
@@ -403,6 +402,9 @@ function checkNetworks(c: { networks: Array<z.infer<typeof networkSchema>>; node
  * instead of 28-40 ms; lifecycles per second unchanged within the noise.
  */
 export const HEAD_MAX_CACHED_WORKFLOWS = 100;
+
+/** Dom0's floor when the site sets none (`pilot.minDom0MiB`'s default): less and dom0's own tools fail. */
+export const DEFAULT_MIN_DOM0_MIB = 128;
 
 /** The whole configuration. */
 export const configSchema = z

@@ -15,6 +15,7 @@
 import { dirname, join } from 'node:path';
 import type { Executor } from '../exec/executor';
 import { parseXlList } from '../activities/xen/config';
+import { DEFAULT_MIN_DOM0_MIB } from '../config/schema';
 
 /** How a set waits for its value. */
 export interface SetOptions {
@@ -111,9 +112,6 @@ async function waitFor(read: () => Promise<number>, targetMiB: number, started: 
     await sleep(pollMs);
   }
 }
-
-/** Dom0's floor when the site sets none (`pilot.minDom0MiB`'s default): less and dom0's own tools fail. */
-export const DEFAULT_MIN_DOM0_MIB = 128;
 
 /** What {@link XenDom0Memory} needs. */
 export interface XenDom0MemoryOptions {
