@@ -467,7 +467,8 @@ async function spawnWorker(host: string, argv: string[], configFile: string, tem
 }
 
 async function stopChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
+  // One killed by a signal (killHead, killNodeWorker) has no exit code but a signal code; its 'exit' is past.
+  if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((ok) => child.once('exit', ok));
   child.kill('SIGTERM');
   const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
