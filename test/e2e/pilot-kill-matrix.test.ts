@@ -44,6 +44,9 @@ jest.setTimeout(600_000);
 
 const NODE = 'vmm3';
 const memory = testbedReservationProbe(NODE);
+/** vmm3's memory with nothing reserved, and while a pilot holds a 128 MiB workspace's share (+ 64 MiB overhead). */
+const CONFIGURED_MIB = TEST_NODES[NODE].memoryMiB;
+const RESERVED_MIB = CONFIGURED_MIB - 192;
 
 const f = usePilotStack({ label: 'pilot-kill-matrix', first: '10.213.0.78', last: '10.213.0.79', node: NODE, headProcess: true, pilot: { pollSeconds: 3 } });
 
@@ -55,7 +58,7 @@ const create = async () => {
 const slot = f.slot;
 
 /** The slot ended; no job, lease, grant or leftover; memory exactly configured. */
-const expectClean = (id: string) => expectPilotStackClean(f, [id], [{ probe: memory, configuredMiB: TEST_NODES[NODE].memoryMiB }]);
+const expectClean = (id: string) => expectPilotStackClean(f, [id], [{ probe: memory, configuredMiB: CONFIGURED_MIB }]);
 
 /** A job that takes every CPU of vmm3, so the next pilot waits in the queue. */
 async function fillNode(): Promise<string> {
@@ -96,15 +99,31 @@ const vwsUp = async () => {
 
 /** Waits until the job has ended and the node's memory is back, with vws down: the pilot alone did it. */
 const handedBackAlone = (jobId: string) =>
-  eventually(60, async () => (await f.slurm.status(jobId)).state === 'ended' && (await memory.read()) === TEST_NODES[NODE].memoryMiB, 'the pilot handing back alone');
+  eventually(60, async () => (await f.slurm.status(jobId)).state === 'ended' && (await memory.read()) === CONFIGURED_MIB, 'the pilot handing back alone');
 
 /** The reason a workspace ends with when its slot heard `early-unreserving`. */
 const EARLY_UNRESERVING = /preempted: the batch system is taking node vmm3 back \(early-unreserving\)/;
+
+/** Waits until the batch system reports the job gone. */
+const jobEnded = (jobId: string) => eventually(60, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
 
 /** Waits until the workspace is Running in its slot; answers the job id. */
 async function running(id: string): Promise<string> {
   await settled(f.stack, id, 'Running', 240);
   return (await slot(id).query(pilotSlotQuery)).jobId!;
+}
+
+/**
+ * A new workspace Running in its slot; then vws's workers go down and its job is cancelled. Answers once the
+ * pilot is in early-unreserving, waiting out vws's share of the grace with nobody to hear it.
+ */
+async function earlyUnreservingWithVwsDown(): Promise<{ id: string; jobId: string }> {
+  const id = await create();
+  const jobId = await running(id);
+  vwsDown();
+  await f.slurm.cancel(jobId);
+  await eventually(10, async () => pilotLog(id).includes('"to":"early-unreserving"'), 'the pilot in early-unreserving');
+  return { id, jobId };
 }
 
 describe('pilot kill matrix on vmm3', () => {
@@ -138,7 +157,7 @@ describe('pilot kill matrix on vmm3', () => {
     vwsDown();
     await f.slurm.cancel(blocker);
     // The pilot reserves and its `reserved` reaches the API, which records it in the slot's history.
-    await eventually(60, async () => (await memory.read()) === TEST_NODES[NODE].memoryMiB - 192, 'the pilot reserving while vws is down');
+    await eventually(60, async () => (await memory.read()) === RESERVED_MIB, 'the pilot reserving while vws is down');
     await vwsUp();
     await settled(f.stack, id, 'Running', 240);
     expect((await slot(id).query(pilotSlotQuery)).state).toBe('reserved');
@@ -158,7 +177,7 @@ describe('pilot kill matrix on vmm3', () => {
     await eventually(60, async () => (await f.slurm.status(blocker)).state === 'ended', 'the blocker ended with the node');
     await settled(f.stack, id, 'Running', 240);
     expect((await slot(id).query(pilotSlotQuery)).jobId).toBe(jobId);
-    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
+    expect(await memory.read()).toBe(RESERVED_MIB);
     expect((await f.stack.call('alice', 'DELETE', `/workspaces/${id}`)).status).toBe(202);
     await settled(f.stack, id, 'Cancelled', 120);
     await expectClean(id);
@@ -167,7 +186,7 @@ describe('pilot kill matrix on vmm3', () => {
   it('reserved + SIGKILL of the pilot: the workspace is evacuated and vws resets the node it never handed back', async () => {
     const id = await create();
     const jobId = await running(id);
-    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
+    expect(await memory.read()).toBe(RESERVED_MIB);
     await signalPilot(id, 'KILL');
     const ws = await settled(f.stack, id, 'Cancelled', 120);
     expect(ws.reason).toMatch(new RegExp(`preempted: the pilot job ${jobId} ended`));
@@ -195,7 +214,7 @@ describe('pilot kill matrix on vmm3', () => {
     await signalPilot(id, 'TERM');
     const ws = await settled(f.stack, id, 'Cancelled', 120);
     expect(ws.reason).toMatch(EARLY_UNRESERVING);
-    await eventually(60, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
+    await jobEnded(jobId);
     expect(pilotLog(id)).toContain('"signal":"SIGTERM","state":"reserved"');
     await expectClean(id);
   });
@@ -207,7 +226,7 @@ describe('pilot kill matrix on vmm3', () => {
     // Down for two of the pilot's polls and more: nothing on the node notices.
     await new Promise((r) => setTimeout(r, 10_000));
     expect(await f.stack.vmStatus(id)).toBe('running');
-    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
+    expect(await memory.read()).toBe(RESERVED_MIB);
     expect((await f.slurm.status(jobId)).state).toBe('running');
     await vwsUp();
     expect(await show(f.stack, id)).toMatchObject({ state: 'Running' });
@@ -220,10 +239,10 @@ describe('pilot kill matrix on vmm3', () => {
   it('reserved + node reboot: everything on the node dies; the boot reset restores memory, vws ends the workspace', async () => {
     const id = await create();
     const jobId = await running(id);
-    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
+    expect(await memory.read()).toBe(RESERVED_MIB);
     const t0 = Date.now();
     const bootMs = await rebootNode();
-    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB);
+    expect(await memory.read()).toBe(CONFIGURED_MIB);
     expect(await f.stack.vmStatus(id)).toBe('absent');
     await f.stack.startNodeWorker();
     const ws = await settled(f.stack, id, 'Cancelled', 240);
@@ -231,22 +250,18 @@ describe('pilot kill matrix on vmm3', () => {
     const endedMs = Date.now() - t0;
     await expectClean(id);
     // The boot reset had already put the node right: vws's own check after the job found nothing to do.
-    expect((await slot(id).query(pilotSlotQuery)).notices).toContain(`node ${NODE} checked after the job: 0 VMs left, memory at ${TEST_NODES[NODE].memoryMiB} MiB`);
+    expect((await slot(id).query(pilotSlotQuery)).notices).toContain(`node ${NODE} checked after the job: 0 VMs left, memory at ${CONFIGURED_MIB} MiB`);
     console.log(`node reboot: power cut → booted with boot-reset ${bootMs} ms; → workspace Cancelled ${endedMs} ms (${ws.reason})`);
   });
 
   it('early-unreserving + SIGKILL of the pilot while vws is down: back up, vws evacuates and resets the node', async () => {
-    const id = await create();
-    const jobId = await running(id);
-    vwsDown();
-    await f.slurm.cancel(jobId);
     // The pilot tells nobody (vws is down) and waits out vws's share of the grace: kill it in there.
-    await eventually(10, async () => pilotLog(id).includes('"to":"early-unreserving"'), 'the pilot in early-unreserving');
+    const { id, jobId } = await earlyUnreservingWithVwsDown();
     await signalPilot(id, 'KILL');
-    await eventually(60, async () => (await f.slurm.status(jobId)).state === 'ended', 'the job ended');
+    await jobEnded(jobId);
     // Nobody handed the node back: the VM runs on and the memory is still reserved.
     expect(await f.stack.vmStatus(id)).toBe('running');
-    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB - 192);
+    expect(await memory.read()).toBe(RESERVED_MIB);
     await vwsUp();
     const ws = await settled(f.stack, id, 'Cancelled', 180);
     expect(ws.reason).toMatch(/preempted/);
@@ -255,18 +270,14 @@ describe('pilot kill matrix on vmm3', () => {
   });
 
   it('early-unreserving + scancel and SIGTERM again while vws is down: the pilot goes on with its hand-back within the grace', async () => {
-    const id = await create();
-    const jobId = await running(id);
-    vwsDown();
-    await f.slurm.cancel(jobId);
-    await eventually(10, async () => pilotLog(id).includes('"to":"early-unreserving"'), 'the pilot in early-unreserving');
+    const { id, jobId } = await earlyUnreservingWithVwsDown();
     // An impatient admin cancels again, and a shutdown's SIGTERM comes on top.
     await f.slurm.cancel(jobId);
     await signalPilot(id, 'TERM');
     await handedBackAlone(jobId);
     const log = pilotLog(id);
     expect(log).toContain('SIGTERM again: already handing the node back');
-    expect(log).toContain(`memory restored to ${TEST_NODES[NODE].memoryMiB} MiB`);
+    expect(log).toContain(`memory restored to ${CONFIGURED_MIB} MiB`);
     expect(await f.stack.vmStatus(id)).toBe('absent');
     await vwsUp();
     const ws = await settled(f.stack, id, 'Cancelled', 180);
@@ -275,18 +286,13 @@ describe('pilot kill matrix on vmm3', () => {
   });
 
   it('early-unreserving + node reboot while vws is down: the boot reset hands the node back; back up, vws ends the workspace', async () => {
-    const id = await create();
-    const jobId = await running(id);
-    vwsDown();
-    await f.slurm.cancel(jobId);
-    await eventually(10, async () => pilotLog(id).includes('"to":"early-unreserving"'), 'the pilot in early-unreserving');
+    const { id } = await earlyUnreservingWithVwsDown();
     // The power goes while the pilot waits out vws's share of the grace: nobody has handed anything back.
     await rebootNode();
     expect(pilotLog(id)).not.toContain('memory restored');
-    expect(await memory.read()).toBe(TEST_NODES[NODE].memoryMiB);
+    expect(await memory.read()).toBe(CONFIGURED_MIB);
     expect(await f.stack.vmStatus(id)).toBe('absent');
-    await f.stack.startNodeWorker();
-    await f.stack.startHead();
+    await vwsUp();
     const ws = await settled(f.stack, id, 'Cancelled', 240);
     expect(ws.reason).toMatch(/preempted/);
     await expectClean(id);
