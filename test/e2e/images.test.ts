@@ -217,7 +217,7 @@ describe('resume after the node worker dies mid-copy', () => {
     const name = `large-${stack.config.temporal.prefix}`;
     const file = join(stack.config.stateDir, `${name}.raw`);
     // Random bytes, so nothing along the way can shortcut the copy; large enough to be caught mid-way.
-    const size = 1536 * 1024 * 1024;
+    const size = 512 * 1024 * 1024;
     await exec.run(['dd', 'if=/dev/urandom', `of=${file}`, 'bs=4M', `count=${size / (4 * 1024 * 1024)}`, 'status=none'], { timeoutMs: 120_000 });
     const image = await stageLocalFile(stack.config, name, file);
     rmSync(file);

@@ -142,12 +142,18 @@ afterAll(async () => {
   console.log(`pilot-program timings (ms): ${JSON.stringify(timings)}`);
 });
 
+/**
+ * The slots that run to their own end: long enough to reserve (CI: 0.8 s from submission to `reserved`
+ * delivered) and hold for a while before the pilot unreserves at end − 5 s.
+ */
+const SHORT_SLOT_S = 15;
+
 describe('the pilot program as a Slurm job on vmm1', () => {
   it('normal slot: reserved then unreserving arrive signed and in order; reservation held during, gone after; ends before its limit', async () => {
     const slotId = 'normal';
     await startRecorder(slotId);
-    // 25 s, like the unreachable slot below: reserved within a few seconds, held, handed back at end − 5 s.
-    const job = await submitPilot({ slotId, endInS: 25 });
+    // Like the unreachable slot below: reserved within a second or two, held, handed back at end − 5 s.
+    const job = await submitPilot({ slotId, endInS: SHORT_SLOT_S });
     const reserved = await waitFor('reserved notification', 30_000, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
     timings.normalSubmitToReservedDelivered = Date.parse(reserved.receivedAt) - job.submittedAt;
     // Delivered through the API means the HMAC and timestamp checked out; the message says what was reserved.
@@ -343,7 +349,7 @@ describe('the pilot program as a Slurm job on vmm1', () => {
   it('vws unreachable: the pilot still reserves, holds and hands the node back on time, memory restored', async () => {
     const slotId = 'unreachable';
     await startRecorder(slotId);
-    const endInS = 25;
+    const endInS = SHORT_SLOT_S;
     const job = await submitPilot({ slotId, endInS, api: await deadApi() });
     const endAt = Date.now() + endInS * 1000;
     await waitFor('the reservation', 20_000, async () => existsSync(reservationOnHead()));
