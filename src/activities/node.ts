@@ -20,7 +20,7 @@ import { createDhcpActivities, type DhcpActivities, type DhcpEntryInput } from '
 import { nicInterfaceName, type GuardedNic } from './network/types';
 import { nodePaths, workspaceDir } from './node-paths';
 import { nodeControl, resetNodeState } from '../pilot/node-control';
-import { holderAliveFromStat, parseHolder, parseProcStat, pilotLockFile, resetIntentFile } from '../pilot/lock';
+import { holderAliveFromStat, parseHolder, parseProcStat, pilotLockFile, resetIntentFile, type PilotLockHolder } from '../pilot/lock';
 import type { NodeResetReport } from '../domain/kill-all';
 
 /** Dependencies of a node's activities. */
@@ -42,6 +42,43 @@ export interface NodeActivityDeps {
    */
   dhcp?: Pick<DhcpActivities, 'addDhcpEntry' | 'removeDhcpEntry' | 'waitForLease'>;
 }
+
+/** Input of `restoreAfterPilot`. */
+export interface RestoreAfterPilotInput {
+  /**
+   * The slot whose job the batch system reports gone: a live pilot of this slot outlived its job and is
+   * stopped. Absent (slots recorded before `ORPHAN_PILOT_PATCH`): every live holder is left alone.
+   */
+  slotId?: string;
+}
+
+/** A pilot `restoreAfterPilot` found alive after its job had ended, and how it was stopped. */
+export interface OrphanPilotStop {
+  pid: number;
+  /** SIGTERM: it handed the node back itself; SIGKILL: it had not exited within its grace. */
+  signal: 'SIGTERM' | 'SIGKILL';
+  ms: number;
+}
+
+/** What `restoreAfterPilot` did. */
+export interface RestoreAfterPilotResult {
+  /** The node was reset (false: a later slot's live pilot holds it). */
+  reset: boolean;
+  /** That later slot's pilot. */
+  liveHolder?: string;
+  report?: NodeResetReport;
+  /** This slot's own pilot, found alive after its job and stopped before the reset. */
+  orphan?: OrphanPilotStop;
+}
+
+/** How often a stopped pilot is checked for, ms. */
+const ORPHAN_POLL_MS = 500;
+/** Beyond the pilot's grace, what its hand-back may take before SIGKILL, ms. */
+const ORPHAN_SLACK_MS = 10_000;
+/** Never wait longer than this for SIGTERM to work (the activity's start-to-close is 2 minutes), ms. */
+const ORPHAN_TERM_WAIT_MAX_MS = 75_000;
+/** How long a SIGKILLed pilot may take to go, ms. */
+const ORPHAN_KILL_WAIT_MS = 10_000;
 
 /** Input of `bootVm` and `restoreVm`. */
 export interface BootInput {
@@ -154,6 +191,42 @@ export function createNodeActivities(deps: NodeActivityDeps) {
     nics: input.nics.map((nic, i) => ({ mac: nic.mac, bridge: bridgeFor(nic.network), iface: nicInterfaceName(input.workspaceId, i) })),
   });
   const stateFile = (workspaceId: string) => join(workspaceDir(paths, workspaceId), 'vmstate');
+
+  /** True if the lock's holder runs now, in this boot (not a later process with its pid). */
+  async function holderAliveNow(holder: PilotLockHolder, bootId: string): Promise<boolean> {
+    const stat = await deps.exec.readFile(`/proc/${holder.pid}/stat`);
+    return holderAliveFromStat(holder, bootId, stat === null ? null : parseProcStat(stat));
+  }
+
+  /** Polls until the holder has exited; false if it still runs after `ms`. */
+  async function holderExits(holder: PilotLockHolder, bootId: string, ms: number): Promise<boolean> {
+    const until = Date.now() + ms;
+    for (;;) {
+      if (!(await holderAliveNow(holder, bootId))) return true;
+      if (Date.now() >= until) return false;
+      beat?.({ step: 'waiting for the orphan pilot', pid: holder.pid });
+      await new Promise((r) => setTimeout(r, ORPHAN_POLL_MS));
+    }
+  }
+
+  /**
+   * Stops a pilot that outlived its job: SIGTERM, which it handles as a preemption (it hands the node back
+   * itself: leftover VMs destroyed, memory restored, lock released) within the batch system's grace;
+   * SIGKILL if it is still there after that. The reset that follows puts right whatever it left.
+   */
+  async function stopOrphanPilot(holder: PilotLockHolder, bootId: string): Promise<OrphanPilotStop> {
+    // The pid comes from a file on the node: never signal anything but one ordinary process.
+    if (!Number.isSafeInteger(holder.pid) || holder.pid <= 1) throw ApplicationFailure.nonRetryable(`the pilot lock names pid ${holder.pid}`, FailureType.InvalidSpec);
+    const t0 = Date.now();
+    const graceMs = Math.min((deps.config.pilot?.graceSeconds ?? 30) * 1000 + ORPHAN_SLACK_MS, ORPHAN_TERM_WAIT_MAX_MS);
+    log.warn({ node: deps.node, pid: holder.pid, slotId: holder.slotId }, 'a pilot outlived its batch job: stopping it (SIGTERM)');
+    await deps.exec.run(['kill', '-TERM', String(holder.pid)], { okCodes: [0, 1] }); // 1: it has just exited
+    if (await holderExits(holder, bootId, graceMs)) return { pid: holder.pid, signal: 'SIGTERM', ms: Date.now() - t0 };
+    log.warn({ node: deps.node, pid: holder.pid, waitedMs: Date.now() - t0 }, 'the orphan pilot is still there after its grace: SIGKILL');
+    await deps.exec.run(['kill', '-KILL', String(holder.pid)], { okCodes: [0, 1] }); // 1: it has just exited
+    await holderExits(holder, bootId, ORPHAN_KILL_WAIT_MS);
+    return { pid: holder.pid, signal: 'SIGKILL', ms: Date.now() - t0 };
+  }
 
   /** Every VM on the node destroyed and its memory exactly at its configured value (the pilot's reset). */
   async function resetNode(): Promise<NodeResetReport> {
@@ -272,12 +345,15 @@ export function createNodeActivities(deps: NodeActivityDeps) {
 
     /**
      * After a pilot slot's job is confirmed gone (issue 7: a pilot killed with SIGKILL, or a node whose
-     * hand-back did not finish, must not keep memory or VMs): unless a live pilot holds the node's lock
-     * (a later slot's; it sets absolute values itself), reset the node as `vws-pilot reset` does (every
-     * VM destroyed, memory exactly at its configured value) and remove a stale lock. A pilot that starts
-     * meanwhile waits for the reset (the reset intent, `resetIntentFile`). Idempotent.
+     * hand-back did not finish, must not keep memory or VMs): unless a live pilot of another slot holds
+     * the node's lock (a later slot's; it sets absolute values itself), reset the node as `vws-pilot
+     * reset` does (every VM destroyed, memory exactly at its configured value) and remove a stale lock. A
+     * pilot that starts meanwhile waits for the reset (the reset intent, `resetIntentFile`).
+     * A live pilot of `input.slotId` itself outlived its job: the batch system lost it (its job step
+     * died, as dom0's slurmstepd did on xen1), so nothing will ever signal it, and it would hold the
+     * node until its own end. It is stopped first ({@link stopOrphanPilot}). Idempotent.
      */
-    async restoreAfterPilot(): Promise<{ reset: boolean; liveHolder?: string; report?: NodeResetReport }> {
+    async restoreAfterPilot(input: RestoreAfterPilotInput = {}): Promise<RestoreAfterPilotResult> {
       const lockFile = pilotLockFile(paths.dir);
       // The intent first, the lock second (see resetIntentFile): a pilot that takes the lock from now on
       // sees the intent and waits, so it never reserves memory this reset then puts back.
@@ -287,18 +363,18 @@ export function createNodeActivities(deps: NodeActivityDeps) {
       try {
         const text = await deps.exec.readFile(lockFile);
         const holder = text ? parseHolder(text) : null;
-        if (holder) {
-          const bootId = ((await deps.exec.readFile('/proc/sys/kernel/random/boot_id')) ?? '').trim();
-          const stat = await deps.exec.readFile(`/proc/${holder.pid}/stat`);
-          if (holderAliveFromStat(holder, bootId, stat === null ? null : parseProcStat(stat))) {
-            return { reset: false, liveHolder: `pid ${holder.pid}${holder.slotId ? ` (slot ${holder.slotId})` : ''}` };
-          }
+        const bootId = holder ? ((await deps.exec.readFile('/proc/sys/kernel/random/boot_id')) ?? '').trim() : '';
+        let orphan: OrphanPilotStop | undefined;
+        if (holder && (await holderAliveNow(holder, bootId))) {
+          const liveHolder = `pid ${holder.pid}${holder.slotId ? ` (slot ${holder.slotId})` : ''}`;
+          if (!input.slotId || holder.slotId !== input.slotId) return { reset: false, liveHolder };
+          orphan = await stopOrphanPilot(holder, bootId);
         }
         const report = await resetNode();
         // The dead pilot's lock goes. Another text there is a pilot that took the lock since: it saw the
         // intent and gives the lock back itself (were it removed here meanwhile, it still waits).
         if (text !== null && (await deps.exec.readFile(lockFile)) === text) await deps.exec.remove(lockFile);
-        return { reset: true, report };
+        return { reset: true, report, ...(orphan ? { orphan } : {}) };
       } finally {
         await deps.exec.remove(intent);
       }

@@ -52,6 +52,13 @@ export const QUEUED_INBOX_PATCH = 'slot-queued-inbox-races-job-status';
  */
 export const RAN_ON_CHECK_PATCH = 'slot-checks-node-job-ran-on';
 
+/**
+ * The patch under which the node check after the job names the slot, so that a pilot of this slot found
+ * still alive (the batch system lost it: its job step died) is stopped instead of left holding the node
+ * until its own end. Slots recorded before it replay the check without the slot.
+ */
+export const ORPHAN_PILOT_PATCH = 'slot-stops-its-orphan-pilot';
+
 /** The one node a status names (a batch system's host list of one name), or undefined. */
 function singleNode(s: BatchJobStatus | undefined): string | undefined {
   const nodes = s && s.state !== 'unknown' ? s.nodes : undefined;
@@ -239,7 +246,8 @@ export async function pilotSlotWorkflow(input: PilotSlotInput): Promise<PilotSlo
           retry: { initialInterval: '2s', maximumInterval: '30s' },
         });
         try {
-          const r = await node.restoreAfterPilot();
+          const r = patched(ORPHAN_PILOT_PATCH) ? await node.restoreAfterPilot({ slotId: input.slotId }) : await node.restoreAfterPilot();
+          if (r.orphan) d.notices.push(`node ${d.node}: the pilot (pid ${r.orphan.pid}) outlived its job; stopped with ${r.orphan.signal} in ${r.orphan.ms} ms`);
           d.notices.push(r.reset ? `node ${d.node} checked after the job: ${r.report?.destroyed.length ?? 0} VMs left, memory at ${r.report?.memoryMiB} MiB` : `node ${d.node} now held by ${r.liveHolder}: left alone`);
         } catch (e) {
           d.notices.push(`node ${d.node} could not be checked after the job: ${(e as Error).message}`);

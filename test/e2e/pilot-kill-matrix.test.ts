@@ -12,6 +12,8 @@
  * - reserved: the pilot alone gets SIGTERM, as in a node's shutdown (early-unreserving; vws trashes the VM);
  * - reserved: vws's head and node workers are down for a while; nothing on the node notices, and back up
  *   the workspace runs on;
+ * - reserved: the job's slurmstepd is killed and the job cancelled: the batch system ends the job without
+ *   signalling the pilot, which lives on; vws's check after the job stops it (SIGTERM) and resets the node;
  * - reserved: vws's head and node workers are killed, the job is cancelled while they are down (the pilot
  *   hands back alone), and the workers come back;
  * - reserved: the node reboots (`testbed.sh reboot`: every process on it killed -9 at once, the VM, the
@@ -35,6 +37,7 @@ import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { pilotJobName } from '../../src/activities/head/pilot-slot';
+import { pilotSlotWorkflowId } from '../../src/config/names';
 import { pilotSlotQuery } from '../../src/domain/pilot-slot';
 import { expectPilotStackClean, testbedReservationProbe, usePilotStack } from '../helpers/pilot-stack';
 import { eventually, ROOT, TEST_NODES } from '../helpers/stack';
@@ -192,6 +195,26 @@ describe('pilot kill matrix on vmm3', () => {
     expect(ws.reason).toMatch(new RegExp(`preempted: the pilot job ${jobId} ended`));
     await expectClean(id);
     expect((await slot(id).query(pilotSlotQuery)).notices.some((n) => n.startsWith(`node ${NODE} checked after the job`))).toBe(true);
+  });
+
+  it("reserved + the job's slurmstepd killed, then scancel: the batch system loses the pilot and ends the job; vws stops the orphan pilot and the node is handed back", async () => {
+    // As dom0's slurmstepd died on xen1 (heap corruption) in a Test B trial: the job step's manager dies,
+    // the pilot (the batch shell) lives on, and scancel ends the job without any signal reaching it.
+    const id = await create();
+    const jobId = await running(id);
+    await promisify(execFile)('pkill', ['-KILL', '-f', `^slurmstepd: \\[${jobId}\\.batch\\]`]);
+    await f.slurm.cancel(jobId);
+    await jobEnded(jobId);
+    const ws = await settled(f.stack, id, 'Cancelled', 120);
+    expect(ws.reason).toMatch(new RegExp(`preempted: the pilot job ${jobId} ended`));
+    await expectClean(id);
+    const notices = (await slot(id).query(pilotSlotQuery)).notices;
+    expect(notices.some((n) => /^node vmm3: the pilot \(pid \d+\) outlived its job; stopped with SIGTERM in \d+ ms$/.test(n))).toBe(true);
+    expect(notices).toContain(`node ${NODE} checked after the job: 0 VMs left, memory at ${CONFIGURED_MIB} MiB`);
+    // The pilot itself heard only vws's SIGTERM, and handed back as on a preemption.
+    expect(pilotLog(id)).toContain('"signal":"SIGTERM","state":"reserved"');
+    await expect(promisify(execFile)('pgrep', ['-f', `pilot/main.js run --slot ${id}`])).rejects.toMatchObject({ code: 1 });
+    await f.stack.recordWorkflowHistory(pilotSlotWorkflowId(f.stack.config, id), 'pilot-slot-stops-orphan-pilot');
   });
 
   it('reserved + vws workers down + scancel: the pilot hands back alone; back up, vws finds it all gone', async () => {
