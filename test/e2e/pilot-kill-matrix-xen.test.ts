@@ -12,6 +12,9 @@
  *   hand-back; back up, vws evacuates the VM and resets dom0;
  * - unreserving + scancel (vws's workers down; the pilot held there with SIGSTOP until Slurm's SIGCONT and
  *   SIGTERM): the pilot finishes the hand-back within the grace alone;
+ * - reserving + node reboot (the pilot held at the state's first line with SIGSTOP, vws waiting for
+ *   `reserved`; `xen1.sh reboot`): dom0 boots at its configured memory; Slurm ends the job as node-fail,
+ *   vws ends the workspace as one whose pilot never reserved, and its check finds the node clean;
  * - unreserving + node reboot (vws's workers down; the pilot held at the state's first line with SIGSTOP,
  *   dom0 still ballooned down; `xen1.sh reboot`: QEMU killed -9, off 10 s, booted): dom0 boots at its
  *   configured memory; back up, vws ends the workspace and finds the node clean; the dead pilot's lock is
@@ -27,7 +30,7 @@ import { pilotJobName } from '../../src/activities/head/pilot-slot';
 import { pilotSlotQuery } from '../../src/domain/pilot-slot';
 import type { SshExecutor } from '../../src/exec/ssh';
 import { dom0Probe } from '../helpers/memory-monitor';
-import { expectPilotStackClean, startXen1PilotStack, usePilotStack } from '../helpers/pilot-stack';
+import { copyPilotSecretToXen1, expectPilotStackClean, startXen1PilotStack, usePilotStack } from '../helpers/pilot-stack';
 import { eventually, ROOT } from '../helpers/stack';
 import { settled } from '../helpers/workspace';
 import { describeIfXen1, xen1Executor, XEN1_DOM0_MIB } from '../helpers/xen1';
@@ -41,6 +44,11 @@ const DOM0_MIB = XEN1_DOM0_MIB;
 const MIN_DOM0_MIB = 448;
 /** What a pilot of a 128 MiB workspace takes from dom0: the VM and the site's 64 MiB overhead. */
 const RESERVED_MIB = 192;
+/**
+ * The running time of the unreserving cases' workspaces: over by the time vws's workers are back. Not
+ * shorter: the clock runs from the VM's start, and a guest on xen1 can take 15 s to show its address.
+ */
+const UNRESERVING_RUNNING_S = 20;
 
 describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)', () => {
   const f = usePilotStack(
@@ -49,11 +57,12 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
       first: '10.213.0.92',
       last: '10.213.0.93',
       headProcess: true,
-      // A short hold, so the unreserving tests (20 s of running time) reach the slot's own end 100 s after the
-      // pilot starts: the hold is running time + startupSeconds + evacuateSeconds + marginSeconds. vws
-      // evacuates 80 s after `reserved`; xen1's deploys take 20-60 s.
+      // A short hold, so the unreserving tests (20 s of running time) reach the slot's own end 85 s after the
+      // pilot starts: the hold is running time + startupSeconds + evacuateSeconds + marginSeconds. vws would
+      // evacuate 80 s after `reserved` (xen1's deploys take 20-60 s); in these cases its workers are down
+      // by then, so 5 s of evacuation is all the slot needs.
       // The site's floor for dom0 (pilot.minDom0MiB): a 128 MiB workspace's share leaves 576 MiB, above it.
-      pilot: { pollSeconds: 3, startupSeconds: 60, reserveTimeoutSeconds: 300, minDom0MiB: MIN_DOM0_MIB },
+      pilot: { pollSeconds: 3, startupSeconds: 60, evacuateSeconds: 5, reserveTimeoutSeconds: 300, minDom0MiB: MIN_DOM0_MIB },
     },
     startXen1PilotStack,
   );
@@ -115,6 +124,20 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
   /** The slot ended; no job, lease, grant or leftover; dom0 exactly at its configured memory. */
   const expectClean = (id: string) => expectPilotStackClean(f, [id], [{ probe: { node: NODE, read: memory }, configuredMiB: DOM0_MIB }], 180);
 
+  /**
+   * xen1's power cut and boot (`xen1.sh reboot`: QEMU killed -9, off 10 s, booted); answers the ms it took.
+   * dom0's tmpfs is lost with it: the pilot secret is copied in again, over a new connection.
+   */
+  async function rebootXen1(): Promise<number> {
+    const t0 = Date.now();
+    await promisify(execFile)(resolve(ROOT, 'testbed/xen/xen1.sh'), ['reboot', '--off-seconds', '10'], { timeout: 600_000 });
+    const ms = Date.now() - t0;
+    await dom0.close();
+    dom0 = xen1Executor();
+    await copyPilotSecretToXen1(f.stack, dom0);
+    return ms;
+  }
+
     it('reserving + SIGKILL of the pilot: dom0 left ballooning, vws never heard reserved; vws resets dom0 to its configured memory', async () => {
       const id = await create(600);
       const jobId = await jobOf(id);
@@ -143,7 +166,7 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
     });
 
     it('unreserving + SIGKILL of the pilot while vws is down: back up, vws evacuates the VM and resets dom0', async () => {
-      const { id, jobId } = await running(20);
+      const { id, jobId } = await running(UNRESERVING_RUNNING_S);
       expect(await memory()).toBe(DOM0_MIB - RESERVED_MIB);
       // vws down: nothing ends the slot early, so the pilot reaches its own end and starts unreserving.
       f.stack.killHead();
@@ -163,7 +186,7 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
     });
 
     it('unreserving + scancel while vws is down: the pilot finishes the hand-back alone within the grace', async () => {
-      const { id, jobId } = await running(20);
+      const { id, jobId } = await running(UNRESERVING_RUNNING_S);
       f.stack.killHead();
       // Held in unreserving (SIGSTOP at its first line), so the cancel surely lands there: Slurm sends a
       // cancelled job SIGCONT and then SIGTERM, and the pilot goes on with the signal pending.
@@ -192,19 +215,38 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
       await expectClean(id);
     });
 
-    // Last: the reboot loses dom0's tmpfs (the pilot secret copied there, the job logs).
+    // The reboots last: they lose dom0's tmpfs (the job logs; the pilot secret is copied in again).
+    it('reserving + node reboot: every process on xen1 dies mid-balloon; dom0 boots at its configured memory, vws never heard reserved and ends the workspace', async () => {
+      const id = await create(600);
+      const jobId = await jobOf(id);
+      // Held at the first line of reserving (SIGSTOP), its `xl mem-set 0` maybe issued; vws waits for
+      // `reserved`, its workers up. Then the power goes.
+      await signalPilotAt(id, 'reserving', 'STOP');
+      expect(await pilotLog(id)).not.toContain('"to":"reserved"');
+      const t0 = Date.now();
+      const bootMs = await rebootXen1();
+      expect(await memory()).toBe(DOM0_MIB);
+      // Slurm ends the job as node-fail at slurmd's first registration; the slot reads it as a job that
+      // ended before its pilot reserved the node, and checks the node it ran on.
+      const ws = await settled(f.stack, id, 'Cancelled', 300);
+      const endedMs = Date.now() - t0;
+      expect(ws.reason).toMatch(new RegExp(`the pilot job ${jobId} ended .*before its pilot reserved the node`));
+      await jobEnded(jobId);
+      await expectClean(id);
+      expect((await f.slot(id).query(pilotSlotQuery)).notices).toContain(`node ${NODE} checked after the job: 0 VMs left, memory at ${DOM0_MIB} MiB`);
+      expect((await dom0.run(['ls', '/var/lib/vws/node/pilot'])).stdout).not.toMatch(/pilot\.lock/);
+      console.log(`xen1 reboot in reserving: power cut → up again ${bootMs} ms; → workspace Cancelled ${endedMs} ms (${ws.reason})`);
+    });
+
     it('unreserving + node reboot while vws is down: every process on xen1 dies mid-hand-back; back up, vws ends the workspace and finds dom0 at its configured memory', async () => {
-      const { id, jobId } = await running(20);
+      const { id, jobId } = await running(UNRESERVING_RUNNING_S);
       // vws down: nothing ends the slot early, so the pilot reaches its own end. Held at the first line of
       // unreserving (SIGSTOP), dom0 still ballooned down and the VM still there, the power goes.
       f.stack.killHead();
       await signalPilotAt(id, 'unreserving', 'STOP');
       expect(await memory()).toBe(DOM0_MIB - RESERVED_MIB);
       const t0 = Date.now();
-      await promisify(execFile)(resolve(ROOT, 'testbed/xen/xen1.sh'), ['reboot', '--off-seconds', '10'], { timeout: 600_000 });
-      const bootMs = Date.now() - t0;
-      await dom0.close();
-      dom0 = xen1Executor();
+      const bootMs = await rebootXen1();
       // A new boot: Xen gives dom0 its dom0_mem again, and no domU survived.
       expect(await memory()).toBe(DOM0_MIB);
       expect(await f.stack.vmStatus(id)).toBe('absent');

@@ -11,6 +11,7 @@ import type { WorkflowHandle } from '@temporalio/client';
 import { SlurmBatchSystem } from '../../src/activities/lrm/slurm';
 import { AllocatorClient } from '../../src/clients/allocator';
 import { pilotSlotWorkflowId } from '../../src/config/names';
+import type { Executor } from '../../src/exec/executor';
 import { LocalExecutor } from '../../src/exec/local';
 import { hostReservationProbe, type MemoryProbe } from './memory-monitor';
 import { eventually, ROOT, startStack, TESTBED_DIR, TEST_NODES, type Stack, type StackOptions, type TestNode } from './stack';
@@ -108,11 +109,19 @@ export async function startXen1PilotStack(o: Omit<PilotStackOptions, 'node' | 'n
     lrm: { partition: 'xen', constraints: ['xen'], ...o.lrm },
     pilot: { command: ['/usr/bin/node', dom0Main], ...o.pilot },
   });
-  const secret = readFileSync(stack.config.pilot!.secretFile, 'utf8');
-  await stack.nodeExec.mkdir(join(stack.config.stateDir, 'secrets'));
-  await stack.nodeExec.writeFileAtomic(stack.config.pilot!.secretFile, secret);
-  await stack.nodeExec.run(['chmod', '600', stack.config.pilot!.secretFile]);
+  await copyPilotSecretToXen1(stack);
   return stack;
+}
+
+/**
+ * Copies the stack's pilot secret into xen1's dom0 (its state directory is on a tmpfs: a reboot loses it),
+ * through `dom0` (after a power cut, a new connection: the stack's own may still be the dead one).
+ */
+export async function copyPilotSecretToXen1(stack: Stack, dom0: Executor = stack.nodeExec): Promise<void> {
+  const secret = readFileSync(stack.config.pilot!.secretFile, 'utf8');
+  await dom0.mkdir(join(stack.config.stateDir, 'secrets'));
+  await dom0.writeFileAtomic(stack.config.pilot!.secretFile, secret);
+  await dom0.run(['chmod', '600', stack.config.pilot!.secretFile]);
 }
 
 /** Cancels every job of the stack's prefix still known to Slurm (afterAll: nothing of a test may stay queued). */
