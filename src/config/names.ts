@@ -56,6 +56,8 @@ export function workspaceRouting(config: VwsConfig): WorkspaceRouting {
     nodeTaskQueuePrefix: nodeTaskQueuePrefix(config),
     addressTimeoutSeconds: config.timeouts.addressSeconds,
     shutdownTimeoutSeconds: config.timeouts.shutdownSeconds,
+    nodeStepSeconds: config.timeouts.nodeStepSeconds,
+    nodeHeartbeatSeconds: config.timeouts.nodeHeartbeatSeconds,
     networks: Object.fromEntries(
       config.networks.map((n) => [n.name, { subnet: n.subnet, server: n.dhcp.server, on: n.dhcp.on, ...(n.dhcp.interface ? { interface: n.dhcp.interface } : {}) }]),
     ),

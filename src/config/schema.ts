@@ -8,6 +8,7 @@ import { lrmSchema } from './lrm-schema';
 import { pilotSshFallbackSchema } from './pilot-fallback-schema';
 import type { PoolAddress } from '../domain/allocation';
 import { inSubnet, ipToInt } from '../domain/network';
+import { DEFAULT_NODE_HEARTBEAT_SECONDS, DEFAULT_NODE_STEP_SECONDS } from '../domain/workspace';
 import { poolAddresses } from './pools';
 
 const ipv4 = z.string().refine((s) => validIp(s), 'must be an IPv4 address like 10.213.0.100');
@@ -629,6 +630,17 @@ export const configSchema = z
         addressSeconds: z.number().int().min(1).default(120),
         /** Seconds a guest has to power off on a graceful shutdown before it is destroyed. */
         shutdownSeconds: z.number().int().min(1).default(30),
+        /**
+         * Seconds a node's short step (boot, destroy, pause...) may run; the server only notices a node
+         * worker killed in the middle of one by this timeout, so it is also how soon the step is retried.
+         */
+        nodeStepSeconds: z.number().int().min(5).max(600).default(DEFAULT_NODE_STEP_SECONDS),
+        /**
+         * Seconds of silence after which a node's long step (a copy, booting, waiting for a lease) counts as
+         * dead and is retried. Long steps beat every 5 s and the SDK sends a beat at most every 0.8 × this,
+         * so below ~15 s a loaded node risks a live step counted dead (and run twice).
+         */
+        nodeHeartbeatSeconds: z.number().int().min(10).max(600).default(DEFAULT_NODE_HEARTBEAT_SECONDS),
       })
       .strict()
       .prefault({}),

@@ -110,11 +110,26 @@ export interface WorkspaceRouting {
   addressTimeoutSeconds: number;
   /** Seconds a guest has to power off on a graceful shutdown before it is destroyed. */
   shutdownTimeoutSeconds: number;
+  /**
+   * Start-to-close of a node's short steps (boot, destroy, pause...), seconds: also how soon one is retried
+   * after its worker died. Absent in workflows started before it: {@link DEFAULT_NODE_STEP_SECONDS}.
+   */
+  nodeStepSeconds?: number;
+  /**
+   * Heartbeat timeout of a node's long steps (copies, waiting for a lease), seconds: also how soon one is
+   * retried after its worker died. Absent in workflows started before it: {@link DEFAULT_NODE_HEARTBEAT_SECONDS}.
+   */
+  nodeHeartbeatSeconds?: number;
   /** Each network's DHCP delivery, from the site configuration. Absent only in workflows started before pools. */
   networks?: Record<string, NetworkRouting>;
   /** Each node's bridge per network (the node-side DHCP server listens there). */
   bridges?: Record<string, Record<string, string>>;
 }
+
+/** A node's short steps' start-to-close when the routing names none, seconds. */
+export const DEFAULT_NODE_STEP_SECONDS = 30;
+/** A node's long steps' heartbeat timeout when the routing names none, seconds. */
+export const DEFAULT_NODE_HEARTBEAT_SECONDS = 20;
 
 /** Where and how a network's addresses are delivered by DHCP. */
 export interface NetworkRouting {

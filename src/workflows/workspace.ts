@@ -63,9 +63,9 @@ import {
   type StartArgs,
 } from '../domain/messages';
 import { OPERATION_TARGET, refusalReason, VM_STATES, type WorkspaceOperation, type WorkspaceState, type WorkspaceTask } from '../domain/states';
-import type { ImageSource, ResolvedImage, WorkspaceDescription, WorkspaceInput } from '../domain/workspace';
+import type { ImageSource, ResolvedImage, WorkspaceDescription, WorkspaceInput, WorkspaceRouting } from '../domain/workspace';
 import { redactUrl } from '../domain/image-url';
-import { isUrl, nicsOf, targetForMember } from '../domain/workspace';
+import { DEFAULT_NODE_HEARTBEAT_SECONDS, DEFAULT_NODE_STEP_SECONDS, isUrl, nicsOf, targetForMember } from '../domain/workspace';
 import { VIEW_MEMO_KEY, VIEW_MEMO_MAX_CHARS, VIEW_MEMO_PATCH, viewMemo } from '../domain/view-memo';
 
 /** The DHCP activities (served on a node's queue, or the head's for central delivery). */
@@ -86,15 +86,17 @@ const FORWARD_RETRY: RetryPolicy = { initialInterval: '1s', maximumInterval: '10
 /** Cleanup never gives up: it retries until the node answers. */
 const CLEANUP_RETRY: RetryPolicy = { initialInterval: '1s', maximumInterval: '30s', nonRetryableErrorTypes: [FailureType.InvalidSpec] };
 
-function nodeActivities(taskQueue: string, retry: RetryPolicy) {
+function nodeActivities(taskQueue: string, retry: RetryPolicy, routing: WorkspaceRouting) {
   // WAIT_CANCELLATION_COMPLETED: when destroy cancels a forward step, cleanup must not start until the
   // node has finished (or abandoned) it; otherwise a VM could boot after destroyVm ran, and leak.
   const cancellationType = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED;
+  // Short timeouts decide how soon a step is retried after its worker died (kill -9): the server only
+  // notices by the timeout. Long steps heartbeat every 5 s, so some seconds of silence mean dead.
+  const step = (routing.nodeStepSeconds ?? DEFAULT_NODE_STEP_SECONDS) * 1000;
+  const heartbeatTimeout = (routing.nodeHeartbeatSeconds ?? DEFAULT_NODE_HEARTBEAT_SECONDS) * 1000;
   return {
-    // Short timeouts decide how soon a step is retried after its worker died (kill -9): the server only
-    // notices by the timeout. Long steps heartbeat every few seconds, so 20 s of silence means dead.
-    quick: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: '30s', retry, cancellationType }),
-    long: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: '30m', heartbeatTimeout: '20s', retry, cancellationType }),
+    quick: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: step, retry, cancellationType }),
+    long: proxyActivities<NodeActivities>({ taskQueue, startToCloseTimeout: '30m', heartbeatTimeout, retry, cancellationType }),
   };
 }
 
@@ -244,7 +246,7 @@ export async function workspaceWorkflow(input: WorkspaceInput): Promise<Workspac
       }
     })();
   }
-  const node = (retry: RetryPolicy) => nodeActivities(`${routing.nodeTaskQueuePrefix}${grant!.node}`, retry);
+  const node = (retry: RetryPolicy) => nodeActivities(`${routing.nodeTaskQueuePrefix}${grant!.node}`, retry, routing);
 
   /** Whether a NIC's network has its DHCP on the head (central delivery) rather than on the node. */
   const servedByHead = (nic: NicGrant) => routing.networks?.[nic.network]?.on === 'head';

@@ -26,6 +26,9 @@ beforeAll(async () => {
     headProcess: true,
     // A killed head's cached workflows wait this long for it before the restarted head replays them.
     config: { workers: { head: { workflowBundleFile, stickyTaskSeconds: 1 } } },
+    // A node step whose worker was killed is retried when its start-to-close runs out: 10 s here (vmm1's
+    // steps take a few seconds), not the default 30.
+    lateConfig: () => ({ timeouts: { nodeStepSeconds: 10 } }),
   });
 });
 afterAll(async () => {
