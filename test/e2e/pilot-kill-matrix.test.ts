@@ -14,6 +14,7 @@
  *   the workspace runs on;
  * - reserved: the job's slurmstepd is killed and the job cancelled: the batch system ends the job without
  *   signalling the pilot, which lives on; vws's check after the job stops it (SIGTERM) and resets the node;
+ *   the same with the pilot stopped (SIGSTOP), so that SIGTERM does nothing: vws SIGKILLs it after its grace;
  * - reserved: vws's head and node workers are killed, the job is cancelled while they are down (the pilot
  *   hands back alone), and the workers come back;
  * - reserved: the node reboots (`testbed.sh reboot`: every process on it killed -9 at once, the VM, the
@@ -215,6 +216,22 @@ describe('pilot kill matrix on vmm3', () => {
     expect(pilotLog(id)).toContain('"signal":"SIGTERM","state":"reserved"');
     await expect(promisify(execFile)('pgrep', ['-f', `pilot/main.js run --slot ${id}`])).rejects.toMatchObject({ code: 1 });
     await f.stack.recordWorkflowHistory(pilotSlotWorkflowId(f.stack.config, id), 'pilot-slot-stops-orphan-pilot');
+  });
+
+  it("reserved + the job's slurmstepd killed and the pilot stopped (SIGSTOP), then scancel: the orphan does not answer SIGTERM; vws kills it after its grace and resets the node", async () => {
+    const id = await create();
+    const jobId = await running(id);
+    await promisify(execFile)('pkill', ['-KILL', '-f', `^slurmstepd: \\[${jobId}\\.batch\\]`]);
+    await promisify(execFile)('pkill', ['-STOP', '-f', `pilot/main.js run --slot ${id}`]);
+    await f.slurm.cancel(jobId);
+    await jobEnded(jobId);
+    await settled(f.stack, id, 'Cancelled', 120);
+    await expectClean(id);
+    const notices = (await slot(id).query(pilotSlotQuery)).notices;
+    expect(notices.some((n) => /^node vmm3: the pilot \(pid \d+\) outlived its job; stopped with SIGKILL in \d+ ms$/.test(n))).toBe(true);
+    expect(notices).toContain(`node ${NODE} checked after the job: 0 VMs left, memory at ${CONFIGURED_MIB} MiB`);
+    expect(pilotLog(id)).not.toContain('"signal":"SIGTERM"');
+    await expect(promisify(execFile)('pgrep', ['-f', `pilot/main.js run --slot ${id}`])).rejects.toMatchObject({ code: 1 });
   });
 
   it('reserved + vws workers down + scancel: the pilot hands back alone; back up, vws finds it all gone', async () => {
