@@ -60,7 +60,7 @@ export interface PilotLockHolder {
   startTicks: string | null;
   /** `/proc/sys/kernel/random/boot_id` when the lock was taken. */
   bootId: string;
-  /** The slot the holder works for, for people reading the file. */
+  /** The slot the holder works for: for people reading the file, and for vws, which stops a pilot that outlived its slot's job. */
   slotId?: string;
   /** When it was taken (ISO). */
   at: string;
