@@ -621,6 +621,12 @@ export const configSchema = z
         pollSeconds: z.number().int().min(1).default(30),
         /** Where pilots send a notification over SSH when HTTP fails (`pilot-fallback-schema.ts`); absent: HTTP only. */
         sshFallback: pilotSshFallbackSchema.optional(),
+        /**
+         * A pilot whose parent process dies (Slurm's slurmstepd for the job) hands the node back as on
+         * SIGTERM, even while vws is down (`vws-pilot run --end-if-orphaned`). Absent: on with Slurm, off with
+         * PBS/TORQUE, where a pbs_mom restarted with its jobs kept leaves running jobs without their parent.
+         */
+        endIfOrphaned: z.boolean().optional(),
       })
       .strict()
       .optional(),

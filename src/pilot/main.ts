@@ -43,12 +43,16 @@ import {
   sshHostsOption,
 } from './options';
 import { SshNotificationChannel } from './ssh-notify';
+import { watchParent } from './parent-watch';
 import { runPilot } from './run';
 
 const DEFAULT_NODE_DIR = '/var/lib/vws/node';
 
 /** Signals that end a slot early: scancel/qdel/preemption/shutdown (TERM), Slurm's pre-end signal (USR1), a person (INT). */
 const TERMINATING_SIGNALS = ['SIGTERM', 'SIGUSR1', 'SIGINT'] as const;
+
+/** What the pilot's log and vws's notices call the end of the job's parent (`--end-if-orphaned`), in place of a signal. */
+const ORPHANED = 'ORPHANED';
 
 /** Loads the site configuration from `--config` (or `VWS_CONFIG`, or the embedded defaults). */
 function siteConfig(file: string | undefined): VwsConfig {
@@ -96,6 +100,7 @@ interface RunFlags {
   lockFile?: string;
   config?: string;
   sshFallback?: string;
+  endIfOrphaned?: boolean;
 }
 
 async function runCommand(f: RunFlags): Promise<never> {
@@ -105,21 +110,28 @@ async function runCommand(f: RunFlags): Promise<never> {
   let firstSignalAt: number | undefined;
   const graceGuess = Number(f.graceSeconds);
   let log = pilotLogger({ slot: f.slot, node: f.node });
-  for (const sig of TERMINATING_SIGNALS) {
-    process.on(sig, () => {
-      if (firstSignalAt === undefined) {
-        firstSignalAt = Date.now();
-        // Last resort: whatever is still running, exit before the batch system's SIGKILL.
-        if (Number.isFinite(graceGuess) && graceGuess > 0) {
-          setTimeout(() => {
-            log.error({ step: 'exit', reason: 'grace period over', sinceSignalMs: Date.now() - firstSignalAt! }, 'grace period over before the hand-back finished: the node needs `vws-pilot reset`');
-            exit(PILOT_EXIT.unreserveFailed);
-          }, Math.max(0, graceGuess * 1000 - 100));
-        }
+  const terminate = (sig: string) => {
+    if (firstSignalAt === undefined) {
+      firstSignalAt = Date.now();
+      // Last resort: whatever is still running, exit before the batch system's SIGKILL.
+      if (Number.isFinite(graceGuess) && graceGuess > 0) {
+        setTimeout(() => {
+          log.error({ step: 'exit', reason: 'grace period over', sinceSignalMs: Date.now() - firstSignalAt! }, 'grace period over before the hand-back finished: the node needs `vws-pilot reset`');
+          exit(PILOT_EXIT.unreserveFailed);
+        }, Math.max(0, graceGuess * 1000 - 100));
       }
-      if (deliver) deliver(sig);
-      else pending.push(sig);
+    }
+    if (deliver) deliver(sig);
+    else pending.push(sig);
+  };
+  for (const sig of TERMINATING_SIGNALS) process.on(sig, () => terminate(sig));
+  if (f.endIfOrphaned) {
+    // The job's slurmstepd died: no signal will come, so the pilot hands the node back as on SIGTERM.
+    const watching = watchParent((parent) => {
+      log.warn({ step: 'orphaned', parent }, `the batch job's parent process (pid ${parent}) is gone: the batch system no longer runs this job`);
+      terminate(ORPHANED);
     });
+    if (!watching) log.warn({ step: 'orphaned', parent: process.ppid }, 'started without a parent to watch (parent pid 1): --end-if-orphaned has no effect');
   }
   return guarded(log, async () => {
     const slotId = slotOption(f.slot);
@@ -358,6 +370,7 @@ program
   .option('--lock-file <file>', 'the node lock (default <node-dir>/pilot/pilot.lock)')
   .option('--config <file>', "vws's configuration (driver settings); default VWS_CONFIG or the embedded defaults")
   .option('--ssh-fallback <json>', 'notify over SSH when HTTP gets no answer: pilot.sshFallback as JSON (host, keyFile, knownHostsFile, command, …)')
+  .option('--end-if-orphaned', "hand the node back as on SIGTERM if the pilot's parent (Slurm's slurmstepd) dies; not for PBS, whose pbs_mom may restart under running jobs")
   .action((f: RunFlags) => runCommand(f));
 
 program

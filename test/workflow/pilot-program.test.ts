@@ -5,6 +5,7 @@
  * signed and in order; the reservation exists while reserved and is gone after; the job ends before its
  * limit), scancel while reserved (early-unreserving, exit within KillWait, memory restored, lock gone),
  * a second pilot on the node (refused at once, touching nothing), Slurm's USR1 (handled as SIGTERM),
+ * the job's slurmstepd killed (the pilot, orphaned, hands back alone with --end-if-orphaned),
  * and vws unreachable (the node is handed back on time all the same).
  *
  * Each pilot uses a node directory of its own inside vmm1 (`/var/lib/vws/node/<prefix>-pilot`), so its
@@ -211,6 +212,30 @@ describe('the pilot program as a Slurm job on vmm1', () => {
     expect(exit.sinceSignalMs as number).toBeLessThan(KILL_WAIT_S * 1000);
     timings.sigtermToPilotExit = exit.sinceSignalMs as number;
     expect((await received(slotId)).map((n) => n.event)).toEqual(['reserved', 'early-unreserving']);
+  });
+
+  it("its slurmstepd killed -9 (--end-if-orphaned): no signal reaches the pilot; it notices its parent gone, sends early-unreserving and hands the node back alone", async () => {
+    // The batch system lost the job's step manager (seen on xen1: heap corruption); vws may be down.
+    const slotId = 'orphaned';
+    await startRecorder(slotId);
+    const job = await submitPilot({ slotId, endInS: 150, extra: ['--end-if-orphaned'] });
+    await waitFor('reserved notification', 30_000, async () => (await received(slotId)).find((n) => n.event === 'reserved'));
+    const pattern = `^slurmstepd: \\[${job.jobId}\\.batch\\]`;
+    const stepd = Number((await run('pgrep', ['-f', pattern])).stdout.trim());
+    expect(stepd).toBeGreaterThan(1);
+    const killedAt = Date.now();
+    await run('pkill', ['-KILL', '-f', pattern]);
+    const early = await waitFor('early-unreserving', KILL_WAIT_S * 1000, async () => (await received(slotId)).find((n) => n.event === 'early-unreserving'));
+    timings.stepdKilledToEarlyUnreservingDelivered = Date.parse(early.receivedAt) - killedAt;
+    await waitFor('the lock to go', KILL_WAIT_S * 1000, async () => !existsSync(lockOnHead()));
+    timings.stepdKilledToLockGoneObserved = Date.now() - killedAt;
+    expectNodeClean();
+    expect(lineOf(job, 'orphaned')).toMatchObject({ level: 40, parent: stepd });
+    await waitFor('the exit line', 10_000, async () => lineOf(job, 'exit'));
+    expect(lineOf(job, 'exit')).toMatchObject({ endReason: 'early-unreserved', exitCode: 0, signal: 'ORPHANED', lockReleased: true });
+    await expect(run('pgrep', ['-f', `pilot/main.js run --slot ${slotId} `])).rejects.toMatchObject({ code: 1 });
+    expect((await received(slotId)).map((n) => n.event)).toEqual(['reserved', 'early-unreserving']);
+    // Slurm is left to end the job (afterEach cancels it and waits until it is gone).
   });
 
   it('vws resetting the node after an earlier pilot (a fresh reset intent): the pilot gives the lock back and waits, and reserves once the reset is done', async () => {

@@ -64,6 +64,47 @@ function pilotSettings(config: VwsConfig) {
   return { pilot: { ...pilot, apiUrl: pilot.apiUrl }, lrm };
 }
 
+/** The batch job of a slot, from the site configuration (a pure function of both). */
+export function pilotJobRequest(config: VwsConfig, args: PilotJobArgs): PilotJobRequest {
+  const { pilot, lrm } = pilotSettings(config);
+  const name = pilotJobName(config, args.slotId);
+  const command = pilot.command ?? defaultPilotCommand();
+  const argv = [
+    ...command,
+    'run',
+    '--slot', args.slotId,
+    '--api', pilot.apiUrl,
+    '--secret-file', pilot.secretFile,
+    '--reserve-mib', String(args.memoryMiB + pilot.overheadMiB),
+    '--node-table', JSON.stringify(nodeTable(config.nodes)),
+    '--hold-seconds', String(args.holdSeconds),
+    '--margin-seconds', String(pilot.marginSeconds),
+    '--grace-seconds', String(pilot.graceSeconds),
+    '--grace-ratio', String(pilot.graceRatio),
+    '--min-dom0-mib', String(pilot.minDom0MiB),
+    '--node-dir', config.node.dir,
+    // HTTP's fallback: the same signed message over SSH to the head's `receive` (`pilot.sshFallback`).
+    ...(pilot.sshFallback ? ['--ssh-fallback', JSON.stringify(pilot.sshFallback)] : []),
+    ...((pilot.endIfOrphaned ?? lrm.kind === 'slurm') ? ['--end-if-orphaned'] : []),
+  ];
+  // One pilot node: the job is pinned to it. Several: the site's partition and constraints must select
+  // exactly its pilot nodes (a pilot that lands elsewhere finds no --node-table entry and exits at once).
+  const pilotNodes = config.nodes.filter((n) => n.pilot);
+  return {
+    name,
+    command: { kind: 'argv', argv },
+    ...(pilotNodes.length === 1 ? { node: pilotNodes[0].name } : {}),
+    // One pilot per node: a second one beside it would refuse at the node lock (lrm.exclusive).
+    ...(config.lrm?.exclusive ? { exclusive: true } : {}),
+    walltimeSeconds: args.holdSeconds,
+    cpus: args.vcpus,
+    ...(args.constraints?.length ? { constraints: args.constraints } : {}),
+    // /tmp: it exists on every node before the job starts (Slurm opens the file before the pilot runs).
+    outputFile: `/tmp/${name}.out`,
+    workDir: '/tmp',
+  };
+}
+
 /** Creates the pilot-slot activities. */
 export function createPilotSlotActivities(deps: PilotSlotDeps) {
   const { config } = deps;
@@ -78,46 +119,6 @@ export function createPilotSlotActivities(deps: PilotSlotDeps) {
     return batch;
   };
 
-  /** The job of a slot, from the site configuration. */
-  function jobRequest(args: PilotJobArgs): PilotJobRequest {
-    const { pilot } = pilotSettings(config);
-    const name = pilotJobName(config, args.slotId);
-    const command = pilot.command ?? defaultPilotCommand();
-    const argv = [
-      ...command,
-      'run',
-      '--slot', args.slotId,
-      '--api', pilot.apiUrl,
-      '--secret-file', pilot.secretFile,
-      '--reserve-mib', String(args.memoryMiB + pilot.overheadMiB),
-      '--node-table', JSON.stringify(nodeTable(config.nodes)),
-      '--hold-seconds', String(args.holdSeconds),
-      '--margin-seconds', String(pilot.marginSeconds),
-      '--grace-seconds', String(pilot.graceSeconds),
-      '--grace-ratio', String(pilot.graceRatio),
-      '--min-dom0-mib', String(pilot.minDom0MiB),
-      '--node-dir', config.node.dir,
-      // HTTP's fallback: the same signed message over SSH to the head's `receive` (`pilot.sshFallback`).
-      ...(pilot.sshFallback ? ['--ssh-fallback', JSON.stringify(pilot.sshFallback)] : []),
-    ];
-    // One pilot node: the job is pinned to it. Several: the site's partition and constraints must select
-    // exactly its pilot nodes (a pilot that lands elsewhere finds no --node-table entry and exits at once).
-    const pilotNodes = config.nodes.filter((n) => n.pilot);
-    return {
-      name,
-      command: { kind: 'argv', argv },
-      ...(pilotNodes.length === 1 ? { node: pilotNodes[0].name } : {}),
-      // One pilot per node: a second one beside it would refuse at the node lock (lrm.exclusive).
-      ...(config.lrm?.exclusive ? { exclusive: true } : {}),
-      walltimeSeconds: args.holdSeconds,
-      cpus: args.vcpus,
-      ...(args.constraints?.length ? { constraints: args.constraints } : {}),
-      // /tmp: it exists on every node before the job starts (Slurm opens the file before the pilot runs).
-      outputFile: `/tmp/${name}.out`,
-      workDir: '/tmp',
-    };
-  }
-
   return {
     /**
      * Submits the slot's pilot job, or finds the one a lost answer already submitted (same name, still
@@ -125,7 +126,7 @@ export function createPilotSlotActivities(deps: PilotSlotDeps) {
      * `BatchSystemUnavailable` (retryable).
      */
     async submitPilotJob(args: PilotJobArgs): Promise<{ jobId: string; name: string }> {
-      const request = jobRequest(args);
+      const request = pilotJobRequest(config, args);
       const mine = (await batchSystem().listByPrefix(request.name)).filter((j) => j.name === request.name && j.state !== 'ended');
       if (mine.length) return { jobId: mine[0].jobId, name: request.name };
       const { jobId } = await batchSystem().submit(request);
