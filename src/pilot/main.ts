@@ -51,7 +51,7 @@ const DEFAULT_NODE_DIR = '/var/lib/vws/node';
 /** Signals that end a slot early: scancel/qdel/preemption/shutdown (TERM), Slurm's pre-end signal (USR1), a person (INT). */
 const TERMINATING_SIGNALS = ['SIGTERM', 'SIGUSR1', 'SIGINT'] as const;
 
-/** What the pilot's log and vws's notices call the end of the job's parent (`--end-if-orphaned`), in place of a signal. */
+/** What the pilot's log calls the end of the job's parent (`--end-if-orphaned`), in place of a signal's name. */
 const ORPHANED = 'ORPHANED';
 
 /** Loads the site configuration from `--config` (or `VWS_CONFIG`, or the embedded defaults). */
