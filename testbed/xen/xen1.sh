@@ -270,14 +270,13 @@ start_qemu() {
   [[ -s "$NODE_DISK" ]] && nodedisk=(-drive "file=$NODE_DISK,format=raw,if=virtio,readonly=on")
   # -cpu max,-smap,-smep: with SMAP visible, dom0 crashes on its first exception bounce and Xen
   # reboots the machine forever. -xsave (which also hides AVX, AVX2, FMA, F16C): with XSAVE visible, dom0's
-  # processes lose their SSE/AVX registers now and then while a guest runs (Xen switching extended state under
-  # QEMU's TCG): a dom0 checker recomputing a SHA-256 and a float sum got 62 wrong results in 10,638 rounds
-  # in 5 minutes of guest create/destroy, and `xl` died twice; without XSAVE 0 in 16,898 rounds, no fault
-  # (testbed/README.md, "dom0's faults"). VWS_XEN1_CPU overrides the model, for such experiments. tb-size=256 caps TCG's translation cache (default 1 GiB of RSS).
+  # processes lose their SSE/AVX registers now and then while a guest runs (testbed/README.md, "dom0's
+  # faults"; xsave-check.sh measures it). VWS_XEN1_CPU overrides the model, for such experiments.
+  # tb-size=256 caps TCG's translation cache (default 1 GiB of RSS).
   # print-fatal-signals=1: dom0's kernel logs every process killed by SIGSEGV/SIGABRT/SIGBUS… on the console
-  # (serial.log): processes in dom0 were seen dying, now and then, seconds after a balloon.
+  # (serial.log), which is how those faults were first seen.
   # VWS_XEN1_TCG_THREAD=single: one host thread for both vCPUs (QEMU's default here: one each), for the
-  # experiment on dom0's memory faults during guest builds after a balloon (testbed/README.md).
+  # experiment that ruled out QEMU's multi-threaded TCG as the faults' cause (README.md, "What works today").
   qemu-system-x86_64 -accel "tcg,tb-size=256${VWS_XEN1_TCG_THREAD:+,thread=$VWS_XEN1_TCG_THREAD}" -machine pc -cpu "${VWS_XEN1_CPU:-max,-smap,-smep,-xsave}" -m 2048 -smp 2 \
     -nodefaults -no-user-config -display none -name "$NAME" \
     -kernel "$base/xen" \

@@ -95,7 +95,7 @@ export function pilotJobRequest(config: VwsConfig, args: PilotJobArgs): PilotJob
     command: { kind: 'argv', argv },
     ...(pilotNodes.length === 1 ? { node: pilotNodes[0].name } : {}),
     // One pilot per node: a second one beside it would refuse at the node lock (lrm.exclusive).
-    ...(config.lrm?.exclusive ? { exclusive: true } : {}),
+    ...(lrm.exclusive ? { exclusive: true } : {}),
     walltimeSeconds: args.holdSeconds,
     cpus: args.vcpus,
     ...(args.constraints?.length ? { constraints: args.constraints } : {}),
