@@ -191,6 +191,13 @@ cmd_test() {
     const total = files.reduce((n, f) => n + f.ms, 0);
     console.log(`vws: slowest files (all ${files.length}: ${(total / 1000).toFixed(0)} s)`);
     for (const f of files.slice(0, 15)) console.log(`  ${(f.ms / 1000).toFixed(1).padStart(7)} s  ${f.name}`);
+    // Every failure in a few lines, last, where a CI log that keeps only its tail still shows them.
+    const failed = r.testResults.flatMap((f) => f.assertionResults.filter((a) => a.status === "failed").map((a) => ({ f, a })));
+    const suiteErrors = r.testResults.filter((f) => f.status === "failed" && f.assertionResults.every((a) => a.status !== "failed"));
+    if (failed.length || suiteErrors.length) console.log("vws: failures");
+    const gist = (m) => m.replace(/\x1b\[[0-9;]*m/g, "").split("\n").map((l) => l.trim()).filter(Boolean).slice(0, 4).join(" | ").slice(0, 400);
+    for (const { f, a } of failed.slice(0, 60)) console.log(`  ${f.name.replace(process.cwd() + "/", "")} › ${a.fullName}\n      ${gist(a.failureMessages.join("\n"))}`);
+    for (const f of suiteErrors) console.log(`  ${f.name.replace(process.cwd() + "/", "")} (suite)\n      ${gist(f.message)}`);
     console.log(`vws: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests} skipped`);
   ' "$tmp/jest.json" || rc=1
   trap - EXIT
