@@ -52,10 +52,38 @@ wait_for() {
 
 ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
+# One `start` or `test` at a time on this machine: both use the testbed's hosts and node directories,
+# and a demo's reconciler would take a test's VMs for orphans. A PID file, not flock: the daemons
+# `start` and the testbed leave running would inherit a lock descriptor and hold it forever.
+take_run_lock() {
+  local f=$run/run.lock other said=
+  mkdir -p "$run"
+  while ! ( set -o noclobber; echo $$ > "$f" ) 2>/dev/null; do
+    other=$(cat "$f" 2>/dev/null || true)
+    if [ -n "$other" ] && [ "$other" != $$ ] && kill -0 "$other" 2>/dev/null; then
+      [ -n "$said" ] || echo "vws: waiting for ./run.sh (pid $other) to finish: one start or test at a time"
+      said=1
+      sleep 2
+    else
+      rm -f "$f" # its holder died
+    fi
+  done
+}
+release_run_lock() { [ "$(cat "$run/run.lock" 2>/dev/null)" != $$ ] || rm -f "$run/run.lock"; }
+
+# Whether anything `start` started still runs.
+demo_running() {
+  local n
+  for n in head api node-vmm1 temporal-7233; do alive "$run/$n.pid" && return 0; done
+  return 1
+}
+
 # ---- start --------------------------------------------------------------------------------------
 cmd_start() {
   local t0 t1 sample id out
   t0=$(date +%s%N)
+  take_run_lock
+  trap release_run_lock EXIT
   scripts/setup.sh
   # The standard 3-host testbed (vws's default configuration uses vmm1), so ./run.sh test can share it.
   testbed/testbed.sh up
@@ -147,7 +175,19 @@ cmd_status() {
 cmd_test() {
   local t0 testbed_was_up=0 rc=0 port=${VWS_TEST_TEMPORAL_PORT:-7234} tmp tsc_pid tsc_log
   t0=$(date +%s%N)
+  take_run_lock
+  trap release_run_lock EXIT
   scripts/setup.sh
+  # The tests need the testbed to themselves (test/helpers/stack.ts takes each node's state as its
+  # baseline; a demo's reconciler would destroy their VMs as orphans): a running demo goes first.
+  if demo_running; then
+    echo "vws: stopping what ./run.sh start left running (its workspaces destroyed, the testbed down): the tests need the testbed to themselves"
+    if ! cmd_stop; then
+      stop_bg node-vmm1; stop_bg api; stop_bg head
+      temporal/stop.sh || true
+      testbed/testbed.sh down
+    fi
+  fi
   # jest only transpiles (tsconfig.jest.json); the types of src, test and bench are checked here, once,
   # alongside the testbed's start, and a type error fails the run before any test.
   tsc_log=$(mktemp /tmp/vws-tsc-XXXXXX)
@@ -169,6 +209,7 @@ cmd_test() {
     VWS_TEMPORAL_PORT=$port temporal/stop.sh || true
     [ "$testbed_was_up" = 1 ] || testbed/testbed.sh down || rc=1
     rm -rf "$tmp"
+    release_run_lock
   }
   trap cleanup EXIT
   VWS_TEMPORAL_PORT=$port VWS_TEMPORAL_UI_PORT=off VWS_TEMPORAL_DB=$tmp/temporal.sqlite temporal/start.sh
