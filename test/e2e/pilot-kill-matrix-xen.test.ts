@@ -68,6 +68,19 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
   );
   let dom0: SshExecutor;
   const memory = () => dom0Probe(NODE, dom0).read();
+  /**
+   * The pilot set dom0 back to exactly its configured memory, and dom0 got there: the pilot's wait ends
+   * within `xl list`'s 1 MiB of rounding (CI saw 767 of 768 while the balloon took its last pages), so
+   * the exact figure is awaited here.
+   */
+  const expectRestored = async (log: string) => {
+    const line = log.split('\n').find((l) => l.includes('"step":"restore"'));
+    expect(line).toBeDefined();
+    const r = JSON.parse(line!) as { targetMiB: number; reachedMiB: number };
+    expect(r.targetMiB).toBe(DOM0_MIB);
+    expect(Math.abs(r.reachedMiB - DOM0_MIB)).toBeLessThanOrEqual(1);
+    await eventually(30, async () => (await memory()) === DOM0_MIB, `dom0 at exactly ${DOM0_MIB} MiB`);
+  };
 
   beforeAll(() => {
     dom0 = xen1Executor();
@@ -158,8 +171,7 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
       await jobEnded(jobId);
       const log = await pilotLog(id);
       expect(log).toContain('"signal":"SIGTERM","state":"reserving"');
-      expect(log).toContain(`memory restored to ${DOM0_MIB} MiB`);
-      expect(await memory()).toBe(DOM0_MIB);
+      await expectRestored(log);
       const ws = await settled(f.stack, id, 'Cancelled', 240);
       expect(ws.reason).toMatch(new RegExp(`the pilot job ${jobId} ended`));
       await expectClean(id);
@@ -195,9 +207,8 @@ describeIfXen1('pilot kill matrix')('pilot kill matrix on xen1 (dom0 ballooning)
       await jobEnded(jobId);
       const log = await pilotLog(id);
       expect(log).toContain('"signal":"SIGTERM","state":"unreserving"');
-      expect(log).toContain(`memory restored to ${DOM0_MIB} MiB`);
+      await expectRestored(log);
       expect(await f.stack.vmStatus(id)).toBe('absent');
-      expect(await memory()).toBe(DOM0_MIB);
       await f.stack.startHead();
       await expectClean(id);
     });

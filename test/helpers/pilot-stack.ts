@@ -165,6 +165,10 @@ export function usePilotStack(o: PilotStackOptions, start: (o: PilotStackOptions
     f.stack = await start(o);
     f.allocator = new AllocatorClient(f.stack.conn.client, f.stack.config);
   });
+  // A test that failed between killing a worker and starting it again must not fail the ones after it.
+  afterEach(async () => {
+    await f.stack?.restartKilledWorkers();
+  });
   afterAll(async () => {
     await cancelStackJobs(f.stack, f.slurm);
     await f.stack?.stop();

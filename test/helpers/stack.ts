@@ -124,6 +124,11 @@ export interface Stack {
   /** kill -9 the node worker (only for vmm1), and start it again. */
   killNodeWorker(): void;
   startNodeWorker(): Promise<void>;
+  /**
+   * Starts again a head or node worker process that a test killed and did not restart (it failed half-way),
+   * so the next test does not fail for want of it. For an `afterEach`.
+   */
+  restartKilledWorkers(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -321,6 +326,11 @@ export async function startStack(opts: StackOptions): Promise<Stack> {
       nodeWorker.kill('SIGKILL');
     },
     startNodeWorker,
+    async restartKilledWorkers() {
+      const dead = (c: ChildProcess | undefined) => c !== undefined && (c.exitCode !== null || c.signalCode !== null);
+      if (dead(headChild)) await startHead();
+      if (dead(nodeWorker)) await startNodeWorker();
+    },
     async stop() {
       await record(allocatorWorkflowId(config), `allocator-${opts.label}`);
       if (nodeWorker) await stopChild(nodeWorker);
